@@ -1,0 +1,53 @@
+"""Nox sessions: tests, lint, typecheck (default); slow and bench (on demand).
+
+The CPU build of torch is installed first (``pip install torch==2.13.0``; on this project's machines it comes
+from a local wheel); set PROBSEG_TORCH to another requirement (e.g. a CUDA build) to change it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+TORCH = os.environ.get("PROBSEG_TORCH", "torch==2.13.0")
+
+
+def install(session: nox.Session, extras: str = "test") -> None:
+    session.install(TORCH)
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The default test suite (slow tests excluded); extra arguments go to pytest."""
+    install(session)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """The slow end-to-end tests: the README's quick runs on lidc-sample (about 15 minutes on 2 cores)."""
+    install(session)
+    session.run("pytest", "-m", "slow", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "probseg_bench", "plugins", "tests", "benchmarks", "scripts", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    install(session, "dev")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Performance benchmarks (training step time of punet and spunet); writes JSON to benchmarks/results/."""
+    install(session)
+    session.run("python", "-m", "benchmarks.step_time", *session.posargs)

@@ -1,0 +1,71 @@
+"""Built-in model plugins: ``punet`` (Kohl et al. 2018) and ``spunet`` (Valiuddin et al. 2024).
+
+Registered through the entry-point group ``probseg_bench`` like any third-party plugin. torch is imported by
+the factories, not here, so ``probseg-bench list`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from probseg_bench import hookimpl
+from probseg_bench.api import HyperParameter, ModelSpec, ObjectiveTerm
+
+ARCHITECTURE = (
+    HyperParameter("filters", "32,64,128,192", "U-Net / encoder filters per level", tunable=False),
+    HyperParameter("convs_per_block", 3, "3x3 convolutions per level", tunable=False),
+    HyperParameter("head_convs", 4, "1x1 convolutions of the latent-injection head", tunable=False),
+)
+
+
+def build_punet(**kwargs: Any) -> Any:
+    """Factory of ``punet``: see :class:`probseg_models.punet.ProbabilisticUNet`."""
+    from probseg_models.punet import ProbabilisticUNet
+
+    return ProbabilisticUNet(**kwargs)
+
+
+def build_spunet(**kwargs: Any) -> Any:
+    """Factory of ``spunet``: see :class:`probseg_models.spunet.SinkhornProbabilisticUNet`."""
+    from probseg_models.spunet import SinkhornProbabilisticUNet
+
+    return SinkhornProbabilisticUNet(**kwargs)
+
+
+PUNET = ModelSpec(
+    name="punet",
+    description="Probabilistic U-Net (Kohl et al. 2018): ELBO = BCE + beta * KL(q(z|x,y_k) || p(z|x))",
+    factory=build_punet,
+    hyperparameters=(
+        HyperParameter("beta", 1.0, "weight of the KL term", low=0.01, high=100.0, log=True),
+        HyperParameter("grad_clip", 0.0, "gradient-norm clip (0 = none)", tunable=False),
+        *ARCHITECTURE,
+    ),
+    objective=(ObjectiveTerm("kl", "beta"),),
+    grad_clip="grad_clip",
+    citation="Kohl et al., A Probabilistic U-Net for Segmentation of Ambiguous Images, NeurIPS 2018",
+)
+
+SPUNET = ModelSpec(
+    name="spunet",
+    description="Sinkhorn PU-Net (Valiuddin et al. 2024, Eq. 16): BCE + alpha * KL + beta * Sinkhorn(q, p)",
+    factory=build_spunet,
+    hyperparameters=(
+        HyperParameter("alpha", 10.0, "weight of KL(q(z|x,y_k) || p(z|x))", low=0.1, high=100.0, log=True),
+        HyperParameter("beta", 100.0, "weight of the Sinkhorn divergence", low=1.0, high=1000.0, log=True),
+        HyperParameter("grad_clip", 1.0, "gradient-norm clip (paper: 1)", tunable=False),
+        *ARCHITECTURE,
+    ),
+    objective=(ObjectiveTerm("kl", "alpha"), ObjectiveTerm("sinkhorn", "beta")),
+    grad_clip="grad_clip",
+    citation=(
+        "Valiuddin et al., Investigating and Improving Latent Density Segmentation Models for Aleatoric "
+        "Uncertainty Quantification in Medical Imaging, IEEE TMI 2024 (arXiv 2307.16694)"
+    ),
+)
+
+
+@hookimpl
+def probseg_bench_register_models(registry: Any) -> None:
+    registry.add(PUNET)
+    registry.add(SPUNET)

@@ -1,0 +1,49 @@
+"""Built-in latent-regularizer plugins: ``kl`` and ``sinkhorn``. Each returns a per-image penalty [B]."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from probseg_bench import hookimpl
+from probseg_bench.api import HyperParameter, RegularizerSpec
+
+
+def build_kl(**kwargs: Any) -> Any:
+    from probseg_regularizers.kl import KLDivergence
+
+    return KLDivergence(**kwargs)
+
+
+def build_sinkhorn(**kwargs: Any) -> Any:
+    from probseg_regularizers.sinkhorn import SinkhornDivergence
+
+    return SinkhornDivergence(**kwargs)
+
+
+KL = RegularizerSpec(
+    name="kl",
+    description="KL(q(z|x,y_k) || p(z|x)), analytic for Gaussians, Monte-Carlo for a flow posterior",
+    factory=build_kl,
+)
+
+SINKHORN = RegularizerSpec(
+    name="sinkhorn",
+    description="debiased Sinkhorn divergence S_eps (geomloss) per image, posterior vs prior samples",
+    factory=build_sinkhorn,
+    hyperparameters=(
+        HyperParameter(
+            "epsilon", 0.0025,
+            "entropic regularisation eps of S_eps, in units of the cost |x-y|^p / p (geomloss blur = eps^(1/p))",
+            low=1e-4, high=1.0, log=True,
+        ),
+        HyperParameter("sinkhorn_p", 2, "exponent p of the ground cost |x-y|^p / p", choices=(1, 2), tunable=False),
+        HyperParameter("sinkhorn_scaling", 0.5, "geomloss eps-scaling ratio (annealing speed)", tunable=False),
+    ),
+    citation="Feydy et al., Interpolating between Optimal Transport and MMD using Sinkhorn Divergences, AISTATS 2019",
+)
+
+
+@hookimpl
+def probseg_bench_register_regularizers(registry: Any) -> None:
+    registry.add(KL)
+    registry.add(SINKHORN)

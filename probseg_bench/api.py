@@ -1,0 +1,352 @@
+"""The types a plugin author implements or returns (the plugin contract of DESIGN.md section 2).
+
+A plugin imports only :data:`probseg_bench.hookimpl` and the names in this module. Nothing here imports torch at
+module level, so ``probseg-bench list`` starts fast; torch types appear in annotations only.
+
+Shapes use these letters: B batch, A annotators, N images, C image channels, H x W pixels, d latent dimension,
+n samples per image, K output channels (1 for a binary foreground mask: logits > 0 is foreground).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from probseg_bench.errors import PluginCollisionError, ProbsegError, did_you_mean
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch.distributions import Normal
+
+HyperValue = float | int | str | bool
+
+
+# --------------------------------------------------------------------------------------------- hyperparameters
+@dataclass(frozen=True)
+class HyperParameter:
+    """One hyperparameter of a model or regularizer plugin: its default and its search range.
+
+    ``low``/``high`` bound a numeric search (``log=True`` for a log-uniform search); ``choices`` lists the values
+    of a categorical one. ``tunable=False`` marks a setting that a search leaves alone (e.g. a gradient clip).
+    """
+
+    name: str
+    default: HyperValue
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[HyperValue, ...] | None = None
+    tunable: bool = True
+
+    def coerce(self, value: Any) -> HyperValue:
+        """Convert ``value`` (e.g. a CLI string) to the type of the default.
+
+        Raises:
+            ProbsegError: when the value cannot be converted or lies outside ``choices``.
+        """
+        kind = type(self.default)
+        try:
+            if kind is bool and isinstance(value, str):
+                if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
+                    raise ValueError(value)
+                out: HyperValue = value.lower() in {"true", "1", "yes"}
+            else:
+                out = kind(value)
+        except (TypeError, ValueError):
+            raise ProbsegError(
+                f"hyperparameter '{self.name}': expected a {kind.__name__}, got {value!r}"
+            ) from None
+        if isinstance(out, float) and not np.isfinite(out):
+            raise ProbsegError(f"hyperparameter '{self.name}': expected a finite number, got {value!r}")
+        if self.choices is not None and out not in self.choices:
+            raise ProbsegError(f"hyperparameter '{self.name}': expected one of {list(self.choices)}, got {value!r}")
+        return out
+
+
+def resolve_hyperparameters(
+    owner: str, declared: Sequence[HyperParameter], overrides: Mapping[str, Any]
+) -> dict[str, HyperValue]:
+    """Defaults of ``declared`` updated with ``overrides`` (coerced to the declared types).
+
+    Raises:
+        ProbsegError: for an override that ``owner`` does not declare, or a value of the wrong type.
+    """
+    by_name = {hp.name: hp for hp in declared}
+    unknown = [k for k in overrides if k not in by_name]
+    if unknown:
+        raise ProbsegError(
+            f"{owner} has no hyperparameter '{unknown[0]}'{did_you_mean(unknown[0], by_name)}; "
+            f"it has: {', '.join(sorted(by_name)) or 'none'}"
+        )
+    out = {hp.name: hp.default for hp in declared}
+    out.update({k: by_name[k].coerce(v) for k, v in overrides.items()})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- data
+@dataclass
+class MultiRaterData:
+    """A multi-annotator segmentation dataset, fully or lazily (memory-mapped) in memory.
+
+    Attributes:
+        images: float32 [N, C, H, W], intensities normalised by the dataset plugin (documented there).
+        masks: uint8 [N, A, H, W] with values in {0, 1}; A annotators, every image has all A masks (a mask may be
+            empty: the annotator marked nothing).
+        groups: [N] patient/case ids (str or int). Splits never put one group on both sides.
+        metadata: optional per-item columns, each of length N (e.g. the original file name).
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    groups: np.ndarray
+    metadata: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def num_annotators(self) -> int:
+        return int(self.masks.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def validate(self, source: str = "dataset") -> None:
+        """Check shapes, dtypes and values.
+
+        Raises:
+            ProbsegError: naming ``source`` and what was expected.
+        """
+        im, mk, gr = self.images, self.masks, np.asarray(self.groups)
+        if im.ndim != 4:
+            raise ProbsegError(f"{source}: images must have shape [N, C, H, W], got {tuple(im.shape)}")
+        if im.dtype != np.float32:
+            raise ProbsegError(f"{source}: images must be float32, got {im.dtype}")
+        if mk.ndim != 4:
+            raise ProbsegError(f"{source}: masks must have shape [N, A, H, W], got {tuple(mk.shape)}")
+        if mk.dtype != np.uint8:
+            raise ProbsegError(f"{source}: masks must be uint8 in {{0, 1}}, got {mk.dtype}")
+        if mk.shape[0] != im.shape[0] or mk.shape[2:] != im.shape[2:]:
+            raise ProbsegError(
+                f"{source}: masks {tuple(mk.shape)} do not match images {tuple(im.shape)} "
+                "(expected the same N, H, W)"
+            )
+        if mk.shape[1] < 1:
+            raise ProbsegError(f"{source}: expected at least one annotator, got A = 0")
+        if gr.shape != (im.shape[0],):
+            raise ProbsegError(f"{source}: groups must have shape [N] = [{im.shape[0]}], got {gr.shape}")
+        if not isinstance(im, np.memmap):  # a full scan of a memory-mapped set is left to the plugin
+            if not np.isfinite(im).all():
+                raise ProbsegError(f"{source}: images contain NaN or infinite values")
+            if mk.size and mk.max() > 1:
+                raise ProbsegError(f"{source}: masks must hold only 0 and 1, found {int(mk.max())}")
+        for key, col in self.metadata.items():
+            if len(col) != im.shape[0]:
+                raise ProbsegError(f"{source}: metadata column '{key}' has {len(col)} rows, expected {im.shape[0]}")
+
+    def subset(self, index: np.ndarray) -> MultiRaterData:
+        """The items at ``index`` (int array), metadata included."""
+        return MultiRaterData(
+            images=np.ascontiguousarray(self.images[index]),
+            masks=np.ascontiguousarray(self.masks[index]),
+            groups=np.asarray(self.groups)[index],
+            metadata={k: np.asarray(v)[index] for k, v in self.metadata.items()},
+        )
+
+
+@dataclass(frozen=True)
+class ProtocolDefaults:
+    """A dataset's training schedule under the paper protocol (Section III-D of the seed paper)."""
+
+    epochs: int = 200
+    warmup_epochs: int = 5
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset plugin.
+
+    ``load(data_root)`` returns a :class:`MultiRaterData` (``data_root`` is None when the user gave no
+    ``--data-root``; a plugin that needs one raises :class:`ProbsegError` saying so).
+    """
+
+    name: str
+    description: str
+    load: Callable[[Path | None], MultiRaterData]
+    license: str = ""
+    citation: str = ""
+    protocol: ProtocolDefaults = ProtocolDefaults()
+
+
+# ---------------------------------------------------------------------------------------------------- models
+@dataclass
+class TrainOutput:
+    """What a model's ``forward(image, masks)`` returns for one training batch.
+
+    Attributes:
+        logits: float [B, K, H, W], the reconstruction of annotation ``annotation_index`` from a posterior sample.
+        target: float [B, K, H, W] in {0, 1}, that annotation.
+        prior: ``Normal`` with loc/scale [B, d], p(z|x).
+        posterior: ``Normal`` with loc/scale [B, d], q(z|x, y_k) of the reconstructed annotation k.
+        posterior_samples: [B, S, d] posterior samples; S = A when the model encodes every annotation
+            (SPU-Net), else 1. For a flow posterior these are the samples after the flow (z_K).
+        prior_samples: [B, S, d] samples of p(z|x), as many as ``posterior_samples``.
+        annotation_index: long [B], the annotation k reconstructed for each image.
+        base_samples: [B, d] the base sample z_0 of the reconstructed annotation before a flow (None without one).
+        log_det: [B] sum_k log|det J_k| of the flow (None without one).
+    """
+
+    logits: torch.Tensor
+    target: torch.Tensor
+    prior: Normal
+    posterior: Normal
+    posterior_samples: torch.Tensor
+    prior_samples: torch.Tensor
+    annotation_index: torch.Tensor
+    base_samples: torch.Tensor | None = None
+    log_det: torch.Tensor | None = None
+
+
+@runtime_checkable
+class LatentSegmentationModel(Protocol):
+    """The latent-model protocol every model plugin's module implements (a ``torch.nn.Module``)."""
+
+    latent_dim: int
+
+    def forward(self, image: torch.Tensor, masks: torch.Tensor) -> TrainOutput:
+        """image float [B, C, H, W], masks float/uint8 [B, A, H, W] -> :class:`TrainOutput`."""
+        ...
+
+    def sample(self, image: torch.Tensor, n: int) -> torch.Tensor:
+        """n segmentations per image from the PRIOR: logits [B, n, K, H, W]; U-Net features computed once."""
+        ...
+
+    def prior(self, image: torch.Tensor) -> Normal:
+        """p(z|x): Normal with loc/scale [B, d]."""
+        ...
+
+    def decode(self, image: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Decode given latents z [B, n, d] -> logits [B, n, K, H, W]."""
+        ...
+
+
+@dataclass(frozen=True)
+class ObjectiveTerm:
+    """One weighted latent-regularizer term of a model's objective: ``weight * regularizer(out)``.
+
+    ``weight`` names the model hyperparameter holding the weight (e.g. SPU-Net's ``alpha`` for ``kl``).
+    """
+
+    regularizer: str
+    weight: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model plugin.
+
+    ``factory(latent_dim=d, **hyperparameters)`` builds a ``torch.nn.Module`` implementing
+    :class:`LatentSegmentationModel`. The training objective is
+    ``reconstruction + sum(hyperparameters[t.weight] * regularizer_t(out) for t in objective)``, with the
+    reconstruction the binary cross-entropy summed over pixels, each term a per-image value, averaged over the
+    batch. ``grad_clip`` names the hyperparameter holding the gradient-norm clip (0 = none), if any.
+    """
+
+    name: str
+    description: str
+    factory: Callable[..., Any]
+    hyperparameters: tuple[HyperParameter, ...] = ()
+    objective: tuple[ObjectiveTerm, ...] = ()
+    grad_clip: str | None = None
+    citation: str = ""
+
+
+# ----------------------------------------------------------------------------------------------- regularizers
+class LatentRegularizer(Protocol):
+    """A built regularizer: ``__call__(out) -> per-image penalty`` float [B]."""
+
+    def __call__(self, out: TrainOutput) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class RegularizerSpec:
+    """A latent-regularizer plugin. ``factory(**hyperparameters)`` returns a :class:`LatentRegularizer`.
+
+    Its hyperparameter names must not clash with those of the models that use it (they share one namespace
+    on the command line, ``--hp name=value``).
+    """
+
+    name: str
+    description: str
+    factory: Callable[..., LatentRegularizer]
+    hyperparameters: tuple[HyperParameter, ...] = ()
+    citation: str = ""
+
+
+# --------------------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class PluginInfo:
+    """Where a registered plugin came from (for ``probseg-bench list`` and collision errors)."""
+
+    kind: str  # "model" | "regularizer" | "dataset"
+    name: str
+    description: str
+    distribution: str  # the distribution that provides it, e.g. "probseg-bench 0.1.0"
+    entry_point: str  # the entry point it was loaded through
+
+
+class Registry:
+    """A typed registry passed into a registration hook: ``registry.add(spec)``.
+
+    One registry per plugin kind. Adding a name twice raises :class:`ProbsegError` naming both providers.
+    """
+
+    def __init__(self, kind: str, spec_type: type[Any]) -> None:
+        self.kind = kind
+        self.spec_type = spec_type
+        self._items: dict[str, Any] = {}
+        self._info: dict[str, PluginInfo] = {}
+        self._provider: tuple[str, str] = ("unknown", "unknown")
+
+    def set_provider(self, distribution: str, entry_point: str) -> None:
+        """Attribute the specs added next to ``distribution`` (loaded through ``entry_point``)."""
+        self._provider = (distribution, entry_point)
+
+    def add(self, spec: Any) -> None:
+        """Register ``spec`` (a ModelSpec / RegularizerSpec / DatasetSpec matching this registry's kind)."""
+        if not isinstance(spec, self.spec_type):
+            raise ProbsegError(
+                f"{self._provider[0]}: registry of {self.kind}s expects a {self.spec_type.__name__}, "
+                f"got {type(spec).__name__}"
+            )
+        if spec.name in self._items:
+            first = self._info[spec.name].distribution
+            raise PluginCollisionError(
+                f"{self.kind} plugin name '{spec.name}' is registered twice: by {first} and by "
+                f"{self._provider[0]}; uninstall one of them"
+            )
+        self._items[spec.name] = spec
+        self._info[spec.name] = PluginInfo(self.kind, spec.name, spec.description, *self._provider)
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def get(self, name: str) -> Any:
+        """The spec registered as ``name``.
+
+        Raises:
+            ProbsegError: unknown name; the message lists the known names and the closest one.
+        """
+        if name not in self._items:
+            known = ", ".join(self.names()) or "none"
+            hint = did_you_mean(name, self._items)
+            raise ProbsegError(f"unknown {self.kind} '{name}'{hint}; known {self.kind}s: {known}")
+        return self._items[name]
+
+    def info(self, name: str) -> PluginInfo:
+        return self._info[name]

@@ -1,0 +1,105 @@
+"""``probseg-bench run``: the standardized protocol for one model on one dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from probseg_bench.cli._app import FORMAT_HELP, STORAGE_HELP, app, err_console
+from probseg_bench.cli.leaderboard import print_rows
+from probseg_bench.errors import ProbsegError
+from probseg_bench.leaderboard import FORMATS, build_leaderboard
+from probseg_bench.presets import PRESETS, get_preset
+from probseg_bench.protocol import RunRequest, run_protocol
+from probseg_bench.results import DEFAULT_STORAGE, FoldKey, FoldRecord, ResultsStore
+
+
+def parse_hp(items: list[str]) -> dict[str, str]:
+    """``["alpha=5", "beta=50"]`` -> ``{"alpha": "5", "beta": "50"}`` (typed later by the plugin's spec)."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ProbsegError(f"--hp {item!r}: expected NAME=VALUE")
+        out[name.strip()] = value.strip()
+    return out
+
+
+class RichReporter:
+    """Fold/epoch progress bars on a terminal; one line per fold otherwise (stderr either way)."""
+
+    def __init__(self, total_folds: int) -> None:
+        self.live = err_console.is_terminal
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"), console=err_console, disable=not self.live,
+        )
+        self.folds = self.progress.add_task("folds", total=total_folds, status="")
+        self.epochs: Any = None
+
+    def __enter__(self) -> RichReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def _label(self, key: FoldKey) -> str:
+        return f"{key.model}/{key.dataset} d={key.latent_dim} fold {key.fold}"
+
+    def fold_started(self, key: FoldKey, epochs: int) -> None:
+        if self.epochs is not None:
+            self.progress.remove_task(self.epochs)
+        self.epochs = self.progress.add_task(f"  {self._label(key)}", total=epochs, status="")
+
+    def epoch_finished(self, key: FoldKey, epoch: int, train_loss: float, val_loss: float) -> None:
+        self.progress.update(self.epochs, completed=epoch, status=f"train {train_loss:.1f} val {val_loss:.1f}")
+
+    def fold_finished(self, record: FoldRecord) -> None:
+        self.progress.advance(self.folds)
+        m = record.metrics
+        err_console.print(
+            f"{self._label(record.key)}: GED {m['ged']:.3f}  HM-IoU {m['hm_iou']:.3f}  EWD {m['ewd']:.3f}  "
+            f"ER {m['er']:.2f}  (best epoch {record.best_epoch}, {record.timings['train_s']:.0f} s)",
+            highlight=False,
+        )
+
+    def fold_skipped(self, key: FoldKey) -> None:
+        self.progress.advance(self.folds)
+        err_console.print(f"{self._label(key)}: already in the results store, skipped", highlight=False)
+
+
+@app.command()
+def run(
+    model: str = typer.Option(..., "--model", "-m", help="Model plugin (see `probseg-bench list`)."),
+    dataset: str = typer.Option(..., "--dataset", help="Dataset plugin (see `probseg-bench list`)."),
+    latent_dim: list[int] = typer.Option([6], "--latent-dim", "-d", help="Latent dimension; repeat for a grid."),
+    fold: list[int] = typer.Option([], "--fold", help="Only these CV folds (repeatable) [default: all]."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation and sampling."),
+    preset: str = typer.Option("paper", "--preset", help=f"Protocol preset: {', '.join(PRESETS)}."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder, for plugins that need one."),
+    hp: list[str] = typer.Option([], "--hp", help="Hyperparameter override NAME=VALUE (repeatable)."),
+    storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP, show_default=False),
+    run_dir: Path = typer.Option(Path("probseg-runs"), "--run-dir", help="Where best checkpoints are written."),
+    fmt: str = typer.Option("table", "--format", help=FORMAT_HELP),
+) -> None:
+    """Train and evaluate MODEL on DATASET: grouped 20% test split, 3-fold CV, best-validation checkpoint,
+    16 prior samples per test image; one record per fold in the results store. Reruns skip stored folds."""
+    if fmt not in FORMATS:
+        raise ProbsegError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    chosen = get_preset(preset)
+    request = RunRequest(
+        model=model, dataset=dataset, latent_dims=tuple(latent_dim), folds=tuple(fold) or None, seed=seed,
+        preset=preset, device=device, data_root=data_root, hyperparameters=parse_hp(hp), run_dir=run_dir,
+    )
+    if preset == "quick":
+        err_console.print(f"preset quick: {chosen.description}", highlight=False)
+    store = ResultsStore(storage)
+    n_folds = len(request.folds or range(chosen.n_folds)) * len(request.latent_dims)
+    with RichReporter(n_folds) as reporter:
+        records = run_protocol(request, store, reporter)
+    print_rows(build_leaderboard(records), fmt)

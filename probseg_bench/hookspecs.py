@@ -1,0 +1,43 @@
+"""The plugin contract: the hooks a probseg-bench plugin may implement.
+
+Each hook receives a typed :class:`probseg_bench.api.Registry` and adds specs to it, so that built-in and
+third-party plugins write identical code::
+
+    from probseg_bench import hookimpl
+    from probseg_bench.api import ModelSpec
+
+    @hookimpl
+    def probseg_bench_register_models(registry):
+        registry.add(ModelSpec(name="my-model", description="...", factory=build_my_model))
+
+A plugin is made known by an entry point in the group ``probseg_bench`` that points to the module holding
+these functions (``[project.entry-points.probseg_bench] my-models = "my_package.plugin"``).
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from probseg_bench import PROJECT
+from probseg_bench.api import Registry
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+
+
+@hookspec
+def probseg_bench_register_models(registry: Registry) -> None:
+    """Add :class:`probseg_bench.api.ModelSpec` objects with ``registry.add(spec)``.
+
+    The spec's ``factory(latent_dim=..., **hyperparameters)`` must build a ``torch.nn.Module`` implementing
+    :class:`probseg_bench.api.LatentSegmentationModel`. Import torch inside the factory, not at module level.
+    """
+
+
+@hookspec
+def probseg_bench_register_regularizers(registry: Registry) -> None:
+    """Add :class:`probseg_bench.api.RegularizerSpec` objects (latent regularizers such as KL or Sinkhorn)."""
+
+
+@hookspec
+def probseg_bench_register_datasets(registry: Registry) -> None:
+    """Add :class:`probseg_bench.api.DatasetSpec` objects (loaders returning MultiRaterData)."""

@@ -1,0 +1,15 @@
+"""Building blocks a model-plugin author reuses: the U-Net feature extractor, the axis-aligned convolutional
+Gaussian encoder (prior / posterior), and the latent-injection head (Kohl et al. 2018)."""
+
+from probseg_bench.nn.gaussian import LOG_SIGMA_BOUND, AxisAlignedConvGaussian
+from probseg_bench.nn.head import LatentInjectionHead
+from probseg_bench.nn.unet import ConvEncoder, UNet, parse_filters
+
+__all__ = [
+    "LOG_SIGMA_BOUND",
+    "AxisAlignedConvGaussian",
+    "ConvEncoder",
+    "LatentInjectionHead",
+    "UNet",
+    "parse_filters",
+]

@@ -1,0 +1,185 @@
+"""The results store: one record per evaluated fold, in a SQLAlchemy database (SQLite file by default).
+
+``--storage`` takes a SQLAlchemy URL (``sqlite:///path.db``, ``postgresql://user@host/db``) or a plain file
+path (a SQLite file). The default is ``probseg-results.db`` in the working directory. Each record is written
+in one transaction; the unique key (model, dataset, latent_dim, fold, config_hash) prevents duplicates, and
+a rerun skips folds already stored.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+
+from probseg_bench.errors import ProbsegError
+
+DEFAULT_STORAGE = "sqlite:///probseg-results.db"
+SCHEMA_VERSION = 1
+
+_metadata = MetaData()
+fold_results = Table(
+    "fold_results",
+    _metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(128), nullable=False),
+    Column("dataset", String(128), nullable=False),
+    Column("latent_dim", Integer, nullable=False),
+    Column("fold", Integer, nullable=False),
+    Column("config_hash", String(32), nullable=False),
+    Column("seed", Integer, nullable=False),
+    Column("preset", String(64), nullable=False),
+    Column("split_hash", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("schema_version", Integer, nullable=False),
+    Column("record", Text, nullable=False),
+    UniqueConstraint("model", "dataset", "latent_dim", "fold", "config_hash", name="uq_fold_cell"),
+)
+
+
+@dataclass(frozen=True)
+class FoldKey:
+    """Identifies one fold evaluation: a cell of the grid under one configuration."""
+
+    model: str
+    dataset: str
+    latent_dim: int
+    fold: int
+    config_hash: str
+
+
+@dataclass
+class FoldRecord:
+    """One evaluated fold.
+
+    ``metrics``: the mean over test images of each metric; ``per_image``: metric -> list over test images (same
+    order as ``test_ids``); ``timings``: seconds (training, sampling, metrics); ``protocol``: the resolved
+    preset settings; ``hyperparameters``: model and regularizer hyperparameters; ``versions``: package
+    versions and git commit.
+    """
+
+    model: str
+    dataset: str
+    latent_dim: int
+    fold: int
+    seed: int
+    preset: str
+    config_hash: str
+    split_hash: str
+    hyperparameters: dict[str, Any]
+    protocol: dict[str, Any]
+    metrics: dict[str, float]
+    per_image: dict[str, list[float]]
+    test_ids: list[str]
+    timings: dict[str, float]
+    versions: dict[str, str]
+    best_epoch: int = 0
+    best_val_loss: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: str | None = None
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def key(self) -> FoldKey:
+        return FoldKey(self.model, self.dataset, self.latent_dim, self.fold, self.config_hash)
+
+
+def normalize_url(storage: str) -> str:
+    """A SQLAlchemy URL, or a file path turned into ``sqlite:///<path>``."""
+    return storage if "://" in storage else f"sqlite:///{storage}"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+class ResultsStore:
+    """Read and write :class:`FoldRecord` objects.
+
+    Raises:
+        ProbsegError: an unusable URL or a file that is not a results database (the message names it).
+    """
+
+    def __init__(self, storage: str = DEFAULT_STORAGE) -> None:
+        self.url = normalize_url(storage)
+        try:
+            self.engine: Engine = create_engine(self.url)
+        except (ArgumentError, ImportError) as exc:
+            raise ProbsegError(f"--storage {storage!r}: not a usable SQLAlchemy URL ({exc})") from None
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            _metadata.create_all(self.engine)
+        except OperationalError as exc:
+            raise ProbsegError(f"--storage {storage!r}: cannot open the results database ({exc.orig})") from None
+        except Exception as exc:  # e.g. sqlite3.DatabaseError "file is not a database"
+            raise ProbsegError(f"--storage {storage!r}: not a results database ({exc})") from None
+
+    def get(self, key: FoldKey) -> FoldRecord | None:
+        """The stored record with this key, or None."""
+        c = fold_results.c
+        query = select(c.record).where(
+            c.model == key.model, c.dataset == key.dataset, c.latent_dim == key.latent_dim,
+            c.fold == key.fold, c.config_hash == key.config_hash,
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).scalar()
+        return None if row is None else FoldRecord(**json.loads(row))
+
+    def add(self, record: FoldRecord) -> None:
+        """Insert one record in one transaction.
+
+        Raises:
+            ProbsegError: a record with the same key is already stored.
+        """
+        row = {
+            "model": record.model, "dataset": record.dataset, "latent_dim": record.latent_dim,
+            "fold": record.fold, "config_hash": record.config_hash, "seed": record.seed,
+            "preset": record.preset, "split_hash": record.split_hash, "created_at": record.created_at,
+            "schema_version": SCHEMA_VERSION, "record": json.dumps(asdict(record), allow_nan=True),
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(fold_results.insert().values(**row))
+        except IntegrityError:
+            raise ProbsegError(f"a record for {record.key} is already stored in {self.url}") from None
+
+    def records(
+        self,
+        models: Iterable[str] | None = None,
+        datasets: Iterable[str] | None = None,
+        latent_dims: Iterable[int] | None = None,
+    ) -> list[FoldRecord]:
+        """All stored records, optionally filtered, in insertion order."""
+        c = fold_results.c
+        query = select(c.record).order_by(c.id)
+        if models:
+            query = query.where(c.model.in_(list(models)))
+        if datasets:
+            query = query.where(c.dataset.in_(list(datasets)))
+        if latent_dims:
+            query = query.where(c.latent_dim.in_(list(latent_dims)))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).scalars().all()
+        return [FoldRecord(**json.loads(r)) for r in rows]

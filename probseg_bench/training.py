@@ -1,0 +1,218 @@
+"""Training of one fold: the objective, the optimiser and schedule, and best-checkpoint selection.
+
+Objective (per image, then the mean over the batch): the reconstruction term, binary cross-entropy with
+logits summed over pixels (and output channels), plus ``weight_t * regularizer_t(out)`` for each objective
+term of the model plugin. For PU-Net this is the negative ELBO with the KL weighted by beta (DESIGN.md: BCE
+summed over pixels, KL summed over latent dimensions, both averaged over the batch).
+
+Optimiser (seed paper Section III-D): Adam (lr 1e-4, weight decay 1e-5), a linear warm-up over the first
+``warmup_epochs`` epochs, then cosine annealing to 0 at the last step; the learning rate is updated every step.
+The checkpoint with the lowest validation loss (the same objective, no augmentation, a fixed random seed) is
+kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from probseg_bench.api import LatentRegularizer, MultiRaterData, TrainOutput
+from probseg_bench.data.augment import AffineAugmentation
+from probseg_bench.errors import ProbsegError
+
+
+class TrainingDivergedError(ProbsegError):
+    """A non-finite loss: the message names the epoch, step and loss term."""
+
+
+@dataclass
+class Objective:
+    """reconstruction + sum_t weight_t * regularizer_t, each a per-image value averaged over the batch."""
+
+    terms: list[tuple[str, float, LatentRegularizer]]
+
+    def __call__(self, out: TrainOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """-> (scalar loss, per-term batch means: ``reconstruction`` and one entry per regularizer, unweighted)."""
+        parts = {
+            "reconstruction": F.binary_cross_entropy_with_logits(out.logits, out.target, reduction="none")
+            .flatten(1)
+            .sum(1)
+        }
+        for name, _, reg in self.terms:
+            parts[name] = reg(out)
+        loss = parts["reconstruction"].mean()
+        for name, weight, _ in self.terms:
+            loss = loss + weight * parts[name].mean()
+        return loss, {k: v.mean() for k, v in parts.items()}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one fold (units: epochs over the training split; lr per step)."""
+
+    epochs: int
+    warmup_epochs: int
+    batch_size: int
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    grad_clip: float = 0.0
+    augment: bool = True
+    seed: int = 0
+
+
+@dataclass
+class EpochLog:
+    """Per-epoch training curve entry: mean train loss terms, validation loss, learning rate, seconds."""
+
+    epoch: int
+    train_loss: float
+    train_terms: dict[str, float]
+    val_loss: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class FoldTrainingResult:
+    """The best checkpoint (lowest validation loss) and the training curves of one fold."""
+
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_val_loss: float
+    history: list[EpochLog] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Learning-rate factor at ``step`` (0-based): (step+1)/warmup during warm-up, then cosine from 1 to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(total_steps - warmup_steps, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, span) / span))
+
+
+def _to_device(data: MultiRaterData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        torch.as_tensor(data.images, device=device),
+        torch.as_tensor(data.masks, device=device),
+    )
+
+
+def validation_loss(
+    model: torch.nn.Module, objective: Objective, images: torch.Tensor, masks: torch.Tensor,
+    batch_size: int, seed: int,
+) -> float:
+    """Mean objective over the validation images (no augmentation), with the random draws (annotation k,
+    posterior and prior samples) fixed by ``seed`` so that epochs are compared on equal terms."""
+    model.eval()
+    total, count = 0.0, 0
+    devices = [images.device] if images.device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for start in range(0, images.shape[0], batch_size):
+            x, y = images[start : start + batch_size], masks[start : start + batch_size]
+            loss, _ = objective(model(x, y))
+            total += float(loss.detach()) * x.shape[0]
+            count += x.shape[0]
+    return total / max(count, 1)
+
+
+def train_fold(
+    model: torch.nn.Module,
+    objective: Objective,
+    train: MultiRaterData,
+    val: MultiRaterData,
+    config: TrainConfig,
+    device: torch.device,
+    on_epoch: Callable[[EpochLog], Any] | None = None,
+) -> FoldTrainingResult:
+    """Train ``model`` on ``train``, select the epoch with the lowest validation loss on ``val``.
+
+    Randomness: batch order and augmentation come from a CPU generator seeded with ``config.seed``; the model's
+    own draws use torch's global generator (seed it before calling for a reproducible fold).
+
+    Raises:
+        TrainingDivergedError: a non-finite loss or loss term (names epoch, step and term).
+        ProbsegError: empty training or validation split.
+    """
+    if len(train) == 0 or len(val) == 0:
+        raise ProbsegError(f"training split has {len(train)} items and validation {len(val)}: both must be non-empty")
+    model.to(device)
+    x_train, y_train = _to_device(train, device)
+    x_val, y_val = _to_device(val, device)
+    generator = torch.Generator().manual_seed(config.seed)
+    augment = AffineAugmentation() if config.augment else None
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, total_steps, steps_per_epoch * config.warmup_epochs)
+    )
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch, best_val = -1, math.inf
+    history: list[EpochLog] = []
+    start_all = time.perf_counter()
+    step = 0
+    for epoch in range(config.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(train), generator=generator).to(device)
+        sums: dict[str, float] = {}
+        loss_sum, seen = 0.0, 0
+        for b in range(steps_per_epoch):
+            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+            x, y = x_train[idx], y_train[idx]
+            if augment is not None:
+                x, y = augment(x, y, generator)
+            loss, parts = objective(model(x, y))
+            if not torch.isfinite(loss):
+                bad = [k for k, v in parts.items() if not torch.isfinite(v)] or ["total"]
+                raise TrainingDivergedError(
+                    f"non-finite loss at epoch {epoch + 1}, step {b + 1} (term: {', '.join(bad)}); "
+                    "lower the learning rate or the regularizer weights"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            n = x.shape[0]
+            loss_sum += float(loss.detach()) * n
+            seen += n
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+        val_loss = validation_loss(model, objective, x_val, y_val, config.batch_size, config.seed + 1)
+        log = EpochLog(
+            epoch=epoch + 1,
+            train_loss=loss_sum / seen,
+            train_terms={k: v / seen for k, v in sums.items()},
+            val_loss=val_loss,
+            lr=float(optimizer.param_groups[0]["lr"]),
+            seconds=time.perf_counter() - t0,
+        )
+        history.append(log)
+        if math.isfinite(val_loss) and val_loss < best_val:
+            best_val, best_epoch = val_loss, epoch + 1
+            best_state = copy.deepcopy({k: v.detach() for k, v in model.state_dict().items()})
+        if on_epoch is not None:
+            on_epoch(log)
+    if best_state is None:
+        raise TrainingDivergedError("the validation loss was never finite: no checkpoint to evaluate")
+    return FoldTrainingResult(
+        best_state=best_state,
+        best_epoch=best_epoch,
+        best_val_loss=best_val,
+        history=history,
+        seconds=time.perf_counter() - start_all,
+        steps=step,
+    )

@@ -1,0 +1,85 @@
+"""The command line: error lines without tracebacks, the run -> store -> leaderboard path, resuming."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from probseg_bench.cli import app, main
+from probseg_bench.results import ResultsStore
+
+SMALL = ["--hp", "filters=4,8", "--hp", "convs_per_block=1"]
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["probseg-bench", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "--model", "nosuch", "--dataset", "lidc-sample"],
+         "unknown model 'nosuch'; known models: punet, spunet"),
+        (["run", "--model", "spunet", "--dataset", "nosuch"], "unknown dataset 'nosuch'; known datasets: lidc-sample"),
+        (["run", "--model", "spunet", "--dataset", "lidc-smaple"], "did you mean 'lidc-sample'?"),
+        (["run", "--model", "punet", "--dataset", "lidc-sample", "--hp", "alpha=3"], "--hp alpha"),
+        (["run", "--model", "punet", "--dataset", "lidc-sample", "--hp", "beta=abc"], "expected a float"),
+        (["run", "--model", "punet", "--dataset", "lidc-sample", "--preset", "fast"], "unknown preset 'fast'"),
+        (["run", "--model", "punet", "--dataset", "lidc-sample", "--fold", "3"], "--fold"),
+        (["leaderboard", "--format", "xml"], "--format"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_exit_2(monkeypatch, capsys, tmp_path, args, expected):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(monkeypatch, capsys, *args)
+    assert code == 2
+    assert expected in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", "from probseg_bench.cli import main; main()", "run", "--model", "nosuch",
+         "--dataset", "lidc-sample"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: unknown model 'nosuch'")
+    assert "Traceback" not in proc.stderr
+
+
+def test_empty_store_gives_an_empty_json_leaderboard(tmp_path):
+    result = CliRunner().invoke(app, ["leaderboard", "--format", "json", "--storage", str(tmp_path / "r.db")])
+    assert result.exit_code == 0 and json.loads(result.output) == []
+
+
+def test_run_punet_end_to_end_then_resume(monkeypatch, tmp_path, tiny_preset):
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", "punet", "--dataset", "lidc-sample", "--preset", tiny_preset, "-d", "2", "-d", "3",
+            "--fold", "0", "--format", "json", *SMALL]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    rows = json.loads(first.stdout)
+    assert sorted(r["latent_dim"] for r in rows) == [2, 3]
+    store = ResultsStore()  # the default store in the working directory
+    records = store.records()
+    assert len(records) == 2
+    rec = records[0]
+    assert rec.hyperparameters["model"]["filters"] == "4,8"
+    assert len(rec.per_image["ewd"]) == len(rec.test_ids) == 6
+    assert rec.split_hash and rec.versions["torch"] and rec.protocol["epochs"] == 1
+    for r in records:
+        assert 1.0 <= r.metrics["er"] <= r.latent_dim + 1e-9
+        assert r.metrics["hm_iou"] + r.metrics["ewd"] == pytest.approx(1.0)
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0
+    assert "already in the results store" in second.stderr
+    assert len(store.records()) == 2

@@ -1,0 +1,83 @@
+"""One contract test per registered plugin (timm style): every model, dataset and regularizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.distributions import Normal
+
+from probseg_bench.api import LatentSegmentationModel, MultiRaterData, TrainOutput
+from probseg_bench.errors import ProbsegError
+from probseg_bench.plugins import get_plugins
+from probseg_bench.protocol import build_objective
+
+PLUGINS = get_plugins()
+
+
+def build_small(name: str, latent_dim: int = 3):
+    spec = PLUGINS.models.get(name)
+    hp = {h.name: h.default for h in spec.hyperparameters}
+    if "filters" in hp:
+        hp["filters"] = "4,8,16"
+    torch.manual_seed(0)
+    return spec, spec.factory(latent_dim=latent_dim, in_channels=1, **hp), hp
+
+
+@pytest.mark.parametrize("name", PLUGINS.models.names())
+def test_model_contract(name):
+    spec, model, hp = build_small(name)
+    assert isinstance(model, torch.nn.Module) and isinstance(model, LatentSegmentationModel)
+    x = torch.rand(2, 1, 32, 32)
+    y = (torch.rand(2, 3, 32, 32) > 0.6).to(torch.uint8)
+    out = model(x, y)
+    assert isinstance(out, TrainOutput)
+    assert out.logits.shape == out.target.shape == (2, 1, 32, 32)
+    assert isinstance(out.prior, Normal) and out.prior.loc.shape == (2, 3)
+    assert out.posterior.loc.shape == (2, 3)
+    assert out.posterior_samples.shape[0] == 2 and out.posterior_samples.shape[2] == 3
+    assert out.prior_samples.shape == out.posterior_samples.shape
+    objective = build_objective(spec, PLUGINS, hp)
+    loss, parts = objective(out)
+    loss.backward()
+    assert torch.isfinite(loss) and "reconstruction" in parts
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    with torch.no_grad():
+        assert model.sample(x, 5).shape == (2, 5, 1, 32, 32)
+        assert model.decode(x, torch.zeros(2, 4, 3)).shape == (2, 4, 1, 32, 32)
+        assert model.prior(x).scale.shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", PLUGINS.models.names())
+def test_model_hyperparameters_have_valid_ranges(name):
+    for hp in PLUGINS.models.get(name).hyperparameters:
+        if hp.tunable and hp.choices is None:
+            assert hp.low is not None and hp.high is not None and hp.low < hp.high, hp
+            assert hp.low <= hp.default <= hp.high, hp
+
+
+@pytest.mark.parametrize("name", PLUGINS.datasets.names())
+def test_dataset_contract(name):
+    spec = PLUGINS.datasets.get(name)
+    assert spec.license and spec.citation
+    try:
+        data = spec.load(None)
+    except ProbsegError as exc:
+        pytest.skip(f"{name} needs a data root: {exc}")
+    assert isinstance(data, MultiRaterData)
+    data.validate(name)
+    assert data.images.shape[0] == data.masks.shape[0] == len(data.groups)
+
+
+@pytest.mark.parametrize("name", PLUGINS.regularizers.names())
+def test_regularizer_contract(name):
+    spec = PLUGINS.regularizers.get(name)
+    reg = spec.factory()
+    torch.manual_seed(0)
+    mu, sigma = torch.randn(4, 3), torch.rand(4, 3) + 0.5
+    out = TrainOutput(
+        logits=torch.zeros(4, 1, 8, 8), target=torch.zeros(4, 1, 8, 8), prior=Normal(mu, sigma),
+        posterior=Normal(mu + 1, sigma), posterior_samples=torch.randn(4, 3, 3), prior_samples=torch.randn(4, 3, 3),
+        annotation_index=torch.zeros(4, dtype=torch.long),
+    )
+    value = reg(out)
+    assert value.shape == (4,) and torch.isfinite(value).all()
