@@ -235,7 +235,8 @@ def run_protocol(
     epochs, warmup = preset.schedule(dataset_spec.protocol)
     protocol = preset.settings(dataset_spec.protocol)
     hyperparameters = {"model": model_hp, "regularizers": reg_hp}
-    chash = config_hash({"seed": request.seed, "protocol": protocol, "hyperparameters": hyperparameters})
+    chash = config_hash({"seed": request.seed, "protocol": protocol, "hyperparameters": hyperparameters,
+                         "split": splits.split_hash})
     versions = package_versions("probseg-bench", "torch", "numpy", "scipy", "geomloss")
     grad_clip = float(model_hp[model_spec.grad_clip]) if model_spec.grad_clip else 0.0
 
