@@ -240,10 +240,13 @@ class ObjectiveTerm:
     """One weighted latent-regularizer term of a model's objective: ``weight * regularizer(out)``.
 
     ``weight`` names the model hyperparameter holding the weight (e.g. SPU-Net's ``alpha`` for ``kl``).
+    ``swappable``: the user may put another regularizer plugin in this slot (``run --regularizer NAME``), e.g.
+    ``mmd`` in place of SPU-Net's ``sinkhorn`` term on the aggregate posterior.
     """
 
     regularizer: str
     weight: str
+    swappable: bool = False
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ class LeaderboardRow:
     model: str
     dataset: str
     latent_dim: int
+    variant: str
     preset: str
     seed: int
     config: str
@@ -45,16 +46,21 @@ class LeaderboardRow:
     std: dict[str, float | None]
     best: set[str] = field(default_factory=set)
 
+    @property
+    def label(self) -> str:
+        """The model name with its variant, e.g. ``spunet (regularizer=mmd)``."""
+        return f"{self.model} ({self.variant})" if self.variant else self.model
+
     def as_dict(self) -> dict[str, Any]:
-        """The JSON form: model, dataset, latent_dim, folds, <m>_mean, <m>_std, plus preset, seed, config,
-        n_test and best (the metrics this row is best at)."""
+        """The JSON form: model, dataset, latent_dim, folds, <m>_mean, <m>_std, plus variant, preset, seed,
+        config, n_test and best (the metrics this row is best at)."""
         out: dict[str, Any] = {
             "model": self.model, "dataset": self.dataset, "latent_dim": self.latent_dim, "folds": self.folds,
         }
         for key, _, _ in RANKED_METRICS:
             out[f"{key}_mean"] = self.mean[key]
             out[f"{key}_std"] = self.std[key]
-        out.update(preset=self.preset, seed=self.seed, config=self.config, n_test=self.n_test,
+        out.update(variant=self.variant, preset=self.preset, seed=self.seed, config=self.config, n_test=self.n_test,
                    best=sorted(self.best))
         return out
 
@@ -73,7 +79,8 @@ def build_leaderboard(records: list[FoldRecord]) -> list[LeaderboardRow]:
             mean[key] = float(values.mean())
             std[key] = float(values.std(ddof=1)) if len(values) > 1 else None
         rows.append(LeaderboardRow(
-            model=model, dataset=dataset, latent_dim=d, preset=recs[0].preset, seed=recs[0].seed,
+            model=model, dataset=dataset, latent_dim=d, variant=recs[0].variant, preset=recs[0].preset,
+            seed=recs[0].seed,
             config=config, folds=len(recs), n_test=len(recs[0].test_ids), mean=mean, std=std,
         ))
     for key, _, higher in RANKED_METRICS:
@@ -103,7 +110,7 @@ def render_markdown(rows: list[LeaderboardRow]) -> str:
     """A Markdown table; best values in bold; mean ± std over folds."""
     lines = ["| " + " | ".join(_header()) + " |", "|" + "---|" * len(_header())]
     for r in rows:
-        cells = [r.dataset, r.model, str(r.latent_dim), r.preset, str(r.folds), str(r.n_test)]
+        cells = [r.dataset, r.label, str(r.latent_dim), r.preset, str(r.folds), str(r.n_test)]
         for key, _, _ in RANKED_METRICS:
             cells.append(f"**{_cell(r, key)}**" if key in r.best else _cell(r, key))
         lines.append("| " + " | ".join(cells) + " |")
@@ -135,7 +142,7 @@ def rich_table(rows: list[LeaderboardRow], title: str = "probseg-bench leaderboa
     for h in _header():
         table.add_column(h, justify="right" if h not in ("dataset", "model", "preset") else "left")
     for r in rows:
-        cells = [r.dataset, r.model, str(r.latent_dim), r.preset, str(r.folds), str(r.n_test)]
+        cells = [r.dataset, r.label, str(r.latent_dim), r.preset, str(r.folds), str(r.n_test)]
         for key, _, _ in RANKED_METRICS:
             cells.append(f"[bold]{_cell(r, key)}[/bold]" if key in r.best else _cell(r, key))
         table.add_row(*cells)

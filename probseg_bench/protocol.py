@@ -15,7 +15,7 @@ import platform
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +27,7 @@ from probseg_bench.api import (
     LatentSegmentationModel,
     ModelSpec,
     MultiRaterData,
+    ObjectiveTerm,
     resolve_hyperparameters,
 )
 from probseg_bench.errors import ProbsegError, did_you_mean
@@ -73,7 +74,15 @@ class RunRequest:
     device: str = "auto"
     data_root: Path | None = None
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    regularizer: str | None = None
     run_dir: Path = Path("probseg-runs")
+
+    def variant(self) -> str:
+        """A short label of what the user changed from the model's defaults (``--regularizer``, ``--hp``), e.g.
+        ``"regularizer=mmd, beta=50"``; empty for the defaults. Shown beside the model in the leaderboard."""
+        parts = [f"regularizer={self.regularizer}"] if self.regularizer else []
+        parts += [f"{k}={v}" for k, v in sorted(self.hyperparameters.items())]
+        return ", ".join(parts)
 
 
 def resolve_device(name: str) -> Any:
@@ -95,16 +104,34 @@ def resolve_device(name: str) -> Any:
     raise ProbsegError(f"--device: expected auto, cpu or cuda, got {name!r}")
 
 
+def objective_terms(spec: ModelSpec, plugins: Plugins, regularizer: str | None = None) -> tuple[ObjectiveTerm, ...]:
+    """The model's objective terms, with the swappable term's regularizer replaced by ``regularizer`` if given.
+
+    Raises:
+        ProbsegError: unknown regularizer, or a model without a swappable term.
+    """
+    if regularizer is None:
+        return spec.objective
+    plugins.regularizers.get(regularizer)  # unknown name -> error with the known ones
+    if not any(t.swappable for t in spec.objective):
+        fixed = ", ".join(t.regularizer for t in spec.objective) or "none"
+        raise ProbsegError(
+            f"--regularizer {regularizer}: model '{spec.name}' has no swappable regularizer term (its terms: {fixed})"
+        )
+    return tuple(replace(t, regularizer=regularizer) if t.swappable else t for t in spec.objective)
+
+
 def resolve_run_hyperparameters(
-    spec: ModelSpec, plugins: Plugins, overrides: Mapping[str, Any]
+    spec: ModelSpec, plugins: Plugins, overrides: Mapping[str, Any], terms: Sequence[ObjectiveTerm] | None = None
 ) -> tuple[dict[str, HyperValue], dict[str, dict[str, HyperValue]]]:
     """(model hyperparameters, {regularizer: its hyperparameters}) with ``overrides`` applied to whichever
-    declares the name.
+    declares the name; ``terms`` defaults to the spec's objective.
 
     Raises:
         ProbsegError: an override that neither the model nor its regularizers declare, or a bad value.
     """
-    regs = {t.regularizer: plugins.regularizers.get(t.regularizer) for t in spec.objective}
+    terms = spec.objective if terms is None else terms
+    regs = {t.regularizer: plugins.regularizers.get(t.regularizer) for t in terms}
     owners: dict[str, str] = {hp.name: spec.name for hp in spec.hyperparameters}
     for rname, rspec in regs.items():
         for hp in rspec.hyperparameters:
@@ -112,7 +139,7 @@ def resolve_run_hyperparameters(
     unknown = [k for k in overrides if k not in owners]
     if unknown:
         raise ProbsegError(
-            f"--hp {unknown[0]}: model '{spec.name}' and its regularizers have no such hyperparameter"
+            f"model '{spec.name}' and its regularizers have no hyperparameter '{unknown[0]}'"
             f"{did_you_mean(unknown[0], owners)}; they have: {', '.join(sorted(owners))}"
         )
     model_hp = resolve_hyperparameters(
@@ -130,17 +157,17 @@ def resolve_run_hyperparameters(
 
 def build_objective(
     spec: ModelSpec, plugins: Plugins, model_hp: Mapping[str, HyperValue],
-    reg_hp: Mapping[str, Mapping[str, HyperValue]] | None = None,
+    reg_hp: Mapping[str, Mapping[str, HyperValue]] | None = None, terms: Sequence[ObjectiveTerm] | None = None,
 ) -> Objective:
-    """The model's objective: reconstruction + each (regularizer, weight hyperparameter) term of its spec, the
-    regularizers built by their plugins with ``reg_hp[name]`` (their defaults when absent)."""
+    """The model's objective: reconstruction + each (regularizer, weight hyperparameter) term (``terms``, by
+    default the spec's), the regularizers built by their plugins with ``reg_hp[name]`` (defaults when absent)."""
     from probseg_bench.training import Objective
 
     reg_hp = reg_hp or {}
     return Objective([
         (t.regularizer, float(model_hp[t.weight]),
          plugins.regularizers.get(t.regularizer).factory(**reg_hp.get(t.regularizer, {})))
-        for t in spec.objective
+        for t in (spec.objective if terms is None else terms)
     ])
 
 
@@ -225,7 +252,8 @@ def run_protocol(
     declared = {hp.name for hp in model_spec.hyperparameters}
     overrides = {k: v for k, v in preset.model_defaults if k in declared}
     overrides.update(request.hyperparameters)
-    model_hp, reg_hp = resolve_run_hyperparameters(model_spec, plugins, overrides)
+    terms = objective_terms(model_spec, plugins, request.regularizer)
+    model_hp, reg_hp = resolve_run_hyperparameters(model_spec, plugins, overrides, terms)
     device = resolve_device(request.device)
 
     data: MultiRaterData = dataset_spec.load(request.data_root)
@@ -234,7 +262,8 @@ def run_protocol(
     test = data.subset(splits.test)
     epochs, warmup = preset.schedule(dataset_spec.protocol)
     protocol = preset.settings(dataset_spec.protocol)
-    hyperparameters = {"model": model_hp, "regularizers": reg_hp}
+    hyperparameters = {"model": model_hp, "regularizers": reg_hp,
+                       "objective": [[t.regularizer, t.weight] for t in terms]}
     chash = config_hash({"seed": request.seed, "protocol": protocol, "hyperparameters": hyperparameters,
                          "split": splits.split_hash})
     versions = package_versions("probseg-bench", "torch", "numpy", "scipy", "geomloss")
@@ -259,7 +288,7 @@ def run_protocol(
                     f"model plugin '{request.model}': factory returned {type(model).__name__}, expected a "
                     "torch.nn.Module with forward/sample/prior/decode (probseg_bench.api.LatentSegmentationModel)"
                 )
-            objective = build_objective(model_spec, plugins, model_hp, reg_hp)
+            objective = build_objective(model_spec, plugins, model_hp, reg_hp, terms)
             config = TrainConfig(
                 epochs=epochs, warmup_epochs=warmup, batch_size=preset.batch_size, lr=preset.lr,
                 weight_decay=preset.weight_decay, grad_clip=grad_clip, augment=preset.augment, seed=seed,
@@ -280,7 +309,7 @@ def run_protocol(
             )
             record = FoldRecord(
                 model=request.model, dataset=request.dataset, latent_dim=d, fold=fold, seed=request.seed,
-                preset=preset.name, config_hash=chash, split_hash=splits.split_hash,
+                preset=preset.name, config_hash=chash, split_hash=splits.split_hash, variant=request.variant(),
                 hyperparameters=hyperparameters, protocol=protocol, metrics=evaluation.aggregate,
                 per_image=evaluation.per_image, test_ids=[str(g) for g in test.groups],
                 timings={"train_s": result.seconds, "sampling_s": evaluation.seconds_sampling,

@@ -71,7 +71,8 @@ class FoldRecord:
     """One evaluated fold.
 
     ``metrics``: the mean over test images of each metric; ``per_image``: metric -> list over test images (same
-    order as ``test_ids``); ``timings``: seconds (training, sampling, metrics); ``protocol``: the resolved
+    order as ``test_ids``); ``variant``: what the user changed from the model's defaults (``--regularizer``,
+    ``--hp``), empty for the defaults; ``timings``: seconds (training, sampling, metrics); ``protocol``: the resolved
     preset settings; ``hyperparameters``: model and regularizer hyperparameters; ``versions``: package
     versions and git commit.
     """
@@ -91,6 +92,7 @@ class FoldRecord:
     test_ids: list[str]
     timings: dict[str, float]
     versions: dict[str, str]
+    variant: str = ""
     best_epoch: int = 0
     best_val_loss: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)

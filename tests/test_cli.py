@@ -27,10 +27,14 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     ("args", "expected"),
     [
         (["run", "--model", "nosuch", "--dataset", "lidc-sample"],
-         "unknown model 'nosuch'; known models: punet, spunet"),
+         "unknown model 'nosuch'; known models: punet, punet-nf, spunet"),
         (["run", "--model", "spunet", "--dataset", "nosuch"], "unknown dataset 'nosuch'; known datasets: lidc-sample"),
         (["run", "--model", "spunet", "--dataset", "lidc-smaple"], "did you mean 'lidc-sample'?"),
-        (["run", "--model", "punet", "--dataset", "lidc-sample", "--hp", "alpha=3"], "--hp alpha"),
+        (["run", "--model", "punet", "--dataset", "lidc-sample", "--hp", "alpha=3"], "no hyperparameter 'alpha'"),
+        (["run", "--model", "punet", "--dataset", "lidc-sample", "--flow", "radial"], "no hyperparameter 'flow'"),
+        (["run", "--model", "punet-nf", "--dataset", "lidc-sample", "--flow", "glow"], "expected one of"),
+        (["run", "--model", "punet", "--dataset", "lidc-sample", "--regularizer", "mmd"], "no swappable"),
+        (["run", "--model", "spunet", "--dataset", "lidc-sample", "--regularizer", "mdm"], "did you mean 'mmd'"),
         (["run", "--model", "punet", "--dataset", "lidc-sample", "--hp", "beta=abc"], "expected a float"),
         (["run", "--model", "punet", "--dataset", "lidc-sample", "--preset", "fast"], "unknown preset 'fast'"),
         (["run", "--model", "punet", "--dataset", "lidc-sample", "--fold", "3"], "--fold"),
@@ -83,3 +87,22 @@ def test_run_punet_end_to_end_then_resume(monkeypatch, tmp_path, tiny_preset):
     assert second.exit_code == 0
     assert "already in the results store" in second.stderr
     assert len(store.records()) == 2
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "variant", "terms"),
+    [
+        ("spunet", ["--regularizer", "mmd"], "regularizer=mmd", [["kl", "alpha"], ["mmd", "beta"]]),
+        ("punet-nf", ["--flow", "radial"], "flow=radial", [["kl", "beta"]]),
+    ],
+)
+def test_variants_run_and_are_labelled(monkeypatch, tmp_path, tiny_preset, model, extra, variant, terms):
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", model, "--dataset", "lidc-sample", "--preset", tiny_preset, "-d", "2", "--fold", "1",
+            "--format", "markdown", *SMALL, *extra]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"| {model} (" in result.stdout and variant in result.stdout
+    record = ResultsStore().records()[0]
+    assert variant in record.variant
+    assert record.hyperparameters["objective"] == terms

@@ -40,11 +40,14 @@ def test_model_contract(name):
     loss, parts = objective(out)
     loss.backward()
     assert torch.isfinite(loss) and "reconstruction" in parts
+    unreached = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unreached, f"backward does not reach {unreached}"
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     with torch.no_grad():
         assert model.sample(x, 5).shape == (2, 5, 1, 32, 32)
         assert model.decode(x, torch.zeros(2, 4, 3)).shape == (2, 4, 1, 32, 32)
-        assert model.prior(x).scale.shape == (2, 3)
+        sigma = model.prior(x).scale
+        assert sigma.shape == (2, 3) and (sigma > 0).all()
 
 
 @pytest.mark.parametrize("name", PLUGINS.models.names())

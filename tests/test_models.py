@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -12,6 +14,7 @@ from probseg_bench.nn import LatentInjectionHead
 from probseg_models.punet import ProbabilisticUNet
 from probseg_models.spunet import SinkhornProbabilisticUNet
 from probseg_regularizers.kl import KLDivergence
+from probseg_regularizers.mmd import MaximumMeanDiscrepancy
 from probseg_regularizers.sinkhorn import SinkhornDivergence
 
 SMALL = {"filters": "4,8,16", "convs_per_block": 2}
@@ -94,6 +97,18 @@ def test_sample_uses_the_prior_and_computes_features_once():
     torch.testing.assert_close(logits, model.decode(x, z))
 
 
+@pytest.mark.parametrize("cls", [ProbabilisticUNet, SinkhornProbabilisticUNet])
+@pytest.mark.parametrize("size", [(41, 41), (97, 130), (1, 7)])
+def test_sides_not_divisible_by_the_pooling_work(cls, size):
+    # three levels: 2 poolings; 41, 97, 130, 7 are not multiples of 4 (ceil-mode pooling, resize to the skip)
+    torch.manual_seed(0)
+    model = cls(latent_dim=2, filters="4,8,16", convs_per_block=1)
+    x = torch.rand(2, 1, *size)
+    y = (torch.rand(2, 3, *size) > 0.5).to(torch.uint8)
+    assert model(x, y).logits.shape == (2, 1, *size)
+    assert model.sample(x, 3).shape == (2, 3, 1, *size)
+
+
 def test_extreme_encoder_outputs_give_finite_losses():
     torch.manual_seed(0)
     model = SinkhornProbabilisticUNet(latent_dim=3, **SMALL)
@@ -141,6 +156,41 @@ def test_sinkhorn_is_per_image_zero_on_equal_samples_and_permutes_with_the_batch
     # image 0 alone gives the same value as inside the batch: no mixing across images
     alone = sink(gaussian_output(ones[:1], ones[:1], ones[:1], ones[:1], z_q[:1], z_p[:1]))
     torch.testing.assert_close(alone, per_image[:1])
+
+
+def test_sinkhorn_point_weights_are_uniform_and_sum_to_one_per_image():
+    from geomloss import SamplesLoss
+
+    torch.manual_seed(0)
+    z_q, z_p = torch.randn(3, 4, 2), torch.randn(3, 4, 2)
+    ones = torch.ones(3, 2)
+    ours = SinkhornDivergence(epsilon=0.01)(gaussian_output(ones, ones, ones, ones, z_q, z_p))
+    weights = torch.full((3, 4), 1 / 4)  # explicit uniform weights, summing to 1 per image
+    assert torch.allclose(weights.sum(1), torch.ones(3))
+    reference = SamplesLoss("sinkhorn", p=2, blur=0.1, debias=True)(weights, z_q, weights, z_p)
+    torch.testing.assert_close(ours, reference)
+
+
+def test_mmd_is_per_image_and_zero_on_equal_samples():
+    torch.manual_seed(0)
+    z_q, z_p = torch.randn(4, 4, 3), torch.randn(4, 4, 3) + 2.0
+    ones = torch.ones(4, 3)
+    for kernel in ("gaussian", "laplacian", "energy"):
+        mmd = MaximumMeanDiscrepancy(mmd_kernel=kernel)
+        values = mmd(gaussian_output(ones, ones, ones, ones, z_q, z_p))
+        assert values.shape == (4,) and (values > 0).all()
+        perm = torch.tensor([2, 0, 3, 1])
+        torch.testing.assert_close(mmd(gaussian_output(ones, ones, ones, ones, z_q[perm], z_p[perm])), values[perm])
+        same = mmd(gaussian_output(ones, ones, ones, ones, z_q, z_q.clone()))
+        torch.testing.assert_close(same, torch.zeros(4), atol=1e-5, rtol=0)
+
+
+def test_mmd_gaussian_matches_the_hand_formula():
+    # one point each at distance 1, sigma 1: 1/2 k(x,x) + 1/2 k(y,y) - k(x,y) = 1 - exp(-1/2)
+    z_q, z_p = torch.zeros(1, 1, 2), torch.tensor([[[1.0, 0.0]]])
+    ones = torch.ones(1, 2)
+    value = MaximumMeanDiscrepancy("gaussian", 1.0)(gaussian_output(ones, ones, ones, ones, z_q, z_p))
+    torch.testing.assert_close(value, torch.tensor([1 - math.exp(-0.5)]))
 
 
 def test_sinkhorn_epsilon_is_blur_to_the_p():

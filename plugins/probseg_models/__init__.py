@@ -1,4 +1,5 @@
-"""Built-in model plugins: ``punet`` (Kohl et al. 2018) and ``spunet`` (Valiuddin et al. 2024).
+"""Built-in model plugins: ``punet`` (Kohl et al. 2018), ``punet-nf`` (Valiuddin et al. 2021) and ``spunet``
+(Valiuddin et al. 2024).
 
 Registered through the entry-point group ``probseg_bench`` like any third-party plugin. torch is imported by
 the factories, not here, so ``probseg-bench list`` stays fast.
@@ -25,6 +26,13 @@ def build_punet(**kwargs: Any) -> Any:
     return ProbabilisticUNet(**kwargs)
 
 
+def build_punet_nf(**kwargs: Any) -> Any:
+    """Factory of ``punet-nf``: see :class:`probseg_models.punet_nf.FlowProbabilisticUNet`."""
+    from probseg_models.punet_nf import FlowProbabilisticUNet
+
+    return FlowProbabilisticUNet(**kwargs)
+
+
 def build_spunet(**kwargs: Any) -> Any:
     """Factory of ``spunet``: see :class:`probseg_models.spunet.SinkhornProbabilisticUNet`."""
     from probseg_models.spunet import SinkhornProbabilisticUNet
@@ -46,6 +54,25 @@ PUNET = ModelSpec(
     citation="Kohl et al., A Probabilistic U-Net for Segmentation of Ambiguous Images, NeurIPS 2018",
 )
 
+PUNET_NF = ModelSpec(
+    name="punet-nf",
+    description="PU-Net+NF (Valiuddin et al. 2021): PU-Net with an amortised flow posterior, Monte-Carlo KL",
+    factory=build_punet_nf,
+    hyperparameters=(
+        HyperParameter("beta", 1.0, "weight of the KL term", low=0.01, high=100.0, log=True),
+        HyperParameter("num_flows", 2, "flow steps (paper: 2)", low=1, high=8),
+        HyperParameter("flow", "planar", "posterior flow", choices=("planar", "radial", "maf")),
+        HyperParameter("grad_clip", 0.0, "gradient-norm clip (0 = none)", tunable=False),
+        *ARCHITECTURE,
+    ),
+    objective=(ObjectiveTerm("kl", "beta"),),
+    grad_clip="grad_clip",
+    citation=(
+        "Valiuddin et al., Improving Aleatoric Uncertainty Quantification in Multi-annotated Medical Image "
+        "Segmentation with Normalizing Flows, UNSURE (MICCAI workshop) 2021"
+    ),
+)
+
 SPUNET = ModelSpec(
     name="spunet",
     description="Sinkhorn PU-Net (Valiuddin et al. 2024, Eq. 16): BCE + alpha * KL + beta * Sinkhorn(q, p)",
@@ -56,7 +83,7 @@ SPUNET = ModelSpec(
         HyperParameter("grad_clip", 1.0, "gradient-norm clip (paper: 1)", tunable=False),
         *ARCHITECTURE,
     ),
-    objective=(ObjectiveTerm("kl", "alpha"), ObjectiveTerm("sinkhorn", "beta")),
+    objective=(ObjectiveTerm("kl", "alpha"), ObjectiveTerm("sinkhorn", "beta", swappable=True)),
     grad_clip="grad_clip",
     citation=(
         "Valiuddin et al., Investigating and Improving Latent Density Segmentation Models for Aleatoric "
@@ -68,4 +95,5 @@ SPUNET = ModelSpec(
 @hookimpl
 def probseg_bench_register_models(registry: Any) -> None:
     registry.add(PUNET)
+    registry.add(PUNET_NF)
     registry.add(SPUNET)

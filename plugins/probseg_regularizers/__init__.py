@@ -1,4 +1,4 @@
-"""Built-in latent-regularizer plugins: ``kl`` and ``sinkhorn``. Each returns a per-image penalty [B]."""
+"""Built-in latent-regularizer plugins: ``kl``, ``sinkhorn`` and ``mmd``. Each returns a per-image penalty [B]."""
 
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ def build_sinkhorn(**kwargs: Any) -> Any:
     from probseg_regularizers.sinkhorn import SinkhornDivergence
 
     return SinkhornDivergence(**kwargs)
+
+
+def build_mmd(**kwargs: Any) -> Any:
+    from probseg_regularizers.mmd import MaximumMeanDiscrepancy
+
+    return MaximumMeanDiscrepancy(**kwargs)
 
 
 KL = RegularizerSpec(
@@ -43,7 +49,21 @@ SINKHORN = RegularizerSpec(
 )
 
 
+MMD = RegularizerSpec(
+    name="mmd",
+    description="squared MMD (geomloss kernel loss) per image, posterior vs prior samples",
+    factory=build_mmd,
+    hyperparameters=(
+        HyperParameter("mmd_kernel", "gaussian", "kernel", choices=("gaussian", "laplacian", "energy")),
+        HyperParameter("mmd_blur", 1.0, "kernel bandwidth sigma (latent units; unused by 'energy')",
+                       low=0.05, high=10.0, log=True),
+    ),
+    citation="Gretton et al., A Kernel Two-Sample Test, JMLR 2012; Feydy et al., AISTATS 2019 (geomloss)",
+)
+
+
 @hookimpl
 def probseg_bench_register_regularizers(registry: Any) -> None:
     registry.add(KL)
     registry.add(SINKHORN)
+    registry.add(MMD)

@@ -83,6 +83,10 @@ def run(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder, for plugins that need one."),
     hp: list[str] = typer.Option([], "--hp", help="Hyperparameter override NAME=VALUE (repeatable)."),
+    regularizer: str | None = typer.Option(
+        None, "--regularizer", help="Regularizer plugin in the model's swappable term (spunet: sinkhorn -> mmd)."
+    ),
+    flow: str | None = typer.Option(None, "--flow", help="Posterior flow of punet-nf: planar, radial or maf."),
     storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP, show_default=False),
     run_dir: Path = typer.Option(Path("probseg-runs"), "--run-dir", help="Where best checkpoints are written."),
     fmt: str = typer.Option("table", "--format", help=FORMAT_HELP),
@@ -92,9 +96,15 @@ def run(
     if fmt not in FORMATS:
         raise ProbsegError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     chosen = get_preset(preset)
+    overrides = parse_hp(hp)
+    if flow is not None:
+        if "flow" in overrides:
+            raise ProbsegError("--flow and --hp flow=... both given: use one")
+        overrides["flow"] = flow
     request = RunRequest(
         model=model, dataset=dataset, latent_dims=tuple(latent_dim), folds=tuple(fold) or None, seed=seed,
-        preset=preset, device=device, data_root=data_root, hyperparameters=parse_hp(hp), run_dir=run_dir,
+        preset=preset, device=device, data_root=data_root, hyperparameters=overrides, regularizer=regularizer,
+        run_dir=run_dir,
     )
     if preset == "quick":
         err_console.print(f"preset quick: {chosen.description}", highlight=False)

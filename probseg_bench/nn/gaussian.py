@@ -29,9 +29,14 @@ class AxisAlignedConvGaussian(nn.Module):
         self.to_params = nn.Conv2d(self.encoder.out_channels, 2 * latent_dim, 1)
         self.latent_dim = latent_dim
 
-    def forward(self, x: torch.Tensor) -> Normal:
-        h = self.encoder(x)[-1].mean((-2, -1), keepdim=True)
-        params = self.to_params(h).flatten(1)
+    def encode(self, x: torch.Tensor) -> tuple[Normal, torch.Tensor]:
+        """x [B, C_in, H, W] -> (the Normal, the pooled encoder features [B, filters[-1]]), the latter e.g. as the
+        context of an amortised posterior flow."""
+        h = self.encoder(x)[-1].mean((-2, -1))
+        params = self.to_params(h[..., None, None]).flatten(1)
         mu, raw = params[:, : self.latent_dim], params[:, self.latent_dim :]
         log_sigma = LOG_SIGMA_BOUND * torch.tanh(raw / LOG_SIGMA_BOUND)
-        return Normal(mu, torch.exp(log_sigma), validate_args=False)
+        return Normal(mu, torch.exp(log_sigma), validate_args=False), h
+
+    def forward(self, x: torch.Tensor) -> Normal:
+        return self.encode(x)[0]
