@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -94,7 +93,8 @@ class MultiRaterData:
     """A multi-annotator segmentation dataset, fully or lazily (memory-mapped) in memory.
 
     Attributes:
-        images: float32 [N, C, H, W], intensities normalised by the dataset plugin (documented there).
+        images: float32 (or float16, to halve the memory of large sets) [N, C, H, W], intensities normalised by
+            the dataset plugin (documented there); training and evaluation compute in float32.
         masks: uint8 [N, A, H, W] with values in {0, 1}; A annotators, every image has all A masks (a mask may be
             empty: the annotator marked nothing).
         groups: [N] patient/case ids (str or int). Splits never put one group on both sides.
@@ -116,8 +116,9 @@ class MultiRaterData:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def validate(self, source: str = "dataset") -> None:
-        """Check shapes, dtypes and values.
+    def validate(self, source: str = "dataset", full: bool = False) -> None:
+        """Check shapes, dtypes and values (for memory-mapped arrays, values only when ``full``: a scan of every
+        item in chunks).
 
         Raises:
             ProbsegError: naming ``source`` and what was expected.
@@ -125,8 +126,8 @@ class MultiRaterData:
         im, mk, gr = self.images, self.masks, np.asarray(self.groups)
         if im.ndim != 4:
             raise ProbsegError(f"{source}: images must have shape [N, C, H, W], got {tuple(im.shape)}")
-        if im.dtype != np.float32:
-            raise ProbsegError(f"{source}: images must be float32, got {im.dtype}")
+        if im.dtype not in (np.float32, np.float16):
+            raise ProbsegError(f"{source}: images must be float32 or float16, got {im.dtype}")
         if mk.ndim != 4:
             raise ProbsegError(f"{source}: masks must have shape [N, A, H, W], got {tuple(mk.shape)}")
         if mk.dtype != np.uint8:
@@ -140,11 +141,16 @@ class MultiRaterData:
             raise ProbsegError(f"{source}: expected at least one annotator, got A = 0")
         if gr.shape != (im.shape[0],):
             raise ProbsegError(f"{source}: groups must have shape [N] = [{im.shape[0]}], got {gr.shape}")
-        if not isinstance(im, np.memmap):  # a full scan of a memory-mapped set is left to the plugin
-            if not np.isfinite(im).all():
-                raise ProbsegError(f"{source}: images contain NaN or infinite values")
-            if mk.size and mk.max() > 1:
-                raise ProbsegError(f"{source}: masks must hold only 0 and 1, found {int(mk.max())}")
+        if full or not (isinstance(im, np.memmap) or isinstance(mk, np.memmap)):
+            for start in range(0, im.shape[0], 512):  # in chunks: a memory-mapped set is not loaded at once
+                block = np.asarray(im[start : start + 512])
+                finite = np.isfinite(block).reshape(block.shape[0], -1).all(1)
+                if not finite.all():
+                    bad = start + int(np.argmin(finite))
+                    raise ProbsegError(f"{source}: image {bad} contains NaN or infinite values")
+                top = int(np.asarray(mk[start : start + 512]).max(initial=0))
+                if top > 1:
+                    raise ProbsegError(f"{source}: masks must hold only 0 and 1, found {top}")
         for key, col in self.metadata.items():
             if len(col) != im.shape[0]:
                 raise ProbsegError(f"{source}: metadata column '{key}' has {len(col)} rows, expected {im.shape[0]}")
@@ -171,16 +177,20 @@ class ProtocolDefaults:
 class DatasetSpec:
     """A dataset plugin.
 
-    ``load(data_root)`` returns a :class:`MultiRaterData` (``data_root`` is None when the user gave no
-    ``--data-root``; a plugin that needs one raises :class:`ProbsegError` saying so).
+    ``load(data_root, **parameters)`` returns a :class:`MultiRaterData` (``data_root`` is None when the user
+    gave no ``--data-root``; a plugin that needs one raises :class:`ProbsegError` saying so and showing
+    ``layout``). ``parameters`` declares the dataset's options (``--dataset-param NAME=VALUE``), e.g. the task
+    of a multi-task QUBIQ folder; their resolved values are stored with every result.
     """
 
     name: str
     description: str
-    load: Callable[[Path | None], MultiRaterData]
+    load: Callable[..., MultiRaterData]
     license: str = ""
     citation: str = ""
     protocol: ProtocolDefaults = ProtocolDefaults()
+    parameters: tuple[HyperParameter, ...] = ()
+    layout: str = ""
 
 
 # ---------------------------------------------------------------------------------------------------- models

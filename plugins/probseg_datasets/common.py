@@ -1,0 +1,132 @@
+"""Shared pieces of the dataset plugins: file readers with one clear error per bad file, mask binarisation,
+centre crop / pad, and the data-root check.
+
+Every error is a :class:`probseg_bench.errors.ProbsegError` whose message starts with the offending path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from probseg_bench.errors import ProbsegError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz", ".npy")
+
+
+def suffix(path: Path) -> str:
+    """The file's format suffix, lower case, ``.nii.gz`` as one suffix."""
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def require_root(data_root: Path | None, dataset: str, layout: str) -> Path:
+    """``data_root`` as an existing folder.
+
+    Raises:
+        ProbsegError: no ``--data-root`` given, or not a folder; the message shows the expected ``layout``.
+    """
+    if data_root is None:
+        raise ProbsegError(f"dataset '{dataset}' needs --data-root PATH (expected layout: {layout})")
+    root = Path(data_root)
+    if not root.is_dir():
+        raise ProbsegError(f"{root}: --data-root of dataset '{dataset}' is not a folder (expected layout: {layout})")
+    return root
+
+
+def read_array(path: Path) -> np.ndarray:
+    """Read an image or mask file into a numpy array, by suffix.
+
+    PNG / JPEG / TIFF with Pillow (greyscale; colour images are converted to luminance), NIfTI (``.nii``,
+    ``.nii.gz``) with nibabel (the data array as stored, float or integer), ``.npy`` with numpy
+    (``allow_pickle=False``).
+
+    Raises:
+        ProbsegError: an unknown suffix, or a missing, truncated or corrupt file.
+    """
+    kind = suffix(path)
+    try:
+        if kind in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):
+            from PIL import Image, UnidentifiedImageError
+
+            try:
+                with Image.open(path) as im:
+                    im.load()
+                    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                        return np.asarray(im)
+                    return np.asarray(im.convert("L"))
+            except UnidentifiedImageError as exc:
+                raise ProbsegError(f"{path}: not a readable image ({exc})") from None
+        if kind in (".nii", ".nii.gz"):
+            import nibabel as nib
+
+            try:
+                return np.asarray(nib.load(str(path)).get_fdata(caching="unchanged", dtype=np.float32))
+            except Exception as exc:  # nibabel raises many types for a damaged file
+                raise ProbsegError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+        if kind == ".npy":
+            try:
+                return np.load(path, allow_pickle=False)
+            except ValueError as exc:
+                raise ProbsegError(f"{path}: not a plain numpy array file ({exc})") from None
+    except OSError as exc:
+        raise ProbsegError(f"{path}: cannot read the file ({exc})") from None
+    raise ProbsegError(f"{path}: unsupported file type; expected one of {', '.join(IMAGE_SUFFIXES)}")
+
+
+def as_image_2d(arr: np.ndarray, path: Path) -> np.ndarray:
+    """A 2-D float32 image with finite values (a trailing singleton axis is dropped).
+
+    Raises:
+        ProbsegError: not 2-D, or NaN / infinite values.
+    """
+    a = np.squeeze(arr) if arr.ndim > 2 else arr
+    if a.ndim != 2:
+        raise ProbsegError(f"{path}: expected a 2-D image, got shape {arr.shape}")
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise ProbsegError(f"{path}: image contains NaN or infinite values")
+    return a
+
+
+def as_binary_mask(arr: np.ndarray, path: Path) -> np.ndarray:
+    """A mask with values in {0, 1} or {0, 255} -> uint8 {0, 1}.
+
+    Raises:
+        ProbsegError: other values (the message lists a few), or NaN.
+    """
+    values = np.unique(arr)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise ProbsegError(f"{path}: mask contains NaN or infinite values")
+    allowed = set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}
+    if not allowed:
+        shown = ", ".join(f"{v:g}" for v in values[:6])
+        raise ProbsegError(f"{path}: mask values must be {{0, 1}} or {{0, 255}}, found {shown}"
+                           f"{' ...' if values.size > 6 else ''}")
+    return (arr > 0).astype(np.uint8)
+
+
+def center_crop_or_pad(arr: np.ndarray, size: int, fill: float = 0.0) -> np.ndarray:
+    """Centre-crop or zero-pad (``fill``) the last two axes to ``size`` x ``size``.
+
+    For an odd excess the extra row / column is removed from (or added at) the end.
+    """
+    out = arr
+    for axis in (-2, -1):
+        n = out.shape[axis]
+        if n > size:
+            start = (n - size) // 2
+            out = np.take(out, np.arange(start, start + size), axis=axis)
+        elif n < size:
+            before = (size - n) // 2
+            pad = [(0, 0)] * out.ndim
+            pad[axis] = (before, size - n - before)
+            out = np.pad(out, pad, constant_values=fill)
+    return out
+
+
+def info_layout(**kwargs: Any) -> str:
+    """``key=value`` pairs for messages."""
+    return ", ".join(f"{k}={v}" for k, v in kwargs.items())
