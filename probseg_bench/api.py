@@ -156,13 +156,33 @@ class MultiRaterData:
                 raise ProbsegError(f"{source}: metadata column '{key}' has {len(col)} rows, expected {im.shape[0]}")
 
     def subset(self, index: np.ndarray) -> MultiRaterData:
-        """The items at ``index`` (int array), metadata included."""
+        """The items at ``index`` (int array), metadata included, copied into memory.
+
+        From memory-mapped arrays the copy is made in chunks, and the mapped pages are released after each
+        chunk, so selecting a split of a large converted set costs only the split's own memory.
+        """
         return MultiRaterData(
-            images=np.ascontiguousarray(self.images[index]),
-            masks=np.ascontiguousarray(self.masks[index]),
+            images=_take(self.images, index),
+            masks=_take(self.masks, index),
             groups=np.asarray(self.groups)[index],
             metadata={k: np.asarray(v)[index] for k, v in self.metadata.items()},
         )
+
+
+def _take(array: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``array[index]`` as a new in-memory array; for a memory map, chunk by chunk, dropping mapped pages."""
+    if not isinstance(array, np.memmap):
+        return np.ascontiguousarray(array[index])
+    import mmap
+
+    index = np.asarray(index)
+    out = np.empty((len(index), *array.shape[1:]), dtype=array.dtype)
+    mapping = getattr(array, "_mmap", None)
+    for start in range(0, len(index), 256):
+        out[start : start + 256] = array[index[start : start + 256]]
+        if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            mapping.madvise(mmap.MADV_DONTNEED)
+    return out
 
 
 @dataclass(frozen=True)

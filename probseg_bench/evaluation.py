@@ -53,7 +53,7 @@ def evaluate(
     with torch.no_grad(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for start in range(0, len(data), batch_size):
-            x = torch.as_tensor(data.images[start : start + batch_size], device=device)
+            x = torch.as_tensor(data.images[start : start + batch_size], device=device).float()
             y = torch.as_tensor(data.masks[start : start + batch_size], device=device).bool()
             t0 = time.perf_counter()
             s = latent_model.sample(x, n_samples)[:, :, 0] > 0  # [B, n, H, W]

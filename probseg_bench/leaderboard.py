@@ -35,6 +35,7 @@ class LeaderboardRow:
 
     model: str
     dataset: str
+    dataset_label: str
     latent_dim: int
     variant: str
     preset: str
@@ -52,21 +53,36 @@ class LeaderboardRow:
         return f"{self.model} ({self.variant})" if self.variant else self.model
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON form: model, dataset, latent_dim, folds, <m>_mean, <m>_std, plus variant, preset, seed,
-        config, n_test and best (the metrics this row is best at)."""
+        """The JSON form: model, dataset, latent_dim, folds, <m>_mean, <m>_std, plus dataset_label, variant,
+        preset, seed, config, n_test and best (the metrics this row is best at)."""
         out: dict[str, Any] = {
             "model": self.model, "dataset": self.dataset, "latent_dim": self.latent_dim, "folds": self.folds,
         }
         for key, _, _ in RANKED_METRICS:
             out[f"{key}_mean"] = self.mean[key]
             out[f"{key}_std"] = self.std[key]
-        out.update(variant=self.variant, preset=self.preset, seed=self.seed, config=self.config, n_test=self.n_test,
+        out.update(dataset_label=self.dataset_label, variant=self.variant, preset=self.preset, seed=self.seed,
+                   config=self.config, n_test=self.n_test,
                    best=sorted(self.best))
         return out
 
 
+def dataset_label(record: FoldRecord) -> str:
+    """The dataset name with its non-default parameters, e.g. ``qubiq-brain-tumor (task=2)``."""
+    from probseg_bench.plugins import get_plugins
+
+    params = record.dataset_params
+    try:
+        defaults = {p.name: p.default for p in get_plugins().datasets.get(record.dataset).parameters}
+    except Exception:  # a record of a plugin that is not installed here: show every parameter
+        defaults = {}
+    shown = {k: v for k, v in sorted(params.items()) if defaults.get(k, object()) != v}
+    return f"{record.dataset} ({', '.join(f'{k}={v}' for k, v in shown.items())})" if shown else record.dataset
+
+
 def build_leaderboard(records: list[FoldRecord]) -> list[LeaderboardRow]:
-    """Aggregate fold records into rows sorted by dataset, model, latent dim."""
+    """Aggregate fold records into rows sorted by dataset, model, latent dim (datasets run with other dataset
+    parameters are other rows, labelled by :func:`dataset_label`)."""
     groups: dict[tuple[str, str, int, str], list[FoldRecord]] = {}
     for r in records:
         groups.setdefault((r.dataset, r.model, r.latent_dim, r.config_hash), []).append(r)
@@ -79,14 +95,15 @@ def build_leaderboard(records: list[FoldRecord]) -> list[LeaderboardRow]:
             mean[key] = float(values.mean())
             std[key] = float(values.std(ddof=1)) if len(values) > 1 else None
         rows.append(LeaderboardRow(
-            model=model, dataset=dataset, latent_dim=d, variant=recs[0].variant, preset=recs[0].preset,
+            model=model, dataset=dataset, dataset_label=dataset_label(recs[0]), latent_dim=d,
+            variant=recs[0].variant, preset=recs[0].preset,
             seed=recs[0].seed,
             config=config, folds=len(recs), n_test=len(recs[0].test_ids), mean=mean, std=std,
         ))
     for key, _, higher in RANKED_METRICS:
         pools: dict[tuple[str, str], list[LeaderboardRow]] = {}
         for row in rows:
-            pools.setdefault((row.dataset, row.preset), []).append(row)
+            pools.setdefault((row.dataset_label, row.preset), []).append(row)
         for pool in pools.values():
             pool_values = [row.mean[key] for row in pool]
             target = max(pool_values) if higher else min(pool_values)
@@ -110,7 +127,7 @@ def render_markdown(rows: list[LeaderboardRow]) -> str:
     """A Markdown table; best values in bold; mean ± std over folds."""
     lines = ["| " + " | ".join(_header()) + " |", "|" + "---|" * len(_header())]
     for r in rows:
-        cells = [r.dataset, r.label, str(r.latent_dim), r.preset, str(r.folds), str(r.n_test)]
+        cells = [r.dataset_label, r.label, str(r.latent_dim), r.preset, str(r.folds), str(r.n_test)]
         for key, _, _ in RANKED_METRICS:
             cells.append(f"**{_cell(r, key)}**" if key in r.best else _cell(r, key))
         lines.append("| " + " | ".join(cells) + " |")
@@ -142,7 +159,7 @@ def rich_table(rows: list[LeaderboardRow], title: str = "probseg-bench leaderboa
     for h in _header():
         table.add_column(h, justify="right" if h not in ("dataset", "model", "preset") else "left")
     for r in rows:
-        cells = [r.dataset, r.label, str(r.latent_dim), r.preset, str(r.folds), str(r.n_test)]
+        cells = [r.dataset_label, r.label, str(r.latent_dim), r.preset, str(r.folds), str(r.n_test)]
         for key, _, _ in RANKED_METRICS:
             cells.append(f"[bold]{_cell(r, key)}[/bold]" if key in r.best else _cell(r, key))
         table.add_row(*cells)

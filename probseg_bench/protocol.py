@@ -30,6 +30,7 @@ from probseg_bench.api import (
     ObjectiveTerm,
     resolve_hyperparameters,
 )
+from probseg_bench.data.loading import dataset_parameters, load_dataset
 from probseg_bench.errors import ProbsegError, did_you_mean
 from probseg_bench.plugins import Plugins, get_plugins
 from probseg_bench.presets import Preset, get_preset
@@ -75,6 +76,8 @@ class RunRequest:
     data_root: Path | None = None
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     regularizer: str | None = None
+    dataset_params: Mapping[str, Any] = field(default_factory=dict)
+    trust_pickle: bool = False
     run_dir: Path = Path("probseg-runs")
 
     def variant(self) -> str:
@@ -256,7 +259,8 @@ def run_protocol(
     model_hp, reg_hp = resolve_run_hyperparameters(model_spec, plugins, overrides, terms)
     device = resolve_device(request.device)
 
-    data: MultiRaterData = dataset_spec.load(request.data_root)
+    dataset_params = dataset_parameters(dataset_spec, request.dataset_params)
+    data: MultiRaterData = load_dataset(dataset_spec, request.data_root, dataset_params, request.trust_pickle)
     data.validate(f"dataset '{request.dataset}'")
     splits = grouped_splits(data.groups, preset.n_folds, preset.test_fraction, request.seed)
     test = data.subset(splits.test)
@@ -265,7 +269,7 @@ def run_protocol(
     hyperparameters = {"model": model_hp, "regularizers": reg_hp,
                        "objective": [[t.regularizer, t.weight] for t in terms]}
     chash = config_hash({"seed": request.seed, "protocol": protocol, "hyperparameters": hyperparameters,
-                         "split": splits.split_hash})
+                         "split": splits.split_hash, "dataset": dataset_params})
     versions = package_versions("probseg-bench", "torch", "numpy", "scipy", "geomloss")
     grad_clip = float(model_hp[model_spec.grad_clip]) if model_spec.grad_clip else 0.0
 
@@ -310,6 +314,7 @@ def run_protocol(
             record = FoldRecord(
                 model=request.model, dataset=request.dataset, latent_dim=d, fold=fold, seed=request.seed,
                 preset=preset.name, config_hash=chash, split_hash=splits.split_hash, variant=request.variant(),
+                dataset_params=dataset_params,
                 hyperparameters=hyperparameters, protocol=protocol, metrics=evaluation.aggregate,
                 per_image=evaluation.per_image, test_ids=[str(g) for g in test.groups],
                 timings={"train_s": result.seconds, "sampling_s": evaluation.seconds_sampling,

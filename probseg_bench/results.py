@@ -72,8 +72,9 @@ class FoldRecord:
 
     ``metrics``: the mean over test images of each metric; ``per_image``: metric -> list over test images (same
     order as ``test_ids``); ``variant``: what the user changed from the model's defaults (``--regularizer``,
-    ``--hp``), empty for the defaults; ``timings``: seconds (training, sampling, metrics); ``protocol``: the resolved
-    preset settings; ``hyperparameters``: model and regularizer hyperparameters; ``versions``: package
+    ``--hp``), empty for the defaults; ``dataset_params``: the dataset plugin's resolved parameters;
+    ``timings``: seconds (training, sampling, metrics); ``protocol``: the resolved preset settings;
+    ``hyperparameters``: model and regularizer hyperparameters and the objective's terms; ``versions``: package
     versions and git commit.
     """
 
@@ -93,6 +94,7 @@ class FoldRecord:
     timings: dict[str, float]
     versions: dict[str, str]
     variant: str = ""
+    dataset_params: dict[str, Any] = field(default_factory=dict)
     best_epoch: int = 0
     best_val_loss: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)

@@ -118,7 +118,7 @@ def validation_loss(
     with torch.no_grad(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for start in range(0, images.shape[0], batch_size):
-            x, y = images[start : start + batch_size], masks[start : start + batch_size]
+            x, y = images[start : start + batch_size].float(), masks[start : start + batch_size]
             loss, _ = objective(model(x, y))
             total += float(loss.detach()) * x.shape[0]
             count += x.shape[0]
@@ -169,7 +169,7 @@ def train_fold(
         loss_sum, seen = 0.0, 0
         for b in range(steps_per_epoch):
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            x, y = x_train[idx], y_train[idx]
+            x, y = x_train[idx].float(), y_train[idx]
             if augment is not None:
                 x, y = augment(x, y, generator)
             loss, parts = objective(model(x, y))

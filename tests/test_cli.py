@@ -28,7 +28,7 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     [
         (["run", "--model", "nosuch", "--dataset", "lidc-sample"],
          "unknown model 'nosuch'; known models: punet, punet-nf, spunet"),
-        (["run", "--model", "spunet", "--dataset", "nosuch"], "unknown dataset 'nosuch'; known datasets: lidc-sample"),
+        (["run", "--model", "spunet", "--dataset", "nosuch"], "unknown dataset 'nosuch'; known datasets: lidc, lidc-crops, lidc-sample"),
         (["run", "--model", "spunet", "--dataset", "lidc-smaple"], "did you mean 'lidc-sample'?"),
         (["run", "--model", "punet", "--dataset", "lidc-sample", "--hp", "alpha=3"], "no hyperparameter 'alpha'"),
         (["run", "--model", "punet", "--dataset", "lidc-sample", "--flow", "radial"], "no hyperparameter 'flow'"),

@@ -3,6 +3,7 @@
 ``lidc-sample``: 28 real LIDC-IDRI lung-nodule CT crops (128 x 128, 4 radiologists), embedded in this package
 as ``data/lidc_sample.npz`` (converted from the JPEG folder layout by ``scripts/build_lidc_sample.py``).
 Licence CC BY 3.0, see ``data/LIDC-IDRI-ATTRIBUTION.txt``.
+``lidc`` (the PU-Net port's pickle) and ``lidc-crops`` (the Hierarchical PU-Net PNG crops): see ``lidc.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from probseg_bench import hookimpl
-from probseg_bench.api import DatasetSpec, MultiRaterData, ProtocolDefaults
+from probseg_bench.api import DatasetSpec, HyperParameter, MultiRaterData, ProtocolDefaults
 from probseg_bench.errors import ProbsegError
 
 LIDC_SAMPLE_FILE = Path(__file__).parent / "data" / "lidc_sample.npz"
@@ -58,6 +59,49 @@ LIDC_SAMPLE = DatasetSpec(
 )
 
 
+def load_lidc(data_root: Path | None, trust_pickle: bool = False) -> MultiRaterData:
+    """``lidc``: see :func:`probseg_datasets.lidc.load_lidc`."""
+    from probseg_datasets.lidc import load_lidc as load
+
+    return load(data_root, trust_pickle=trust_pickle)
+
+
+def load_lidc_crops(data_root: Path | None, size: int = 128) -> MultiRaterData:
+    """``lidc-crops``: see :func:`probseg_datasets.lidc.load_lidc_crops`."""
+    from probseg_datasets.lidc import load_lidc_crops as load
+
+    return load(data_root, size=size)
+
+
+LIDC = DatasetSpec(
+    name="lidc",
+    description="LIDC-IDRI crops in the PU-Net port's pickle (--trust-pickle, or `data convert` once)",
+    load=load_lidc,
+    license=LIDC_LICENSE,
+    citation=LIDC_CITATION,
+    protocol=ProtocolDefaults(epochs=200, warmup_epochs=5),
+    parameters=(HyperParameter("trust_pickle", False, "allow unpickling (set by --trust-pickle)", tunable=False),),
+    layout="a folder of .pickle files (or one file) holding {key: {image, masks, series_uid}}",
+)
+
+LIDC_CROPS = DatasetSpec(
+    name="lidc-crops",
+    description="LIDC-IDRI PNG crops of the Hierarchical PU-Net release, centre-cropped 180 -> 128",
+    load=load_lidc_crops,
+    license=LIDC_LICENSE,
+    citation=LIDC_CITATION,
+    protocol=ProtocolDefaults(epochs=200, warmup_epochs=5),
+    parameters=(HyperParameter("size", 128, "centre crop side in pixels", tunable=False),),
+    layout="[train|val|test/]images/<patient>/z-<z>_c<crop>.png + gt/<patient>/z-<z>_c<crop>_l<annotator>.png",
+)
+
+
 @hookimpl
 def probseg_bench_register_datasets(registry: Any) -> None:
+    from probseg_datasets import qubiq
+
     registry.add(LIDC_SAMPLE)
+    registry.add(LIDC)
+    registry.add(LIDC_CROPS)
+    for spec in qubiq.SPECS:
+        registry.add(spec)

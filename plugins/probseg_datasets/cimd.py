@@ -66,7 +66,10 @@ def read_cimd_folder(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     )
     if not cases:
         raise ProbsegError(f"{root}: no case folders found (expected <root>/<subset>/<case>/)")
-    images, masks, ids, subsets = [], [], [], []
+    images: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    ids: list[str] = []
+    subsets: list[str] = []
     annotators: list[int] | None = None
     first_case: Path | None = None
     for case in cases:

@@ -63,7 +63,8 @@ def read_array(path: Path) -> np.ndarray:
             import nibabel as nib
 
             try:
-                return np.asarray(nib.load(str(path)).get_fdata(caching="unchanged", dtype=np.float32))
+                image: Any = nib.load(str(path))
+                return np.asarray(image.get_fdata(caching="unchanged", dtype=np.float32))
             except Exception as exc:  # nibabel raises many types for a damaged file
                 raise ProbsegError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
         if kind == ".npy":

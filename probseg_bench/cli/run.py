@@ -17,13 +17,13 @@ from probseg_bench.protocol import RunRequest, run_protocol
 from probseg_bench.results import DEFAULT_STORAGE, FoldKey, FoldRecord, ResultsStore
 
 
-def parse_hp(items: list[str]) -> dict[str, str]:
+def parse_hp(items: list[str], option: str = "--hp") -> dict[str, str]:
     """``["alpha=5", "beta=50"]`` -> ``{"alpha": "5", "beta": "50"}`` (typed later by the plugin's spec)."""
     out: dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            raise ProbsegError(f"--hp {item!r}: expected NAME=VALUE")
+            raise ProbsegError(f"{option} {item!r}: expected NAME=VALUE")
         out[name.strip()] = value.strip()
     return out
 
@@ -82,6 +82,8 @@ def run(
     preset: str = typer.Option("paper", "--preset", help=f"Protocol preset: {', '.join(PRESETS)}."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder, for plugins that need one."),
+    dataset_param: list[str] = typer.Option([], "--dataset-param", help="Dataset parameter NAME=VALUE (repeatable)."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling the dataset's files."),
     hp: list[str] = typer.Option([], "--hp", help="Hyperparameter override NAME=VALUE (repeatable)."),
     regularizer: str | None = typer.Option(
         None, "--regularizer", help="Regularizer plugin in the model's swappable term (spunet: sinkhorn -> mmd)."
@@ -104,7 +106,7 @@ def run(
     request = RunRequest(
         model=model, dataset=dataset, latent_dims=tuple(latent_dim), folds=tuple(fold) or None, seed=seed,
         preset=preset, device=device, data_root=data_root, hyperparameters=overrides, regularizer=regularizer,
-        run_dir=run_dir,
+        dataset_params=parse_hp(dataset_param, "--dataset-param"), trust_pickle=trust_pickle, run_dir=run_dir,
     )
     if preset == "quick":
         err_console.print(f"preset quick: {chosen.description}", highlight=False)

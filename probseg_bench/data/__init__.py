@@ -1,6 +1,4 @@
-"""Grouped splits and joint image/mask augmentation."""
+"""Data handling of the core: grouped splits (``splits``), joint augmentation (``augment``), the converted
+format (``converted``), loading with dataset parameters (``loading``) and summaries (``inspect``).
 
-from probseg_bench.data.augment import AffineAugmentation
-from probseg_bench.data.splits import Splits, grouped_splits
-
-__all__ = ["AffineAugmentation", "Splits", "grouped_splits"]
+Submodules are imported where used, so that the CLI starts without torch."""

@@ -1,0 +1,87 @@
+"""``probseg-bench data inspect | verify | convert``: look at a dataset before benchmarking on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from probseg_bench.api import DatasetSpec, HyperValue, MultiRaterData
+from probseg_bench.cli._app import app, console
+from probseg_bench.cli.run import parse_hp
+from probseg_bench.data.converted import write_converted
+from probseg_bench.data.loading import dataset_parameters, load_dataset
+from probseg_bench.errors import ProbsegError
+from probseg_bench.plugins import get_plugins
+
+data_app = typer.Typer(help="Inspect, verify and convert datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+DATA_ROOT = typer.Option(None, "--data-root", help="Dataset folder, for plugins that need one.")
+PARAMS = typer.Option([], "--dataset-param", help="Dataset parameter NAME=VALUE (repeatable).")
+TRUST = typer.Option(False, "--trust-pickle", help="Allow unpickling the dataset's files (runs their code).")
+
+
+def _load(
+    dataset: str, data_root: Path | None, params: list[str], trust_pickle: bool
+) -> tuple[DatasetSpec, dict[str, HyperValue], MultiRaterData]:
+    spec = get_plugins().datasets.get(dataset)
+    resolved = dataset_parameters(spec, parse_hp(params, "--dataset-param"))
+    return spec, resolved, load_dataset(spec, data_root, resolved, trust_pickle)
+
+
+@data_app.command()
+def inspect(
+    dataset: str = typer.Argument(..., help="Dataset plugin (see `probseg-bench list`)."),
+    data_root: Path | None = DATA_ROOT,
+    dataset_param: list[str] = PARAMS,
+    trust_pickle: bool = TRUST,
+    fmt: str = typer.Option("table", "--format", help="table or json"),
+) -> None:
+    """Counts (images, groups, annotators, size), intensity range, empty-mask fraction, annotator agreement."""
+    from probseg_bench.data.inspect import summarize
+
+    if fmt not in ("table", "json"):
+        raise ProbsegError(f"--format: expected table or json, got {fmt!r}")
+    _, params, data = _load(dataset, data_root, dataset_param, trust_pickle)
+    summary = {"dataset": dataset, "parameters": params, **summarize(data)}
+    if fmt == "json":
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"dataset {dataset}", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+@data_app.command()
+def verify(
+    dataset: str = typer.Argument(..., help="Dataset plugin."),
+    data_root: Path | None = DATA_ROOT,
+    dataset_param: list[str] = PARAMS,
+    trust_pickle: bool = TRUST,
+) -> None:
+    """Read every file and check every value (shapes, binary masks, finite intensities); one line of result."""
+    _, _, data = _load(dataset, data_root, dataset_param, trust_pickle)
+    data.validate(f"dataset '{dataset}'", full=True)
+    n, a, h, w = data.masks.shape
+    print(f"ok: {dataset}: {n} images, {a} annotators, {h}x{w}, every item read and checked")
+
+
+@data_app.command()
+def convert(
+    dataset: str = typer.Argument(..., help="Dataset plugin."),
+    output: Path = typer.Option(..., "--output", "-o", help="New folder to write (must not exist or be empty)."),
+    data_root: Path | None = DATA_ROOT,
+    dataset_param: list[str] = PARAMS,
+    trust_pickle: bool = TRUST,
+    image_dtype: str = typer.Option("float16", "--image-dtype", help="float16 (compact) or float32."),
+) -> None:
+    """Convert once into plain .npy files (no pickles) that later runs read memory-mapped with
+    `--dataset DATASET --data-root OUTPUT`."""
+    spec, params, data = _load(dataset, data_root, dataset_param, trust_pickle)
+    data.validate(f"dataset '{dataset}'", full=True)
+    write_converted(data, output, spec.name, params, source=str(data_root), image_dtype=image_dtype)
+    print(f"wrote {output}: {len(data)} images; use --dataset {dataset} --data-root {output}")
