@@ -28,7 +28,8 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     [
         (["run", "--model", "nosuch", "--dataset", "lidc-sample"],
          "unknown model 'nosuch'; known models: punet, punet-nf, spunet"),
-        (["run", "--model", "spunet", "--dataset", "nosuch"], "unknown dataset 'nosuch'; known datasets: lidc, lidc-crops, lidc-sample"),
+        (["run", "--model", "spunet", "--dataset", "nosuch"],
+         "unknown dataset 'nosuch'; known datasets: folder, lidc, lidc-crops, lidc-sample, qubiq-brain-growth"),
         (["run", "--model", "spunet", "--dataset", "lidc-smaple"], "did you mean 'lidc-sample'?"),
         (["run", "--model", "punet", "--dataset", "lidc-sample", "--hp", "alpha=3"], "no hyperparameter 'alpha'"),
         (["run", "--model", "punet", "--dataset", "lidc-sample", "--flow", "radial"], "no hyperparameter 'flow'"),
@@ -106,3 +107,39 @@ def test_variants_run_and_are_labelled(monkeypatch, tmp_path, tiny_preset, model
     record = ResultsStore().records()[0]
     assert variant in record.variant
     assert record.hyperparameters["objective"] == terms
+
+
+def write_folder_case(root, case: str, mask_values=(0, 255)) -> None:
+    import numpy as np
+    from PIL import Image
+
+    (root / case).mkdir(parents=True)
+    Image.fromarray(np.full((16, 16), 100, np.uint8)).save(root / case / "image.png")
+    for a in ("a", "b"):
+        mask = np.full((16, 16), mask_values[0], np.uint8)
+        mask[4:8, 4:8] = mask_values[1]
+        Image.fromarray(mask).save(root / case / f"mask_{a}.png")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda root: (root / "c3" / "mask_b.png").unlink(), "c3"),
+        (lambda root: (root / "c2" / "mask_a.png").write_bytes(b"\x89PNG broken"), "mask_a.png"),
+        (lambda root: None, "needs --data-root"),
+    ],
+)
+def test_bad_dataset_files_exit_2_with_one_line_and_store_nothing(monkeypatch, capsys, tmp_path, damage, message):
+    root = tmp_path / "cases"
+    for i in range(6):
+        write_folder_case(root, f"c{i}")
+    damage(root)
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", "punet", "--dataset", "folder"]
+    if message != "needs --data-root":
+        args += ["--data-root", str(root)]
+    code, _, err = run_main(monkeypatch, capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+    assert ResultsStore().records() == []
+    code, _, err = run_main(monkeypatch, capsys, "data", "verify", "folder", *args[5:])
+    assert code == 2 and message in err

@@ -4,7 +4,6 @@ one end-to-end run of the protocol on it."""
 from __future__ import annotations
 
 import inspect
-import time
 
 import numpy as np
 import pytest
@@ -160,13 +159,10 @@ def test_spec_declares_the_loader_parameters():
     assert SYNTHETIC.license and SYNTHETIC.citation
 
 
-def test_default_dataset_is_generated_fast():
-    start = time.perf_counter()
+def test_default_dataset_shape_and_groups():
     data = load_synthetic()
-    elapsed = time.perf_counter() - start
     assert data.images.shape == (240, 1, 128, 128) and data.masks.shape == (240, 4, 128, 128)
     assert len(set(data.groups)) == 60
-    assert elapsed < 5.0, f"{elapsed:.2f} s (about 0.5 s on one free core)"  # generous: shared CI cores
 
 
 def test_protocol_runs_end_to_end_on_synthetic_data(tmp_path, tiny_preset):

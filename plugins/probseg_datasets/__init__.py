@@ -98,10 +98,7 @@ LIDC_CROPS = DatasetSpec(
 
 @hookimpl
 def probseg_bench_register_datasets(registry: Any) -> None:
-    from probseg_datasets import qubiq
+    from probseg_datasets import folder, qubiq, synthetic
 
-    registry.add(LIDC_SAMPLE)
-    registry.add(LIDC)
-    registry.add(LIDC_CROPS)
-    for spec in qubiq.SPECS:
+    for spec in (LIDC_SAMPLE, LIDC, LIDC_CROPS, *qubiq.SPECS, *folder.SPECS, *synthetic.SPECS):
         registry.add(spec)
