@@ -222,3 +222,16 @@ def test_bad_input_through_the_cli_is_one_line_and_stores_nothing(tmp_path, monk
     assert exit_info.value.code == 2
     assert len(err.strip().splitlines()) == 1 and "bad.pickle: entry '0001.png': image contains NaN" in err
     assert ResultsStore().records() == []
+
+
+def test_crops_run_one_fold_end_to_end(tmp_path, monkeypatch, tiny_preset):
+    for p in range(8):
+        write_crops(tmp_path / "crops", "train", f"LIDC-IDRI-{p:04d}", 1)
+    monkeypatch.chdir(tmp_path)
+    run = invoke("run", "--model", "spunet", "--dataset", "lidc-crops", "--data-root", str(tmp_path / "crops"),
+                 "--preset", tiny_preset, "-d", "2", "--fold", "2", "--hp", "filters=4,8", "--hp",
+                 "convs_per_block=1", "--format", "json")
+    assert run.exit_code == 0, run.output
+    row = json.loads(run.stdout)[0]
+    assert (row["dataset"], row["folds"], row["n_test"]) == ("lidc-crops", 1, 2)
+    assert row["hm_iou_mean"] + row["ewd_mean"] == pytest.approx(1.0)
