@@ -1,10 +1,15 @@
 """Evaluation of a trained model on the test set: n prior samples per image, per-image metrics.
 
-For each test image: n samples are drawn from the PRIOR (``model.sample``), thresholded at logit 0, and
-compared with all annotations (:mod:`probseg_bench.metrics` conventions). Stored per image: ``ged``,
-``hm_iou``, ``ewd``, ``er`` (effective rank of the prior sigma), ``sample_diversity`` (mean_ii' d(s_i, s_i')),
-``annotator_diversity`` (mean_jj' d(y_j, y_j')), V-statistics with d = 1 - IoU. The aggregate is the mean over
-test images.
+For each test image, n samples are drawn from the PRIOR (``model.sample``); a sample's foreground probability
+is the sigmoid of its logits and its mask is logits > 0. Stored per image (:mod:`probseg_bench.metrics`
+conventions): ``ged``, ``hm_iou``, ``ewd`` (binary samples vs. annotations), ``er`` (effective rank of the prior
+sigma), ``sample_diversity`` and ``annotator_diversity`` (mean d = 1 - IoU over distinct pairs), ``ncc``
+(Baumgartner et al. 2019), ``entropy_pearson`` and ``entropy_spearman`` (annotator vs. predicted pixel entropy),
+``ece`` (calibration of the mean prediction against the annotator mean) and ``mean_dice`` / ``mean_iou`` (the
+thresholded mean prediction against the majority annotation). All metrics are computed batched, in torch, on the
+model's device, with one ``linear_sum_assignment`` per image for HM-IoU. The aggregate of a metric is the mean
+over the test images where it is defined (NaN marks an undefined value, e.g. a correlation with a constant map);
+None if it is defined for none.
 """
 
 from __future__ import annotations
@@ -17,19 +22,49 @@ import numpy as np
 import torch
 
 from probseg_bench.api import LatentSegmentationModel, MultiRaterData
-from probseg_bench.metrics import effective_rank, ged_from_iou, hm_iou_from_iou, iou_matrix
+from probseg_bench.metrics import effective_rank, ged_from_iou, hm_iou_from_iou, iou_matrix, pixelwise_metrics
+from probseg_bench.metrics.distribution import diversity_from_iou
 
-METRIC_NAMES = ("ged", "hm_iou", "ewd", "er", "sample_diversity", "annotator_diversity")
+METRIC_NAMES = (
+    "ged", "hm_iou", "ewd", "er", "sample_diversity", "annotator_diversity", "ncc", "entropy_pearson",
+    "entropy_spearman", "ece", "mean_dice", "mean_iou",
+)
 
 
 @dataclass
 class EvaluationResult:
-    """Per-image metrics (lists of length N, in test-set order), their means, and timings in seconds."""
+    """Per-image metrics (lists of length N, in test-set order; NaN = undefined), their means over the images
+    where defined (None if nowhere), and timings in seconds."""
 
     per_image: dict[str, list[float]]
-    aggregate: dict[str, float]
+    aggregate: dict[str, float | None]
     seconds_sampling: float
     seconds_metrics: float
+
+
+def image_metrics(logits: torch.Tensor, annotations: torch.Tensor) -> dict[str, np.ndarray]:
+    """All per-image metrics of a batch except the effective rank.
+
+    Args:
+        logits: float [B, n, H, W], the logits of n samples per image (foreground channel).
+        annotations: [B, A, H, W] binary.
+
+    Returns:
+        metric name -> float64 numpy [B].
+    """
+    samples = logits > 0
+    probabilities = torch.sigmoid(logits.float())
+    y = annotations.bool()
+    iou_sy, iou_ss, iou_yy = iou_matrix(samples, y), iou_matrix(samples, samples), iou_matrix(y, y)
+    hm = np.array([hm_iou_from_iou(m) for m in iou_sy.cpu().numpy()])
+    return {
+        "ged": ged_from_iou(iou_sy, iou_ss, iou_yy).cpu().numpy(),
+        "hm_iou": hm,
+        "ewd": 1.0 - hm,
+        "sample_diversity": diversity_from_iou(iou_ss).cpu().numpy(),
+        "annotator_diversity": diversity_from_iou(iou_yy).cpu().numpy(),
+        **pixelwise_metrics(probabilities, y),
+    }
 
 
 def evaluate(
@@ -54,23 +89,21 @@ def evaluate(
         torch.manual_seed(seed)
         for start in range(0, len(data), batch_size):
             x = torch.as_tensor(data.images[start : start + batch_size], device=device).float()
-            y = torch.as_tensor(data.masks[start : start + batch_size], device=device).bool()
+            y = torch.as_tensor(data.masks[start : start + batch_size], device=device)
             t0 = time.perf_counter()
-            s = latent_model.sample(x, n_samples)[:, :, 0] > 0  # [B, n, H, W]
+            logits = latent_model.sample(x, n_samples)[:, :, 0]  # [B, n, H, W]
             sigma = latent_model.prior(x).scale
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t1 = time.perf_counter()
-            iou_sy, iou_ss, iou_yy = iou_matrix(s, y), iou_matrix(s, s), iou_matrix(y, y)
-            ged = ged_from_iou(iou_sy, iou_ss, iou_yy).cpu().numpy()
-            hm = np.array([hm_iou_from_iou(m) for m in iou_sy.cpu().numpy()])
-            out["ged"] += ged.tolist()
-            out["hm_iou"] += hm.tolist()
-            out["ewd"] += (1.0 - hm).tolist()
-            out["er"] += np.atleast_1d(effective_rank(sigma)).tolist()
-            out["sample_diversity"] += (1 - iou_ss).mean((-1, -2)).cpu().tolist()
-            out["annotator_diversity"] += (1 - iou_yy).mean((-1, -2)).cpu().tolist()
+            values = image_metrics(logits, y)
+            values["er"] = np.atleast_1d(effective_rank(sigma))
+            for k in METRIC_NAMES:
+                out[k] += np.asarray(values[k], dtype=np.float64).tolist()
             t_sample += t1 - t0
             t_metric += time.perf_counter() - t1
-    aggregate = {k: float(np.mean(v)) for k, v in out.items()}
+    aggregate: dict[str, float | None] = {}
+    for k, v in out.items():
+        arr = np.asarray(v, dtype=np.float64)
+        aggregate[k] = float(np.nanmean(arr)) if np.isfinite(arr).any() else None
     return EvaluationResult(out, aggregate, t_sample, t_metric)

@@ -71,11 +71,11 @@ class FoldRecord:
     """One evaluated fold.
 
     ``metrics``: the mean over test images of each metric; ``per_image``: metric -> list over test images (same
-    order as ``test_ids``); ``variant``: what the user changed from the model's defaults (``--regularizer``,
-    ``--hp``), empty for the defaults; ``dataset_params``: the dataset plugin's resolved parameters;
-    ``timings``: seconds (training, sampling, metrics); ``protocol``: the resolved preset settings;
-    ``hyperparameters``: model and regularizer hyperparameters and the objective's terms; ``versions``: package
-    versions and git commit.
+    order as ``test_ids``, the items' indices in the dataset; ``test_groups`` their groups); ``variant``: what
+    the user changed from the model's defaults (``--regularizer``, ``--hp``), empty for the defaults;
+    ``dataset_params``: the dataset plugin's resolved parameters; ``timings``: seconds (training, sampling,
+    metrics); ``protocol``: the resolved preset settings; ``hyperparameters``: model and regularizer
+    hyperparameters and the objective's terms; ``versions``: package versions and git commit.
     """
 
     model: str
@@ -88,12 +88,13 @@ class FoldRecord:
     split_hash: str
     hyperparameters: dict[str, Any]
     protocol: dict[str, Any]
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]
     per_image: dict[str, list[float]]
     test_ids: list[str]
     timings: dict[str, float]
     versions: dict[str, str]
     variant: str = ""
+    test_groups: list[str] = field(default_factory=list)
     dataset_params: dict[str, Any] = field(default_factory=dict)
     best_epoch: int = 0
     best_val_loss: float | None = None

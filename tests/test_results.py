@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from probseg_bench.errors import ProbsegError
-from probseg_bench.leaderboard import build_leaderboard, render_csv, render_json, render_markdown
+from probseg_bench.leaderboard import build_leaderboard, render
 from probseg_bench.results import FoldRecord, ResultsStore
 
 
@@ -57,19 +57,112 @@ def test_leaderboard_mean_std_and_best():
 
 def test_json_csv_markdown():
     rows = build_leaderboard([record(fold=0, ewd=0.25), record(fold=1, ewd=0.35)])
-    obj = json.loads(render_json(rows))[0]
+    obj = json.loads(render(rows, "json"))[0]
     for key in ("model", "dataset", "latent_dim", "folds"):
         assert key in obj
     for m in ("ged", "hm_iou", "ewd", "er"):
         assert f"{m}_mean" in obj and f"{m}_std" in obj
     assert obj["hm_iou_mean"] + obj["ewd_mean"] == pytest.approx(1.0)
     assert obj["folds"] == 2 and obj["n_test"] == 2
-    row = next(csv.DictReader(io.StringIO(render_csv(rows))))
+    row = next(csv.DictReader(io.StringIO(render(rows, "csv"))))
     assert float(row["ewd_mean"]) == pytest.approx(0.3)
-    md = render_markdown(rows)
+    md = render(rows, "markdown")
     assert "EWD ↓" in md and "**0.300 ± 0.071**" in md
 
 
 def test_single_fold_has_no_std():
-    obj = json.loads(render_json(build_leaderboard([record()])))[0]
+    obj = json.loads(render(build_leaderboard([record()]), "json"))[0]
     assert obj["ewd_std"] is None
+
+
+def per_image_record(model: str, fold: int, ewd: list[float], er: float = 2.0, d: int = 6,
+                     split: str = "s", config: str | None = None) -> FoldRecord:
+    rec = record(model, fold, ewd=float(np.mean(ewd)), er=er, d=d, config=config or model)
+    rec.per_image = {"ewd": list(ewd), "hm_iou": [1 - e for e in ewd]}
+    rec.test_ids = [f"case{i}" for i in range(len(ewd))]
+    rec.split_hash = split
+    return rec
+
+
+def test_p_value_column_is_a_holm_corrected_wilcoxon_against_the_best():
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(0)
+    base = rng.random(12) * 0.5
+    best = [per_image_record("spunet", f, list(base)) for f in range(3)]
+    worse = [per_image_record("punet", f, list(base + 0.05 + 0.01 * rng.random(12))) for f in range(3)]
+    noisy = [per_image_record("punet-nf", f, list(base + 0.02 * rng.standard_normal(12) + 0.001)) for f in range(3)]
+    other_split = [per_image_record("other", f, list(base + 0.1), split="t") for f in range(3)]
+    rows = {r.model: r for r in build_leaderboard(best + worse + noisy + other_split)}
+    assert "ewd" in rows["spunet"].best and rows["spunet"].p_vs_best is None
+    assert rows["other"].p_vs_best is None  # another split: not paired
+    p_worse = wilcoxon(np.mean([r.per_image["ewd"] for r in worse], 0) - base).pvalue
+    p_noisy = wilcoxon(np.mean([r.per_image["ewd"] for r in noisy], 0) - base).pvalue
+    low, high = sorted([p_worse, p_noisy])
+    expected = {p_worse: None, p_noisy: None}
+    expected[low] = min(1, 2 * low)
+    expected[high] = max(min(1, 2 * low), high)
+    assert rows["punet"].p_vs_best == pytest.approx(expected[p_worse])
+    assert rows["punet-nf"].p_vs_best == pytest.approx(expected[p_noisy])
+
+
+def test_holm_hand_values():
+    from probseg_bench.comparison import holm
+
+    # sorted 0.01, 0.02, 0.04 with m = 3: 0.03, max(0.03, 0.04), max(0.04, 0.04)
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+
+
+def test_compare_pair_reports_median_difference_bootstrap_ci_and_fold_test():
+    from probseg_bench.comparison import compare_pair
+
+    a = [per_image_record("a", f, [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]) for f in range(3)]
+    b = [per_image_record("b", f, [0.1, 0.25, 0.3, 0.45, 0.5, 0.6]) for f in range(3)]
+    c = compare_pair(a, b, "ewd", "a", "b", n_bootstrap=2000)
+    assert (c.n_images, c.n_folds) == (6, 3)
+    assert c.median_difference == pytest.approx(0.1)  # differences .1 .05 .1 .05 .1 .1
+    assert 0.05 - 1e-9 <= c.ci_low <= c.median_difference <= c.ci_high <= 0.1 + 1e-9
+    assert c.p_value == pytest.approx(0.03125)  # all 6 differences positive: exact two-sided p = 2 / 2**6
+    assert c.fold_p_value == pytest.approx(0.25)  # 3 folds, all positive: the smallest possible p
+    other = [per_image_record("x", f, [0.2] * 6, split="t") for f in range(3)]
+    with pytest.raises(ProbsegError, match="same split"):
+        compare_pair(a, other, "ewd", "a", "x")
+
+
+def test_latex_and_pivot():
+    models = (("punet", 0.45, 1.7), ("spunet", 0.44, 5.1))
+    recs = [per_image_record(m, f, [e, e], er=er, d=d) for m, e0, er in models
+            for d in (4, 6) for f, e in enumerate([e0, e0 + 0.01, e0 + 0.02])]
+    rows = build_leaderboard(recs)
+    latex = render(rows, "latex")
+    assert latex.count("\\begin{tabular}") == 1 and latex.rstrip().endswith("\\end{tabular}")
+    body = [line for line in latex.splitlines() if line.endswith("\\\\")]
+    assert len(body) == 1 + 4 and all(line.count(" & ") == body[0].count(" & ") for line in body)
+    assert "$\\pm$" in latex and "$\\downarrow$" in latex and "\\textbf{" in latex
+    assert "_" not in latex.replace("\\_", "")
+    pivot = render(rows, "markdown", pivot=True)
+    assert "| dataset | model | preset | d=4 | d=6 |" in pivot
+    assert "**0.450 ± 0.010 (5.10)**" in pivot and "0.460 ± 0.010 (1.70)" in pivot
+    flat = json.loads(render(rows, "json", pivot=True))
+    spunet = next(r for r in flat if r["model"] == "spunet")
+    assert spunet["ewd_mean_d4"] == pytest.approx(0.45) and spunet["er_mean_d6"] == pytest.approx(5.1)
+    assert "d=4" in render(rows, "latex", pivot=True)
+
+
+def test_latex_compiles_as_a_table_body(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex is not installed (apt install texlive-latex-recommended to run this check)")
+    rows = build_leaderboard([per_image_record(m, f, [0.3 + f / 100, 0.4]) for m in ("punet", "spunet_x")
+                              for f in range(3)])
+    (tmp_path / "body.tex").write_text(render(rows, "latex"))
+    (tmp_path / "doc.tex").write_text(
+        "\\documentclass{article}\\usepackage{booktabs}\\usepackage[landscape]{geometry}\\begin{document}"
+        "\\begin{table}\\scriptsize\\input{body.tex}\\end{table}\\end{document}"
+    )
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]

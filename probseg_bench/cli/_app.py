@@ -24,4 +24,4 @@ STORAGE_HELP = (
     "Results store: a SQLAlchemy URL (sqlite:///file.db, postgresql://...) or a SQLite file path "
     f"[default: {DEFAULT_STORAGE}]"
 )
-FORMAT_HELP = "Output format: table, markdown, csv or json."
+FORMAT_HELP = "Output format: table, markdown, csv, json or latex."

@@ -6,27 +6,17 @@ import typer
 
 from probseg_bench.cli._app import FORMAT_HELP, STORAGE_HELP, app, console
 from probseg_bench.errors import ProbsegError
-from probseg_bench.leaderboard import (
-    FORMATS,
-    LeaderboardRow,
-    build_leaderboard,
-    render_csv,
-    render_json,
-    render_markdown,
-    rich_table,
-)
+from probseg_bench.leaderboard import FORMATS, LeaderboardRow, build_leaderboard, render
 from probseg_bench.results import DEFAULT_STORAGE, ResultsStore
 
 
-def print_rows(rows: list[LeaderboardRow], fmt: str) -> None:
+def print_rows(rows: list[LeaderboardRow], fmt: str, pivot: bool = False, test_metric: str = "ewd") -> None:
     """Render leaderboard rows to stdout in ``fmt`` (shared by ``run`` and ``leaderboard``)."""
-    if fmt not in FORMATS:
-        raise ProbsegError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    if fmt == "table":
-        console.print(rich_table(rows))
+    out = render(rows, fmt, pivot, test_metric)
+    if isinstance(out, str):
+        print(out, end="")
     else:
-        text = {"markdown": render_markdown, "csv": render_csv, "json": render_json}[fmt](rows)
-        print(text, end="" if text.endswith("\n") else "\n")
+        console.print(out)
 
 
 @app.command()
@@ -36,9 +26,12 @@ def leaderboard(
     dataset: list[str] = typer.Option([], "--dataset", help="Only these datasets (repeatable)."),
     model: list[str] = typer.Option([], "--model", help="Only these models (repeatable)."),
     latent_dim: list[int] = typer.Option([], "--latent-dim", help="Only these latent dimensions (repeatable)."),
+    pivot: bool = typer.Option(False, "--pivot", help="The paper's Table II layout: latent dims as columns."),
+    test_metric: str = typer.Option("ewd", "--test-metric", help="Metric of the p-value column (vs. the best)."),
 ) -> None:
-    """Mean ± std over folds of GED, HM-IoU, EWD and ER per (model, dataset, latent dim); best marked."""
+    """Mean ± std over folds of GED, HM-IoU, EWD and ER per (model, dataset, latent dim); best in bold; a
+    paired Wilcoxon p-value against the best row of each dataset."""
     if fmt not in FORMATS:
         raise ProbsegError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     records = ResultsStore(storage).records(model or None, dataset or None, latent_dim or None)
-    print_rows(build_leaderboard(records), fmt)
+    print_rows(build_leaderboard(records, test_metric), fmt, pivot, test_metric)

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from probseg_bench.cli._app import FORMAT_HELP, STORAGE_HELP, app, err_console
 from probseg_bench.cli.leaderboard import print_rows
 from probseg_bench.errors import ProbsegError
+from probseg_bench.grid import load_grid
 from probseg_bench.leaderboard import FORMATS, build_leaderboard
 from probseg_bench.presets import PRESETS, get_preset
 from probseg_bench.protocol import RunRequest, run_protocol
@@ -74,8 +75,9 @@ class RichReporter:
 
 @app.command()
 def run(
-    model: str = typer.Option(..., "--model", "-m", help="Model plugin (see `probseg-bench list`)."),
-    dataset: str = typer.Option(..., "--dataset", help="Dataset plugin (see `probseg-bench list`)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model plugin (see `probseg-bench list`)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Dataset plugin (see `probseg-bench list`)."),
+    config: Path | None = typer.Option(None, "--config", help="A grid (TOML) of models x datasets x latent dims."),
     latent_dim: list[int] = typer.Option([6], "--latent-dim", "-d", help="Latent dimension; repeat for a grid."),
     fold: list[int] = typer.Option([], "--fold", help="Only these CV folds (repeatable) [default: all]."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation and sampling."),
@@ -93,25 +95,36 @@ def run(
     run_dir: Path = typer.Option(Path("probseg-runs"), "--run-dir", help="Where best checkpoints are written."),
     fmt: str = typer.Option("table", "--format", help=FORMAT_HELP),
 ) -> None:
-    """Train and evaluate MODEL on DATASET: grouped 20% test split, 3-fold CV, best-validation checkpoint,
-    16 prior samples per test image; one record per fold in the results store. Reruns skip stored folds."""
+    """Train and evaluate MODEL on DATASET (or every cell of a --config grid): grouped 20% test split, 3-fold CV,
+    best-validation checkpoint, 16 prior samples per test image; one record per fold in the results store.
+    Reruns skip stored folds."""
     if fmt not in FORMATS:
         raise ProbsegError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if config is not None:
+        if model or dataset:
+            raise ProbsegError("--config runs the grid of the file: give it without --model / --dataset")
+        grid = load_grid(config)
+        requests, preset = grid.requests(run_dir), grid.preset
+    elif model is None or dataset is None:
+        raise ProbsegError("run: give --model and --dataset (or --config GRID.toml)")
+    else:
+        overrides = parse_hp(hp)
+        if flow is not None:
+            if "flow" in overrides:
+                raise ProbsegError("--flow and --hp flow=... both given: use one")
+            overrides["flow"] = flow
+        requests = [RunRequest(
+            model=model, dataset=dataset, latent_dims=tuple(latent_dim), folds=tuple(fold) or None, seed=seed,
+            preset=preset, device=device, data_root=data_root, hyperparameters=overrides, regularizer=regularizer,
+            dataset_params=parse_hp(dataset_param, "--dataset-param"), trust_pickle=trust_pickle, run_dir=run_dir,
+        )]
     chosen = get_preset(preset)
-    overrides = parse_hp(hp)
-    if flow is not None:
-        if "flow" in overrides:
-            raise ProbsegError("--flow and --hp flow=... both given: use one")
-        overrides["flow"] = flow
-    request = RunRequest(
-        model=model, dataset=dataset, latent_dims=tuple(latent_dim), folds=tuple(fold) or None, seed=seed,
-        preset=preset, device=device, data_root=data_root, hyperparameters=overrides, regularizer=regularizer,
-        dataset_params=parse_hp(dataset_param, "--dataset-param"), trust_pickle=trust_pickle, run_dir=run_dir,
-    )
     if preset == "quick":
         err_console.print(f"preset quick: {chosen.description}", highlight=False)
     store = ResultsStore(storage)
-    n_folds = len(request.folds or range(chosen.n_folds)) * len(request.latent_dims)
+    n_folds = sum(len(r.folds or range(chosen.n_folds)) * len(r.latent_dims) for r in requests)
+    records = []
     with RichReporter(n_folds) as reporter:
-        records = run_protocol(request, store, reporter)
+        for request in requests:
+            records += run_protocol(request, store, reporter)
     print_rows(build_leaderboard(records), fmt)

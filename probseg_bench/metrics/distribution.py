@@ -32,6 +32,8 @@ from scipy.optimize import linear_sum_assignment
 from probseg_bench.errors import ProbsegError
 
 __all__ = [
+    "diversity",
+    "diversity_from_iou",
     "effective_rank",
     "empirical_wasserstein_distance",
     "ged_from_iou",
@@ -196,6 +198,31 @@ def empirical_wasserstein_distance(samples: Any, annotations: Any) -> Any:
         float (unbatched) or float64 numpy [B], in [0, 1]; 0 for identical sets (empty vs empty included).
     """
     return 1.0 - hungarian_matched_iou(samples, annotations)
+
+
+def diversity_from_iou(iou: torch.Tensor) -> torch.Tensor:
+    """Mean d = 1 - IoU over the distinct pairs i != i' of one stack, from its IoU matrix [..., K, K] -> [...];
+    NaN for K = 1 (d(a, a) = 0, so the i = i' terms add nothing to the sum)."""
+    k = iou.shape[-1]
+    total = (1 - iou).sum((-1, -2))
+    return total / (k * (k - 1)) if k > 1 else torch.full_like(total, float("nan"))
+
+
+def diversity(masks: Any) -> Any:
+    """Mean pairwise distance d = 1 - IoU over the distinct pairs of a stack of masks: the *sample diversity* of
+    N model samples or the *annotator diversity* of M annotations (the latter is the annotators' disagreement).
+
+    Args:
+        masks: [K, H, W] or [B, K, H, W], bool or {0, 1}.
+
+    Returns:
+        float or float64 numpy [B] in [0, 1]; NaN for a single mask (no pair).
+
+    Raises:
+        ProbsegError: see :func:`iou_matrix`.
+    """
+    m = _as_masks(masks, "masks")
+    return _reduce(diversity_from_iou(_pairwise_iou(m, m)), m.ndim == 4)
 
 
 def effective_rank(sigma: Any) -> Any:

@@ -1,0 +1,78 @@
+"""``probseg-bench compare``: paired significance tests between models on the same test images."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import typer
+from rich.table import Table
+
+from probseg_bench.cli._app import STORAGE_HELP, app, console
+from probseg_bench.comparison import TEST_NAME, compare_pair, holm
+from probseg_bench.errors import ProbsegError
+from probseg_bench.leaderboard import LeaderboardRow, build_leaderboard
+from probseg_bench.results import DEFAULT_STORAGE, ResultsStore
+
+
+def _select(rows: list[LeaderboardRow], name: str, d: int) -> LeaderboardRow | None:
+    found = [r for r in rows if (r.label == name or r.model == name) and r.latent_dim == d]
+    if len(found) > 1:
+        configs = "; ".join(f"{r.label} [{r.preset}, config {r.config}]" for r in found)
+        raise ProbsegError(f"'{name}' has several configurations at d={d} ({configs}): filter with --preset")
+    return found[0] if found else None
+
+
+@app.command()
+def compare(
+    models: list[str] = typer.Argument(..., help="MODEL_A MODEL_B [...]: A is compared with each other model."),
+    dataset: str = typer.Option(..., "--dataset", help="Dataset of the records to compare."),
+    metric: str = typer.Option("ewd", "--metric", help="Per-image metric (ewd, hm_iou, ged, ncc, ece, ...)."),
+    latent_dim: list[int] = typer.Option([], "--latent-dim", help="Only these latent dims [default: all shared]."),
+    preset: str | None = typer.Option(None, "--preset", help="Only records of this preset."),
+    storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP, show_default=False),
+    bootstrap: int = typer.Option(10_000, "--bootstrap", help="Bootstrap resamples for the CI."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    fmt: str = typer.Option("table", "--format", help="table or json"),
+) -> None:
+    """Wilcoxon signed-rank test of MODEL_A against each other model over the per-image metric of the test set
+    (same split and latent dim), median difference with a bootstrap 95% CI, Holm-corrected p-values."""
+    if len(models) < 2:
+        raise ProbsegError("compare: give at least two models (MODEL_A MODEL_B ...)")
+    if fmt not in ("table", "json"):
+        raise ProbsegError(f"--format: expected table or json, got {fmt!r}")
+    if bootstrap < 1:
+        raise ProbsegError(f"--bootstrap: expected >= 1, got {bootstrap}")
+    records = [r for r in ResultsStore(storage).records(datasets=[dataset]) if preset is None or r.preset == preset]
+    rows = build_leaderboard(records)
+    dims = sorted(set(latent_dim) or {r.latent_dim for r in rows})
+    results = []
+    for d in dims:
+        selected = [_select(rows, name, d) for name in models]
+        if any(s is None for s in selected):
+            if latent_dim:
+                missing = [n for n, s in zip(models, selected, strict=True) if s is None]
+                raise ProbsegError(f"no records of {', '.join(missing)} on {dataset} at d={d} (see leaderboard)")
+            continue
+        ref = selected[0]
+        assert ref is not None
+        for other in selected[1:]:
+            assert other is not None
+            results.append(compare_pair(ref.records, other.records, metric, ref.label, other.label, bootstrap, seed))
+    if not results:
+        raise ProbsegError(f"no latent dimension at which all of {', '.join(models)} have records on {dataset}")
+    for r, p in zip(results, holm([r.p_value for r in results]), strict=True):
+        r.p_holm = p
+    if fmt == "json":
+        print(json.dumps([asdict(r) for r in results], indent=2))
+        return
+    table = Table(title=f"paired comparison on {dataset}: {metric}, difference = A - B",
+                  caption=f"test: {TEST_NAME}; 95% CI: percentile bootstrap over images ({bootstrap} resamples); "
+                          f"p (Holm) over the {len(results)} comparison(s); p over folds: Wilcoxon on fold means")
+    for col in ("A", "B", "d", "n images", "folds", "median diff [95% CI]", "W", "p", "p (Holm)", "p over folds"):
+        table.add_column(col, justify="left" if col in ("A", "B") else "right")
+    for r in results:
+        table.add_row(r.a, r.b, str(r.latent_dim), str(r.n_images), str(r.n_folds),
+                      f"{r.median_difference:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]", f"{r.statistic:g}",
+                      f"{r.p_value:.4g}", f"{r.p_holm:.4g}", "" if r.fold_p_value is None else f"{r.fold_p_value:.3g}")
+    console.print(table)
