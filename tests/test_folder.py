@@ -382,6 +382,6 @@ def test_protocol_runs_end_to_end_on_a_folder(tmp_path, tiny_preset):
     )
     (record,) = run_protocol(request, ResultsStore(str(tmp_path / "r.db")), plugins=plugins)
     m = record.metrics
-    assert set(record.test_ids) <= {f"p{k}" for k in range(6)} and len(record.test_ids) % 2 == 0
+    assert set(record.test_groups) <= {f"p{k}" for k in range(6)} and len(record.test_ids) % 2 == 0
     assert 0.0 <= m["hm_iou"] <= 1.0 and m["hm_iou"] + m["ewd"] == pytest.approx(1.0)
     assert 0.0 <= m["ged"] <= 2.0 and 1.0 <= m["er"] <= 2.0

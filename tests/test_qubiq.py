@@ -383,5 +383,6 @@ def test_one_protocol_fold_end_to_end(tmp_path, tiny_preset):
     assert len(records) == 1
     rec = records[0]
     assert rec.dataset == "qubiq-pancreas" and rec.fold == 0 and rec.latent_dim == 2
-    assert rec.test_ids and set(rec.test_ids) <= {f"Training/case{k:02d}" for k in range(1, 9)}
+    assert rec.test_groups and set(rec.test_groups) <= {f"Training/case{k:02d}" for k in range(1, 9)}
+    assert len(set(rec.test_ids)) == len(rec.test_ids) == len(rec.test_groups)
     assert np.isfinite(rec.best_val_loss) and rec.metrics
