@@ -48,6 +48,8 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Performance benchmarks (training step time of punet and spunet); writes JSON to benchmarks/results/."""
+    """Performance benchmarks: training step time, evaluation vs sampling time; JSON in benchmarks/results/.
+    (`python -m benchmarks.lidc_memory` measures the LIDC loading memory; it needs 2.5 GB of disk.)"""
     install(session)
     session.run("python", "-m", "benchmarks.step_time", *session.posargs)
+    session.run("python", "-m", "benchmarks.eval_time")
