@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from probseg_bench.experiment import build_objective
 from probseg_bench.plugins import get_plugins
-from probseg_bench.protocol import build_objective
 
 
 def time_model(name: str, batch: int, steps: int, latent_dim: int, filters: str, annotators: int = 4) -> float:

@@ -8,8 +8,8 @@ from torch.distributions import Normal
 
 from probseg_bench.api import LatentSegmentationModel, MultiRaterData, TrainOutput
 from probseg_bench.errors import ProbsegError
+from probseg_bench.experiment import build_objective
 from probseg_bench.plugins import get_plugins
-from probseg_bench.protocol import build_objective
 
 PLUGINS = get_plugins()
 

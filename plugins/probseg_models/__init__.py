@@ -61,7 +61,7 @@ PUNET_NF = ModelSpec(
     hyperparameters=(
         HyperParameter("beta", 1.0, "weight of the KL term", low=0.01, high=100.0, log=True),
         HyperParameter("num_flows", 2, "flow steps (paper: 2)", low=1, high=8),
-        HyperParameter("flow", "planar", "posterior flow", choices=("planar", "radial", "maf")),
+        HyperParameter("flow", "planar", "posterior flow", choices=("planar", "radial", "maf"), tunable=False),
         HyperParameter("grad_clip", 0.0, "gradient-norm clip (0 = none)", tunable=False),
         *ARCHITECTURE,
     ),

@@ -1,0 +1,256 @@
+"""One experiment = one model on one dataset under one preset: everything that is fixed before a fold is
+trained (plugins, hyperparameters, the dataset, its split, the device), and the training of one fold.
+
+Used by the cross-validation protocol (:mod:`probseg_bench.protocol`) and by hyperparameter tuning
+(:mod:`probseg_bench.tuning`), so that both train exactly the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from probseg_bench.api import (
+    DatasetSpec,
+    HyperValue,
+    LatentSegmentationModel,
+    ModelSpec,
+    MultiRaterData,
+    ObjectiveTerm,
+    resolve_hyperparameters,
+)
+from probseg_bench.data.loading import dataset_parameters, load_dataset
+from probseg_bench.errors import ProbsegError, did_you_mean
+from probseg_bench.plugins import Plugins, get_plugins
+from probseg_bench.presets import Preset, get_preset
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from probseg_bench.data.splits import Splits
+    from probseg_bench.training import EpochLog, FoldTrainingResult, Objective
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What ``probseg-bench run`` asks for.
+
+    ``folds`` None = all folds of the preset; ``hyperparameters``: overrides of the model's and its
+    regularizers' hyperparameters (name -> value); ``run_dir``: where best checkpoints are written.
+    """
+
+    model: str
+    dataset: str
+    latent_dims: tuple[int, ...] = (6,)
+    folds: tuple[int, ...] | None = None
+    seed: int = 0
+    preset: str = "paper"
+    device: str = "auto"
+    data_root: Path | None = None
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    regularizer: str | None = None
+    dataset_params: Mapping[str, Any] = field(default_factory=dict)
+    trust_pickle: bool = False
+    run_dir: Path = Path("probseg-runs")
+
+    def variant(self) -> str:
+        """A short label of what the user changed from the model's defaults (``--regularizer``, ``--hp``), e.g.
+        ``"regularizer=mmd, beta=50"``; empty for the defaults. Shown beside the model in the leaderboard."""
+        parts = [f"regularizer={self.regularizer}"] if self.regularizer else []
+        parts += [f"{k}={v}" for k, v in sorted(self.hyperparameters.items())]
+        return ", ".join(parts)
+
+
+def resolve_device(name: str) -> Any:
+    """``auto`` | ``cpu`` | ``cuda`` (or ``cuda:N``) -> torch.device.
+
+    Raises:
+        ProbsegError: unknown name, or CUDA asked for but not available.
+    """
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ProbsegError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
+        return torch.device(name)
+    raise ProbsegError(f"--device: expected auto, cpu or cuda, got {name!r}")
+
+
+def objective_terms(spec: ModelSpec, plugins: Plugins, regularizer: str | None = None) -> tuple[ObjectiveTerm, ...]:
+    """The model's objective terms, with the swappable term's regularizer replaced by ``regularizer`` if given.
+
+    Raises:
+        ProbsegError: unknown regularizer, or a model without a swappable term.
+    """
+    if regularizer is None:
+        return spec.objective
+    plugins.regularizers.get(regularizer)  # unknown name -> error with the known ones
+    if not any(t.swappable for t in spec.objective):
+        fixed = ", ".join(t.regularizer for t in spec.objective) or "none"
+        raise ProbsegError(
+            f"--regularizer {regularizer}: model '{spec.name}' has no swappable regularizer term (its terms: {fixed})"
+        )
+    return tuple(replace(t, regularizer=regularizer) if t.swappable else t for t in spec.objective)
+
+
+def resolve_run_hyperparameters(
+    spec: ModelSpec, plugins: Plugins, overrides: Mapping[str, Any], terms: Sequence[ObjectiveTerm] | None = None
+) -> tuple[dict[str, HyperValue], dict[str, dict[str, HyperValue]]]:
+    """(model hyperparameters, {regularizer: its hyperparameters}) with ``overrides`` applied to whichever
+    declares the name; ``terms`` defaults to the spec's objective.
+
+    Raises:
+        ProbsegError: an override that neither the model nor its regularizers declare, or a bad value.
+    """
+    terms = spec.objective if terms is None else terms
+    regs = {t.regularizer: plugins.regularizers.get(t.regularizer) for t in terms}
+    owners: dict[str, str] = {hp.name: spec.name for hp in spec.hyperparameters}
+    for rname, rspec in regs.items():
+        for hp in rspec.hyperparameters:
+            owners.setdefault(hp.name, rname)
+    unknown = [k for k in overrides if k not in owners]
+    if unknown:
+        raise ProbsegError(
+            f"model '{spec.name}' and its regularizers have no hyperparameter '{unknown[0]}'"
+            f"{did_you_mean(unknown[0], owners)}; they have: {', '.join(sorted(owners))}"
+        )
+    model_hp = resolve_hyperparameters(
+        f"model '{spec.name}'", spec.hyperparameters, {k: v for k, v in overrides.items() if owners[k] == spec.name}
+    )
+    reg_hp = {
+        rname: resolve_hyperparameters(
+            f"regularizer '{rname}'", rspec.hyperparameters,
+            {k: v for k, v in overrides.items() if owners[k] == rname},
+        )
+        for rname, rspec in regs.items()
+    }
+    return model_hp, reg_hp
+
+
+def build_objective(
+    spec: ModelSpec, plugins: Plugins, model_hp: Mapping[str, HyperValue],
+    reg_hp: Mapping[str, Mapping[str, HyperValue]] | None = None, terms: Sequence[ObjectiveTerm] | None = None,
+) -> Objective:
+    """The model's objective: reconstruction + each (regularizer, weight hyperparameter) term (``terms``, by
+    default the spec's), the regularizers built by their plugins with ``reg_hp[name]`` (defaults when absent)."""
+    from probseg_bench.training import Objective
+
+    reg_hp = reg_hp or {}
+    return Objective([
+        (t.regularizer, float(model_hp[t.weight]),
+         plugins.regularizers.get(t.regularizer).factory(**reg_hp.get(t.regularizer, {})))
+        for t in (spec.objective if terms is None else terms)
+    ])
+
+
+def fold_seed(seed: int, latent_dim: int, fold: int) -> int:
+    """The torch seed of one fold's training (model init and draws), derived from the run seed."""
+    return (seed * 1_000_003 + latent_dim * 1009 + fold * 101) % (2**31)
+
+
+@dataclass
+class Experiment:
+    """A prepared run: specs, preset, objective terms, the loaded dataset, its grouped split and the device.
+
+    Build it with :meth:`prepare`; :meth:`hyperparameters` resolves a configuration, :meth:`train` trains one
+    fold of it (the test split is never touched here: only ``splits.train_val(fold)``).
+    """
+
+    request: RunRequest
+    plugins: Plugins
+    model_spec: ModelSpec
+    dataset_spec: DatasetSpec
+    preset: Preset
+    terms: tuple[ObjectiveTerm, ...]
+    dataset_params: dict[str, HyperValue]
+    data: MultiRaterData
+    splits: Splits
+    device: Any
+    folds: tuple[int, ...] = field(default=())
+
+    @classmethod
+    def prepare(cls, request: RunRequest, plugins: Plugins | None = None) -> Experiment:
+        """Check the request, load the dataset, split it.
+
+        Raises:
+            ProbsegError: unknown plugin / preset / fold / regularizer, bad latent dims, bad data, no device.
+        """
+        from probseg_bench.data.splits import grouped_splits
+
+        plugins = plugins or get_plugins()
+        model_spec = plugins.models.get(request.model)
+        dataset_spec = plugins.datasets.get(request.dataset)
+        preset = get_preset(request.preset)
+        if not request.latent_dims or min(request.latent_dims) < 1:
+            raise ProbsegError(f"--latent-dim: expected integers >= 1, got {list(request.latent_dims)}")
+        folds = tuple(range(preset.n_folds)) if request.folds is None else tuple(request.folds)
+        bad = [f for f in folds if not 0 <= f < preset.n_folds]
+        if bad:
+            raise ProbsegError(f"--fold: expected values in 0..{preset.n_folds - 1}, got {bad[0]}")
+        terms = objective_terms(model_spec, plugins, request.regularizer)
+        resolve_run_hyperparameters(model_spec, plugins, request.hyperparameters, terms)  # fail before loading
+        device = resolve_device(request.device)
+        params = dataset_parameters(dataset_spec, request.dataset_params)
+        data = load_dataset(dataset_spec, request.data_root, params, request.trust_pickle)
+        data.validate(f"dataset '{request.dataset}'")
+        splits = grouped_splits(data.groups, preset.n_folds, preset.test_fraction, request.seed)
+        return cls(request, plugins, model_spec, dataset_spec, preset, terms, params, data, splits, device, folds)
+
+    @property
+    def schedule(self) -> tuple[int, int]:
+        """(epochs, warm-up epochs) of this dataset under this preset."""
+        return self.preset.schedule(self.dataset_spec.protocol)
+
+    def hyperparameters(
+        self, overrides: Mapping[str, Any] | None = None
+    ) -> tuple[dict[str, HyperValue], dict[str, dict[str, HyperValue]]]:
+        """(model hyperparameters, {regularizer: hyperparameters}): the specs' defaults, then the preset's model
+        defaults, then the request's ``--hp``, then ``overrides`` (e.g. a tuning trial's values)."""
+        declared = {hp.name for hp in self.model_spec.hyperparameters}
+        merged: dict[str, Any] = {k: v for k, v in self.preset.model_defaults if k in declared}
+        merged.update(self.request.hyperparameters)
+        merged.update(overrides or {})
+        return resolve_run_hyperparameters(self.model_spec, self.plugins, merged, self.terms)
+
+    def train(
+        self, latent_dim: int, fold: int, model_hp: Mapping[str, HyperValue],
+        reg_hp: Mapping[str, Mapping[str, HyperValue]], on_epoch: Callable[[EpochLog], Any] | None = None,
+    ) -> tuple[torch.nn.Module, FoldTrainingResult]:
+        """Build the model (seeded with :func:`fold_seed`), train it on the fold's training split, select the
+        lowest validation loss; returns the model with the best weights loaded, and the training result."""
+        import torch
+
+        from probseg_bench.training import TrainConfig, train_fold
+
+        train_idx, val_idx = self.splits.train_val(fold)
+        seed = fold_seed(self.request.seed, latent_dim, fold)
+        torch.manual_seed(seed)
+        model = self.model_spec.factory(latent_dim=latent_dim, in_channels=self.data.images.shape[1], **model_hp)
+        if not isinstance(model, torch.nn.Module) or not isinstance(model, LatentSegmentationModel):
+            raise ProbsegError(
+                f"model plugin '{self.model_spec.name}': factory returned {type(model).__name__}, expected a "
+                "torch.nn.Module with forward/sample/prior/decode (probseg_bench.api.LatentSegmentationModel)"
+            )
+        epochs, warmup = self.schedule
+        clip = float(model_hp[self.model_spec.grad_clip]) if self.model_spec.grad_clip else 0.0
+        config = TrainConfig(
+            epochs=epochs, warmup_epochs=warmup, batch_size=self.preset.batch_size, lr=self.preset.lr,
+            weight_decay=self.preset.weight_decay, grad_clip=clip, augment=self.preset.augment, seed=seed,
+        )
+        objective = build_objective(self.model_spec, self.plugins, model_hp, reg_hp, self.terms)
+        result = train_fold(model, objective, self.data.subset(train_idx), self.data.subset(val_idx), config,
+                            self.device, on_epoch=on_epoch)
+        model.load_state_dict(result.best_state)
+        return model, result
+
+
+__all__: Sequence[str] = [
+    "Experiment", "RunRequest", "build_objective", "fold_seed", "objective_terms", "resolve_device",
+    "resolve_run_hyperparameters",
+]
