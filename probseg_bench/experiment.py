@@ -53,11 +53,15 @@ class RunRequest:
     regularizer: str | None = None
     dataset_params: Mapping[str, Any] = field(default_factory=dict)
     trust_pickle: bool = False
+    variant_name: str | None = None
     run_dir: Path = Path("probseg-runs")
 
     def variant(self) -> str:
         """A short label of what the user changed from the model's defaults (``--regularizer``, ``--hp``), e.g.
-        ``"regularizer=mmd, beta=50"``; empty for the defaults. Shown beside the model in the leaderboard."""
+        ``"regularizer=mmd, beta=50"``, or ``variant_name`` when set (``run --params FILE`` sets
+        ``params=FILE``); empty for the defaults. Shown beside the model in the leaderboard."""
+        if self.variant_name is not None:
+            return self.variant_name
         parts = [f"regularizer={self.regularizer}"] if self.regularizer else []
         parts += [f"{k}={v}" for k, v in sorted(self.hyperparameters.items())]
         return ", ".join(parts)
@@ -221,9 +225,11 @@ class Experiment:
     def train(
         self, latent_dim: int, fold: int, model_hp: Mapping[str, HyperValue],
         reg_hp: Mapping[str, Mapping[str, HyperValue]], on_epoch: Callable[[EpochLog], Any] | None = None,
+        model_hook: Callable[[torch.nn.Module], Any] | None = None,
     ) -> tuple[torch.nn.Module, FoldTrainingResult]:
         """Build the model (seeded with :func:`fold_seed`), train it on the fold's training split, select the
-        lowest validation loss; returns the model with the best weights loaded, and the training result."""
+        lowest validation loss; returns the model with the best weights loaded, and the training result.
+        ``model_hook`` receives the model before training (e.g. for per-epoch evaluations in ``on_epoch``)."""
         import torch
 
         from probseg_bench.training import TrainConfig, train_fold
@@ -237,6 +243,8 @@ class Experiment:
                 f"model plugin '{self.model_spec.name}': factory returned {type(model).__name__}, expected a "
                 "torch.nn.Module with forward/sample/prior/decode (probseg_bench.api.LatentSegmentationModel)"
             )
+        if model_hook is not None:
+            model_hook(model)
         epochs, warmup = self.schedule
         clip = float(model_hp[self.model_spec.grad_clip]) if self.model_spec.grad_clip else 0.0
         config = TrainConfig(

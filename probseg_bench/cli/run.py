@@ -16,6 +16,7 @@ from probseg_bench.leaderboard import FORMATS, build_leaderboard
 from probseg_bench.presets import PRESETS, get_preset
 from probseg_bench.protocol import RunRequest, run_protocol
 from probseg_bench.results import DEFAULT_STORAGE, FoldKey, FoldRecord, ResultsStore
+from probseg_bench.tuning import read_params
 
 
 def parse_hp(items: list[str], option: str = "--hp") -> dict[str, str]:
@@ -87,6 +88,7 @@ def run(
     dataset_param: list[str] = typer.Option([], "--dataset-param", help="Dataset parameter NAME=VALUE (repeatable)."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling the dataset's files."),
     hp: list[str] = typer.Option([], "--hp", help="Hyperparameter override NAME=VALUE (repeatable)."),
+    params: Path | None = typer.Option(None, "--params", help="Hyperparameters from a TOML (tune's output)."),
     regularizer: str | None = typer.Option(
         None, "--regularizer", help="Regularizer plugin in the model's swappable term (spunet: sinkhorn -> mmd)."
     ),
@@ -108,7 +110,15 @@ def run(
     elif model is None or dataset is None:
         raise ProbsegError("run: give --model and --dataset (or --config GRID.toml)")
     else:
-        overrides = parse_hp(hp)
+        overrides: dict[str, Any] = {}
+        variant_name = None
+        if params is not None:
+            tuned_for, values = read_params(params)
+            if tuned_for is not None and tuned_for != model:
+                raise ProbsegError(f"{params}: parameters of model '{tuned_for}', not '{model}'")
+            overrides.update(values)
+            variant_name = f"params={params.name}"
+        overrides.update(parse_hp(hp))
         if flow is not None:
             if "flow" in overrides:
                 raise ProbsegError("--flow and --hp flow=... both given: use one")
@@ -117,6 +127,7 @@ def run(
             model=model, dataset=dataset, latent_dims=tuple(latent_dim), folds=tuple(fold) or None, seed=seed,
             preset=preset, device=device, data_root=data_root, hyperparameters=overrides, regularizer=regularizer,
             dataset_params=parse_hp(dataset_param, "--dataset-param"), trust_pickle=trust_pickle, run_dir=run_dir,
+            variant_name=variant_name if variant_name and not hp and not regularizer and flow is None else None,
         )]
     chosen = get_preset(preset)
     if preset == "quick":

@@ -1,0 +1,97 @@
+"""``probseg-bench tune``: Optuna searches over the plugins' hyperparameters, resumable and shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from probseg_bench.cli._app import STORAGE_HELP, app, console, err_console
+from probseg_bench.cli.run import parse_hp
+from probseg_bench.errors import ProbsegError
+from probseg_bench.presets import PRESETS
+from probseg_bench.results import DEFAULT_STORAGE
+from probseg_bench.tuning import OBJECTIVES
+
+
+def _show(study: Any, top: int) -> None:
+    import optuna
+
+    trials = study.get_trials(deepcopy=False)
+    done = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: t.value)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+    table = Table(title=f"study {study.study_name}: {len(trials)} trials "
+                        f"({', '.join(f'{n} {k}' for k, n in counts.items() if n)})")
+    names = sorted({k for t in done for k in t.params})
+    for col in ("trial", "value", *names, "best epoch"):
+        table.add_column(col, justify="right")
+    for t in done[:top]:
+        cells = [f"{t.params[n]:.4g}" if isinstance(t.params.get(n), float) else str(t.params.get(n, ""))
+                 for n in names]
+        table.add_row(str(t.number), f"{t.value:.4f}", *cells, str(t.user_attrs.get("best_epoch", "")))
+    console.print(table)
+    for t in trials:
+        if t.state == optuna.trial.TrialState.FAIL:
+            reason = t.user_attrs.get("failure") or t.system_attrs.get("fail_reason", "failed")
+            err_console.print(f"trial {t.number} failed: {reason}", markup=False, highlight=False)
+
+
+@app.command()
+def tune(
+    model: str = typer.Option(..., "--model", "-m", help="Model plugin."),
+    dataset: str = typer.Option(..., "--dataset", help="Dataset plugin."),
+    trials: int = typer.Option(20, "--trials", help="Trials to add in this invocation."),
+    study: str | None = typer.Option(None, "--study", help="Study name [default: MODEL-DATASET-OBJECTIVE]."),
+    objective: str = typer.Option("val_ewd", "--objective", help=f"{', '.join(OBJECTIVES)} (minimised)."),
+    fold: int = typer.Option(0, "--fold", help="The CV fold whose validation split scores a trial."),
+    latent_dim: int = typer.Option(6, "--latent-dim", "-d", help="Latent dimension."),
+    param: list[str] = typer.Option([], "--param", help="Search range NAME=LOW:HIGH[:log] (repeatable)."),
+    fix: list[str] = typer.Option([], "--fix", help="Fixed hyperparameter NAME=VALUE (repeatable)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the training and the TPE sampler."),
+    preset: str = typer.Option("paper", "--preset", help=f"Protocol preset: {', '.join(PRESETS)}."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder, for plugins that need one."),
+    dataset_param: list[str] = typer.Option([], "--dataset-param", help="Dataset parameter NAME=VALUE."),
+    storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP, show_default=False),
+    output: Path | None = typer.Option(None, "--output", help="TOML for the best parameters [default: STUDY.toml]."),
+    show: bool = typer.Option(False, "--show", help="Only show the existing study."),
+    top: int = typer.Option(10, "--top", help="Trials shown."),
+) -> None:
+    """Search the model's and its regularizers' hyperparameters with TPE on one fold's validation split (never
+    the test split); resumes the named study; several processes on one storage share it. Writes the best
+    parameters to a TOML that `probseg-bench run --params FILE` takes into the standard protocol."""
+    from probseg_bench.experiment import Experiment, RunRequest
+    from probseg_bench.tuning import default_study_name, make_objective, open_study, search_space, write_params
+
+    name = study or default_study_name(model, dataset, objective)
+    if show:
+        _show(open_study(name, storage, seed, create=False), top)
+        return
+    if trials < 1:
+        raise ProbsegError(f"--trials: expected >= 1, got {trials}")
+    fixed = parse_hp(fix, "--fix")
+    request = RunRequest(model=model, dataset=dataset, latent_dims=(latent_dim,), folds=(fold,), seed=seed,
+                         preset=preset, device=device, data_root=data_root,
+                         dataset_params=parse_hp(dataset_param, "--dataset-param"))
+    experiment = Experiment.prepare(request)
+    space = search_space(experiment, param, fixed)
+    experiment.hyperparameters(fixed)  # a bad --fix value fails before the first trial
+    opened = open_study(name, storage, seed)
+    err_console.print(f"study {name}: searching {', '.join(p.name for p in space)} on fold {fold}'s validation "
+                      f"split ({objective}); {len(opened.trials)} trials so far", highlight=False)
+    run_trial = make_objective(experiment, space, fixed, objective, fold, latent_dim,
+                               on_trial=lambda n, v: err_console.print(f"trial {n}: {v}", highlight=False))
+    from probseg_bench.training import TrainingDivergedError
+
+    opened.optimize(run_trial, n_trials=trials, catch=(TrainingDivergedError,))
+    _show(opened, top)
+    try:
+        best = opened.best_trial
+    except ValueError:
+        raise ProbsegError(f"study {name}: no trial completed (see the failures above)") from None
+    path = write_params(output or Path(f"{name}.toml"), model, dataset, name, objective, best)
+    console.print(f"best trial {best.number}: {objective} {best.value:.4f}; parameters written to {path}; "
+                  f"use: probseg-bench run --model {model} --dataset {dataset} --params {path}", highlight=False)
+

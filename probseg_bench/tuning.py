@@ -1,0 +1,231 @@
+"""Hyperparameter search with Optuna (``probseg-bench tune``).
+
+The search space comes from the plugins: every tunable hyperparameter with a range (``low``/``high``, ``log``) or
+``choices`` that the model and the regularizers of its objective declare (SPU-Net: alpha, beta and the Sinkhorn
+epsilon; PU-Net: beta; PU-Net+NF: beta and the number of flows). ``--param name=low:high[:log]`` replaces a range,
+``--fix name=value`` removes a parameter from the search.
+
+A trial trains one CV fold (default 0) of the standard protocol (:class:`probseg_bench.experiment.Experiment`:
+same model, objective, schedule and checkpoint selection) and scores the checkpoint with the lowest validation
+loss on that fold's VALIDATION split: ``val_ewd`` (default) or ``val_ged`` with the evaluation code of the
+leaderboard (16 prior samples per image), or ``val_loss``. Every epoch the objective is reported to the pruner
+(``trial.report`` / ``trial.should_prune``). The test split is never used. All objectives are minimised.
+
+Studies live in the results storage (a SQLite file by default, any SQLAlchemy URL): rerunning the command
+resumes the study, and several processes or machines on one storage cooperate on one study.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from probseg_bench.api import HyperParameter, HyperValue
+from probseg_bench.errors import ProbsegError, did_you_mean
+from probseg_bench.experiment import Experiment, RunRequest, fold_seed
+from probseg_bench.results import normalize_url
+
+OBJECTIVES = ("val_ewd", "val_ged", "val_loss")
+
+
+@dataclass(frozen=True)
+class SearchParameter:
+    """One dimension of the search: a float / int range (``log`` for log-uniform) or categorical choices."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[HyperValue, ...] | None = None
+    integer: bool = False
+
+    def suggest(self, trial: Any) -> HyperValue:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        assert self.low is not None and self.high is not None
+        if self.integer:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
+
+
+def parse_range(text: str) -> tuple[str, float, float, bool]:
+    """``"beta=1:1000:log"`` -> ("beta", 1.0, 1000.0, True).
+
+    Raises:
+        ProbsegError: not NAME=LOW:HIGH[:log], LOW >= HIGH, or a non-positive bound of a log range.
+    """
+    name, sep, spec = text.partition("=")
+    parts = spec.split(":")
+    try:
+        if not sep or not name or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
+            raise ValueError
+        low, high = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ProbsegError(f"--param {text!r}: expected NAME=LOW:HIGH or NAME=LOW:HIGH:log") from None
+    log = len(parts) == 3
+    if not low < high or (log and low <= 0):
+        raise ProbsegError(f"--param {text!r}: expected LOW < HIGH (and LOW > 0 for a log range)")
+    return name, low, high, log
+
+
+def search_space(
+    experiment: Experiment, ranges: Sequence[str] = (), fixed: Mapping[str, Any] | None = None
+) -> list[SearchParameter]:
+    """The search parameters of the experiment's model and objective regularizers.
+
+    Raises:
+        ProbsegError: a --param or --fix name that is not tunable here, or an empty search space.
+    """
+    fixed = dict(fixed or {})
+    declared: dict[str, HyperParameter] = {hp.name: hp for hp in experiment.model_spec.hyperparameters}
+    for term in experiment.terms:
+        for hp in experiment.plugins.regularizers.get(term.regularizer).hyperparameters:
+            declared.setdefault(hp.name, hp)
+    tunable = {name: hp for name, hp in declared.items()
+               if hp.tunable and (hp.choices is not None or (hp.low is not None and hp.high is not None))}
+    overrides = {}
+    for text in ranges:
+        name, low, high, log = parse_range(text)
+        if name not in declared:
+            raise ProbsegError(f"--param {name}: not a hyperparameter of this model or its regularizers"
+                               f"{did_you_mean(name, declared)}; tunable: {', '.join(sorted(tunable))}")
+        overrides[name] = (low, high, log)
+    for name in fixed:
+        if name not in declared:
+            raise ProbsegError(f"--fix {name}: not a hyperparameter of this model or its regularizers"
+                               f"{did_you_mean(name, declared)}")
+    space = []
+    for name in sorted(set(tunable) | set(overrides)):
+        if name in fixed:
+            continue
+        hp = declared[name]
+        integer = isinstance(hp.default, int) and not isinstance(hp.default, bool)
+        if name in overrides:
+            low, high, log = overrides[name]
+            space.append(SearchParameter(name, low, high, log, None, integer))
+        else:
+            space.append(SearchParameter(name, hp.low, hp.high, hp.log, hp.choices, integer))
+    if not space:
+        raise ProbsegError("nothing to tune: every tunable hyperparameter is fixed")
+    return space
+
+
+def default_study_name(model: str, dataset: str, objective: str) -> str:
+    return f"{model}-{dataset}-{objective}"
+
+
+def open_study(name: str, storage: str, seed: int, create: bool = True) -> Any:
+    """Load (or create) the named study in ``storage`` with a TPE sampler and a median pruner.
+
+    The sampler is seeded with ``seed`` + the number of trials already in the study, so that a fresh study is
+    reproducible and a resumed one does not replay the proposals of its first run.
+
+    Raises:
+        ProbsegError: the study does not exist (``create=False``), or the storage is unusable.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = normalize_url(storage)
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    try:
+        rdb = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except Exception as exc:
+        raise ProbsegError(f"--storage {storage!r}: cannot open it for Optuna ({exc})") from None
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
+    if not create and name not in {s.study_name for s in optuna.get_all_study_summaries(rdb)}:
+        raise ProbsegError(f"no study named '{name}' in {storage}")
+    study = optuna.create_study(study_name=name, storage=rdb, pruner=pruner, direction="minimize",
+                                load_if_exists=True)
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials), n_startup_trials=4)
+    return study
+
+
+def make_objective(
+    experiment: Experiment, space: Sequence[SearchParameter], fixed: Mapping[str, Any], objective: str,
+    fold: int, latent_dim: int, on_trial: Callable[[int, dict[str, Any]], Any] | None = None,
+) -> Callable[[Any], float]:
+    """The Optuna objective: one training of ``fold`` per trial, scored on that fold's validation split."""
+    import optuna
+    import torch
+
+    from probseg_bench.evaluation import evaluate
+    from probseg_bench.training import TrainingDivergedError
+
+    if objective not in OBJECTIVES:
+        raise ProbsegError(f"--objective: expected one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    _, val_idx = experiment.splits.train_val(fold)
+    val = experiment.data.subset(val_idx)
+    metric = objective.removeprefix("val_")
+    seed = fold_seed(experiment.request.seed, latent_dim, fold)
+
+    def score(model: torch.nn.Module, val_loss: float) -> float:
+        if objective == "val_loss":
+            return val_loss
+        result = evaluate(model, val, experiment.device, n_samples=experiment.preset.n_eval_samples,
+                          batch_size=experiment.preset.batch_size, seed=seed)
+        value = result.aggregate[metric]
+        return math.nan if value is None else float(value)
+
+    def run_trial(trial: Any) -> float:
+        values = {p.name: p.suggest(trial) for p in space}
+        if on_trial is not None:
+            on_trial(trial.number, values)
+        model_hp, reg_hp = experiment.hyperparameters({**fixed, **values})
+        holder: dict[str, torch.nn.Module] = {}
+
+        def report(log: Any) -> None:
+            value = log.val_loss if objective == "val_loss" else score(holder["model"], log.val_loss)
+            trial.report(value, log.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {log.epoch}: {objective} {value:.4f}")
+
+        try:
+            model, result = experiment.train(latent_dim, fold, model_hp, reg_hp, on_epoch=report,
+                                             model_hook=lambda m: holder.__setitem__("model", m))
+        except TrainingDivergedError as exc:
+            trial.set_user_attr("failure", str(exc))
+            raise
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        return score(model, result.best_val_loss)
+
+    return run_trial
+
+
+def write_params(path: Path, model: str, dataset: str, study: str, objective: str, trial: Any) -> Path:
+    """Write a trial's parameters as the TOML that ``run --params`` reads (model, dataset, [hyperparameters])."""
+    lines = [
+        f"# probseg-bench tune: study {study!r}, trial {trial.number}, {objective} = {trial.value:.6g}",
+        f'model = "{model}"', f'dataset = "{dataset}"', f'study = "{study}"', "", "[hyperparameters]",
+    ]
+    for name, value in sorted(trial.params.items()):
+        lines.append(f'{name} = "{value}"' if isinstance(value, str) else f"{name} = {value!r}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_params(path: Path) -> tuple[str | None, dict[str, Any]]:
+    """``run --params FILE``: (the model the file was tuned for, its hyperparameters).
+
+    Raises:
+        ProbsegError: unreadable TOML, or no [hyperparameters] table.
+    """
+    import tomllib
+
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ProbsegError(f"{path}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ProbsegError(f"{path}: not valid TOML ({exc})") from None
+    params = raw.get("hyperparameters")
+    if not isinstance(params, dict) or not params:
+        raise ProbsegError(f"{path}: expected a [hyperparameters] table")
+    return raw.get("model"), dict(params)
+
+
+__all__ = ["OBJECTIVES", "RunRequest", "SearchParameter", "default_study_name", "make_objective", "open_study",
+           "parse_range", "read_params", "search_space", "write_params"]
