@@ -55,7 +55,7 @@ def test_param_ranges_and_fixed_values(tiny_preset):
     for bad, message in (("beta=5", "NAME=LOW:HIGH"), ("beta=3:1", "LOW < HIGH"), ("beta=0:1:log", "LOW > 0")):
         with pytest.raises(ProbsegError, match=re.escape(message)):
             parse_range(bad)
-    with pytest.raises(ProbsegError, match="--param betta.*did you mean 'beta'"):
+    with pytest.raises(ProbsegError, match=r"--param betta.*did you mean 'beta'"):
         search_space(exp, ["betta=1:2"])
     with pytest.raises(ProbsegError, match="--fix gamma"):
         search_space(exp, [], {"gamma": 1})
