@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -69,12 +70,14 @@ class TrainConfig:
 
 @dataclass
 class EpochLog:
-    """Per-epoch training curve entry: mean train loss terms, validation loss, learning rate, seconds."""
+    """Per-epoch training curve entry: mean train loss terms, validation loss, the mean effective rank of the
+    prior on the validation images, learning rate, seconds."""
 
     epoch: int
     train_loss: float
     train_terms: dict[str, float]
     val_loss: float
+    val_effective_rank: float
     lr: float
     seconds: float
 
@@ -109,20 +112,25 @@ def _to_device(data: MultiRaterData, device: torch.device) -> tuple[torch.Tensor
 def validation_loss(
     model: torch.nn.Module, objective: Objective, images: torch.Tensor, masks: torch.Tensor,
     batch_size: int, seed: int,
-) -> float:
+) -> tuple[float, float]:
     """Mean objective over the validation images (no augmentation), with the random draws (annotation k,
-    posterior and prior samples) fixed by ``seed`` so that epochs are compared on equal terms."""
+    posterior and prior samples) fixed by ``seed`` so that epochs are compared on equal terms; and the mean
+    effective rank of the prior sigma over those images (seed paper Fig. 7), from the same forward passes."""
+    from probseg_bench.metrics import effective_rank
+
     model.eval()
-    total, count = 0.0, 0
+    total, count, ranks = 0.0, 0, []
     devices = [images.device] if images.device.type == "cuda" else []
     with torch.no_grad(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for start in range(0, images.shape[0], batch_size):
             x, y = images[start : start + batch_size].float(), masks[start : start + batch_size]
-            loss, _ = objective(model(x, y))
+            out = model(x, y)
+            loss, _ = objective(out)
             total += float(loss.detach()) * x.shape[0]
             count += x.shape[0]
-    return total / max(count, 1)
+            ranks.append(np.atleast_1d(effective_rank(out.prior.scale)))
+    return total / max(count, 1), float(np.concatenate(ranks).mean())
 
 
 def train_fold(
@@ -191,12 +199,13 @@ def train_fold(
             seen += n
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-        val_loss = validation_loss(model, objective, x_val, y_val, config.batch_size, config.seed + 1)
+        val_loss, val_er = validation_loss(model, objective, x_val, y_val, config.batch_size, config.seed + 1)
         log = EpochLog(
             epoch=epoch + 1,
             train_loss=loss_sum / seen,
             train_terms={k: v / seen for k, v in sums.items()},
             val_loss=val_loss,
+            val_effective_rank=val_er,
             lr=float(optimizer.param_groups[0]["lr"]),
             seconds=time.perf_counter() - t0,
         )

@@ -80,7 +80,10 @@ def test_the_checkpoint_with_the_lowest_validation_loss_is_kept():
     assert result.best_epoch == vals.index(min(vals)) + 1
     model.load_state_dict(result.best_state)
     x, y = torch.as_tensor(data.images[8:]), torch.as_tensor(data.masks[8:])
-    assert validation_loss(model, objective, x, y, 4, seed=1) == pytest.approx(result.best_val_loss, rel=1e-5)
+    loss, er = validation_loss(model, objective, x, y, 4, seed=1)
+    assert loss == pytest.approx(result.best_val_loss, rel=1e-5)
+    best_log = result.history[result.best_epoch - 1]
+    assert er == pytest.approx(best_log.val_effective_rank, rel=1e-6) and 1.0 <= er <= 2.0  # latent_dim 2
     assert result.steps == 6 * 2
 
 
