@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sys
 
-from probseg_bench.cli import compare as _compare  # noqa: F401  (registers the command)
+from probseg_bench.cli import analyze as _analyze  # noqa: F401  (registers the command)
+from probseg_bench.cli import compare as _compare  # noqa: F401
 from probseg_bench.cli import data as _data  # noqa: F401  (registers the command group)
 from probseg_bench.cli import leaderboard as _leaderboard  # noqa: F401  (registers the command)
 from probseg_bench.cli import list_plugins as _list  # noqa: F401

@@ -1,0 +1,88 @@
+"""``analyze``: compute and draw the seed paper's Figures 3-8 for a stored fold, and write the HTML report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from probseg_bench.analysis import figures as F
+from probseg_bench.analysis import latent
+from probseg_bench.analysis.loading import LoadedRun
+from probseg_bench.analysis.report import write_report
+from probseg_bench.experiment import fold_seed
+
+
+@dataclass
+class Analysis:
+    """Where the figures and the report went, and the numbers behind Fig. 6."""
+
+    folder: Path
+    report: Path
+    files: list[Path] = field(default_factory=list)
+    freezing_order: np.ndarray | None = None
+    freezing_ewd: np.ndarray | None = None
+
+
+def analyze(run: LoadedRun, out_dir: Path, command: str, n_samples: int | None = None, rows: int = 3) -> Analysis:
+    """Write fig3_samples .. fig8_entropy (PNG + PDF) and report.html into ``out_dir`` (created).
+
+    Draws use the fold's seed and the protocol's batch size, as the evaluation did, so the freezing curve's first
+    point is the stored test EWD for the built-in models.
+    """
+    rec, model, test, device = run.record, run.model, run.test, run.device
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = n_samples or int(rec.protocol.get("n_eval_samples", 16))
+    batch = int(rec.protocol.get("batch_size", 8))
+    seed = fold_seed(rec.seed, rec.latent_dim, rec.fold)
+    label = f"{rec.model} on {rec.dataset}, d={rec.latent_dim}, fold {rec.fold}"
+    saved: list[tuple[str, Path, str]] = []
+    files: list[Path] = []
+
+    def keep(fig: object, stem: str, name: str, caption: str) -> None:
+        paths = F.save(fig, out_dir, stem)
+        files.extend(paths)
+        saved.append((name, paths[0], caption))
+
+    # Fig. 3: the images with the most annotated foreground first, so that there is something to see
+    order = np.argsort(-test.masks.reshape(len(test), -1).sum(1), kind="stable")[:rows]
+    pred_mean, pred_std = latent.mean_predictions(model, test, device, n, seed, batch)
+    ids = [str(g) for g in test.groups]
+    keep(F.samples_figure(test.images[order, 0].astype(np.float32), test.masks[order], pred_mean[order],
+                          pred_std[order], [ids[i] for i in order], f"Fig. 3 - samples: {label}"),
+         "fig3_samples", "Fig. 3: samples", f"Annotations and their mean/std next to the mean/std of {n} samples "
+         "drawn from the prior, for the test images with the most annotated foreground.")
+    stats = latent.prior_statistics(model, test, device, batch)
+    keep(F.prior_figure(stats.mean, stats.std, f"Fig. 4 - prior statistics: {label}"), "fig4_prior",
+         "Fig. 4: prior statistics", "Prior means and standard deviations per latent dimension across the test "
+         "images; a sparse latent space shows few dimensions with large sigma.")
+    probs, offsets = latent.traversal(model, test.images[order[0]], device)
+    keep(F.traversal_figure(probs, offsets, f"Fig. 5 - latent traversal (image {ids[order[0]]}): {label}"),
+         "fig5_traversal", "Fig. 5: latent traversal", "Decoded foreground probability as each latent axis moves "
+         "from -2 to +2 prior standard deviations with the others at the prior mean.")
+    variances = (stats.std**2).mean(0)
+    freeze_order = np.argsort(variances, kind="stable")
+    ewd = latent.freezing_curve(model, test, device, n, seed, freeze_order, batch)
+    keep(F.freezing_figure(ewd, freeze_order, variances, f"Fig. 6 - freezing latent dimensions: {label}"),
+         "fig6_freezing", "Fig. 6: freezing", f"Test EWD as latent dimensions are frozen to their prior mean, "
+         f"lowest mean variance first: {ewd[0]:.3f} with none frozen, {ewd[-1]:.3f} with all frozen.")
+    history = [h for h in rec.history if h.get("val_effective_rank") is not None]
+    if history:
+        keep(F.effective_rank_figure(np.array([h["epoch"] for h in history]),
+                                     np.array([h["val_effective_rank"] for h in history]), rec.latent_dim,
+                                     rec.best_epoch, f"Fig. 7 - effective rank during training: {label}"),
+             "fig7_effective_rank", "Fig. 7: effective rank over training",
+             "Effective rank of the prior sigma on the validation images after every epoch.")
+    ann, pred = latent.entropy_maps(model, test, device, n, seed, batch)
+    pearson, spearman = latent.entropy_correlations(ann, pred)
+    keep(F.entropy_figure(ann, pred, float(np.nanmean(pearson)), float(np.nanmean(spearman)),
+                          f"Fig. 8 - entropy calibration: {label}"),
+         "fig8_entropy", "Fig. 8: entropy calibration", "Annotator pixel entropy against the model's predicted pixel "
+         "entropy over all test pixels, with the per-image correlations.")
+    info = {"model": rec.model, "variant": rec.variant or "defaults", "dataset": rec.dataset,
+            "latent dim": rec.latent_dim, "fold": rec.fold, "preset": rec.preset, "seed": rec.seed,
+            "config": rec.config_hash, "best epoch": rec.best_epoch, "test images": len(test),
+            "checkpoint": rec.checkpoint}
+    report = write_report(out_dir, f"probseg-bench analysis: {label}", command, dict(rec.metrics), info, saved)
+    return Analysis(out_dir, report, files, freeze_order, ewd)

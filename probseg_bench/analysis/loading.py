@@ -1,0 +1,79 @@
+"""Find a stored fold, rebuild its model from the checkpoint (``weights_only=True``) and its test split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from probseg_bench.api import MultiRaterData
+from probseg_bench.errors import ProbsegError
+from probseg_bench.results import FoldRecord, ResultsStore
+
+
+@dataclass
+class LoadedRun:
+    """A stored fold with its trained model (on ``device``, eval mode) and its test images."""
+
+    record: FoldRecord
+    model: Any
+    test: MultiRaterData
+    device: Any
+
+
+def find_record(store: ResultsStore, model: str, dataset: str, latent_dim: int | None, fold: int | None) -> FoldRecord:
+    """The most recent stored record of (model, dataset[, latent dim][, fold]).
+
+    Raises:
+        ProbsegError: no such record (the message lists what is stored for the model and dataset).
+    """
+    records = store.records([model], [dataset])
+    matching = [r for r in records if (latent_dim is None or r.latent_dim == latent_dim)
+                and (fold is None or r.fold == fold)]
+    if not matching:
+        have = sorted({(r.latent_dim, r.fold) for r in records})
+        listing = ", ".join(f"d={d} fold {f}" for d, f in have) or "nothing"
+        raise ProbsegError(f"no stored run of {model} on {dataset} with latent dim {latent_dim} and fold {fold} "
+                           f"in {store.url}; stored: {listing}")
+    return max(matching, key=lambda r: r.created_at)
+
+
+def load_run(record: FoldRecord, data_root: Path | None, device_name: str = "auto") -> LoadedRun:
+    """Rebuild the record's model from its checkpoint and its test split from the dataset.
+
+    Raises:
+        ProbsegError: missing checkpoint, a checkpoint of another model / dataset / latent dim / fold, a dataset
+            whose split no longer matches the record's split hash.
+    """
+    import torch
+
+    from probseg_bench.data.loading import load_dataset
+    from probseg_bench.data.splits import grouped_splits
+    from probseg_bench.experiment import resolve_device
+    from probseg_bench.plugins import get_plugins
+
+    if record.checkpoint is None or not Path(record.checkpoint).is_file():
+        raise ProbsegError(f"{record.checkpoint}: the run's checkpoint is missing (moved or deleted?)")
+    try:
+        ckpt = torch.load(record.checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged or foreign file
+        raise ProbsegError(f"{record.checkpoint}: not a readable probseg-bench checkpoint ({exc})") from None
+    expected = {"model": record.model, "dataset": record.dataset, "latent_dim": record.latent_dim,
+                "fold": record.fold, "config_hash": record.config_hash}
+    found = {k: ckpt.get(k) for k in expected} if isinstance(ckpt, dict) else {}
+    if found != expected:
+        raise ProbsegError(f"{record.checkpoint}: checkpoint of {found}, but the record is {expected}")
+    plugins = get_plugins()
+    dataset_spec = plugins.datasets.get(record.dataset)
+    data = load_dataset(dataset_spec, data_root, record.dataset_params)
+    protocol = record.protocol
+    splits = grouped_splits(data.groups, int(protocol["n_folds"]), float(protocol["test_fraction"]), record.seed)
+    if splits.split_hash != record.split_hash:
+        raise ProbsegError(f"dataset '{record.dataset}' (data root {data_root}) no longer gives the split of the "
+                           "stored run: the data changed")
+    device = resolve_device(device_name)
+    model = plugins.models.get(record.model).factory(
+        latent_dim=record.latent_dim, in_channels=data.images.shape[1], **ckpt["model_hyperparameters"]
+    )
+    model.load_state_dict(ckpt["state_dict"])
+    return LoadedRun(record, model.to(device).eval(), data.subset(splits.test), device)

@@ -1,0 +1,45 @@
+"""``probseg-bench analyze``: the seed paper's Figures 3-8 and an HTML report for a stored run."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import typer
+
+from probseg_bench.cli._app import STORAGE_HELP, app, console, err_console
+from probseg_bench.results import DEFAULT_STORAGE, ResultsStore
+
+
+@app.command()
+def analyze(
+    model: str = typer.Option(..., "--model", "-m", help="Model of the stored run."),
+    dataset: str = typer.Option(..., "--dataset", help="Dataset of the stored run."),
+    latent_dim: int | None = typer.Option(None, "--latent-dim", "-d", help="Latent dim [default: latest run]."),
+    fold: int | None = typer.Option(None, "--fold", help="Fold [default: latest run]."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder, for plugins that need one."),
+    storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP, show_default=False),
+    output: Path = typer.Option(Path("probseg-analysis"), "--output", help="Parent folder of the report."),
+    samples: int | None = typer.Option(None, "--samples", help="Samples per image [default: the run's, 16]."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Samples (Fig. 3), prior statistics (4), latent traversal (5), freezing (6), effective rank over training
+    (7) and entropy calibration (8) of a stored run's checkpoint, as PNG + PDF and one self-contained HTML
+    report; prints the report's path."""
+    from probseg_bench.analysis.analyze import analyze as run_analysis
+    from probseg_bench.analysis.loading import find_record, load_run
+
+    record = find_record(ResultsStore(storage), model, dataset, latent_dim, fold)
+    err_console.print(f"analysing {record.model} on {record.dataset}, d={record.latent_dim}, fold {record.fold} "
+                      f"(config {record.config_hash}, {record.preset})", highlight=False)
+    run = load_run(record, data_root, device)
+    folder = output / f"{record.model}-{record.dataset}-d{record.latent_dim}-fold{record.fold}-{record.config_hash}"
+    args = ["analyze", "--model", model, "--dataset", dataset, "--latent-dim", str(record.latent_dim), "--fold",
+            str(record.fold)]
+    for flag, value in (("--data-root", data_root), ("--storage", None if storage == DEFAULT_STORAGE else storage),
+                        ("--samples", samples)):
+        if value is not None:
+            args += [flag, str(value)]
+    command = "probseg-bench " + " ".join(shlex.quote(a) for a in args)
+    result = run_analysis(run, folder, command, samples)
+    console.print(str(result.report), highlight=False, soft_wrap=True)
