@@ -242,6 +242,22 @@ class TrainOutput:
     log_det: torch.Tensor | None = None
 
 
+    def float(self) -> TrainOutput:
+        """A float32 copy (after a bfloat16-autocast forward pass: the objective is computed in float32)."""
+        from torch.distributions import Normal
+
+        def f(t: Any) -> Any:
+            return t.float() if t is not None and t.is_floating_point() else t
+
+        return TrainOutput(
+            logits=f(self.logits), target=f(self.target),
+            prior=Normal(f(self.prior.loc), f(self.prior.scale), validate_args=False),
+            posterior=Normal(f(self.posterior.loc), f(self.posterior.scale), validate_args=False),
+            posterior_samples=f(self.posterior_samples), prior_samples=f(self.prior_samples),
+            annotation_index=self.annotation_index, base_samples=f(self.base_samples), log_det=f(self.log_det),
+        )
+
+
 @runtime_checkable
 class LatentSegmentationModel(Protocol):
     """The latent-model protocol every model plugin's module implements (a ``torch.nn.Module``)."""

@@ -30,7 +30,15 @@ from probseg_bench.errors import ProbsegError
 
 
 class TrainingDivergedError(ProbsegError):
-    """A non-finite loss: the message names the epoch, step and loss term."""
+    """A non-finite loss or gradient: the message names the epoch, step and term. Carries the best checkpoint
+    of the epochs before (``best_state`` None if there was none), its epoch and the training curves so far."""
+
+    def __init__(self, message: str, best_state: dict[str, torch.Tensor] | None = None, best_epoch: int = -1,
+                 history: list[EpochLog] | None = None) -> None:
+        super().__init__(message)
+        self.best_state = best_state
+        self.best_epoch = best_epoch
+        self.history = history or []
 
 
 @dataclass
@@ -56,7 +64,9 @@ class Objective:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings of one fold (units: epochs over the training split; lr per step)."""
+    """Optimisation settings of one fold (units: epochs over the training split; lr per step). ``amp``: the
+    forward pass under bfloat16 autocast (the objective in float32); ``channels_last``: NHWC memory format (both
+    for GPUs)."""
 
     epochs: int
     warmup_epochs: int
@@ -66,6 +76,8 @@ class TrainConfig:
     grad_clip: float = 0.0
     augment: bool = True
     seed: int = 0
+    amp: bool = False
+    channels_last: bool = False
 
 
 @dataclass
@@ -154,6 +166,8 @@ def train_fold(
     if len(train) == 0 or len(val) == 0:
         raise ProbsegError(f"training split has {len(train)} items and validation {len(val)}: both must be non-empty")
     model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     x_train, y_train = _to_device(train, device)
     x_val, y_val = _to_device(val, device)
     generator = torch.Generator().manual_seed(config.seed)
@@ -173,37 +187,56 @@ def train_fold(
         t0 = time.perf_counter()
         model.train()
         order = torch.randperm(len(train), generator=generator).to(device)
-        sums: dict[str, float] = {}
-        loss_sum, seen = 0.0, 0
+        # sums and the first non-finite step stay on the device: one host synchronisation per epoch
+        sums: torch.Tensor | None = None
+        first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        bad_terms: torch.Tensor | None = None
+        names: list[str] = []
+        seen = 0
         for b in range(steps_per_epoch):
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
             x, y = x_train[idx].float(), y_train[idx]
             if augment is not None:
                 x, y = augment(x, y, generator)
-            loss, parts = objective(model(x, y))
-            if not torch.isfinite(loss):
-                bad = [k for k, v in parts.items() if not torch.isfinite(v)] or ["total"]
-                raise TrainingDivergedError(
-                    f"non-finite loss at epoch {epoch + 1}, step {b + 1} (term: {', '.join(bad)}); "
-                    "lower the learning rate or the regularizer weights"
-                )
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+                out = model(x, y)
+            loss, parts = objective(out.float() if config.amp else out)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf
+            )
             optimizer.step()
             schedule.step()
             step += 1
             n = x.shape[0]
-            loss_sum += float(loss.detach()) * n
             seen += n
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+            names = ["total", *parts, "gradient"]
+            values = torch.stack([loss.detach(), *(v.detach() for v in parts.values()), grad_norm.detach()])
+            finite = torch.isfinite(values)
+            newly_bad = (first_bad < 0) & ~finite.all()
+            first_bad = torch.where(newly_bad, torch.full_like(first_bad, b), first_bad)
+            previous = bad_terms if bad_terms is not None else torch.zeros_like(finite)
+            bad_terms = torch.where(newly_bad, ~finite, previous)
+            sums = values[:-1] * n if sums is None else sums + values[:-1] * n
+        assert sums is not None and bad_terms is not None
+        if int(first_bad) >= 0:
+            which = [name for name, bad in zip(names, bad_terms.tolist(), strict=True) if bad and name != "total"]
+            raise TrainingDivergedError(
+                f"non-finite {'gradient' if which == ['gradient'] else 'loss'} at epoch {epoch + 1}, step "
+                f"{int(first_bad) + 1} (term: {', '.join(which) or 'total'}); lower the learning rate or the "
+                "regularizer weights",
+                best_state=best_state, best_epoch=best_epoch, history=history,
+            )
+        means = (sums / seen).tolist()
+        loss_mean, term_means = means[0], dict(zip(names[1:-1], means[1:], strict=True))
         val_loss, val_er = validation_loss(model, objective, x_val, y_val, config.batch_size, config.seed + 1)
         log = EpochLog(
             epoch=epoch + 1,
-            train_loss=loss_sum / seen,
-            train_terms={k: v / seen for k, v in sums.items()},
+            train_loss=loss_mean,
+            train_terms=term_means,
             val_loss=val_loss,
             val_effective_rank=val_er,
             lr=float(optimizer.param_groups[0]["lr"]),
