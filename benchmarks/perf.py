@@ -4,7 +4,8 @@
 
 Prints a table and writes benchmarks/results/perf.json:
 - the fp32 matrix-multiply rate of this machine (torch.mm 2048^3, best of 5);
-- per model (punet, punet-nf, spunet; paper architecture, d = 6, 128 x 128, 4 annotators) and batch (8, 32):
+- per model (punet, punet-nf, spunet; paper architecture, d = 6, 128 x 128, 4 annotators, channels_last as in
+  training) and batch (8, 32):
   FLOPs per image per training step (torch.utils.flop_counter), median step time, images/s, achieved FLOP/s
   and its fraction of the matmul rate;
 - spunet / punet step-time ratio next to their FLOP ratio;
@@ -61,7 +62,7 @@ def build(name: str, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
     spec = plugins.models.get(name)
     hp = {h.name: h.default for h in spec.hyperparameters}
     torch.manual_seed(0)
-    model = spec.factory(latent_dim=6, in_channels=1, **hp).to(device)
+    model = spec.factory(latent_dim=6, in_channels=1, **hp).to(device).to(memory_format=torch.channels_last)
     return spec, model, hp
 
 
@@ -69,7 +70,7 @@ def batch(b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(b, 1, 128, 128, generator=g)
     y = (torch.rand(b, 4, 128, 128, generator=g) > 0.95).to(torch.uint8)
-    return x.to(device), y.to(device)
+    return x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
 
 
 def training_step(name: str, b: int, steps: int, device: torch.device) -> dict[str, float]:

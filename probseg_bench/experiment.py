@@ -250,7 +250,7 @@ class Experiment:
         config = TrainConfig(
             epochs=epochs, warmup_epochs=warmup, batch_size=self.preset.batch_size, lr=self.preset.lr,
             weight_decay=self.preset.weight_decay, grad_clip=clip, augment=self.preset.augment, seed=seed,
-            amp=self.device.type == "cuda", channels_last=self.device.type == "cuda",
+            amp=self.device.type == "cuda", channels_last=True,
         )
         objective = build_objective(self.model_spec, self.plugins, model_hp, reg_hp, self.terms)
         result = train_fold(model, objective, self.data.subset(train_idx), self.data.subset(val_idx), config,

@@ -37,7 +37,18 @@ def test_head_equals_tiling_z_and_concatenating_with_the_features():
     tiled = z[..., None, None].expand(2, 4, 3, 7, 7)
     inp = torch.cat([features[:, None].expand(2, 4, 5, 7, 7), tiled], 2).flatten(0, 1)
     ref = head.last(head.hidden(torch.relu(first(inp)))).view(2, 4, 1, 7, 7)
-    torch.testing.assert_close(head(features, z), ref)
+    out = head(features, z)
+    torch.testing.assert_close(out, ref)
+    # the blocked, in-place computation has the same gradients as the plain convolutions
+    features.requires_grad_(True)
+    shared = [n for n, _ in head.named_parameters() if n.startswith(("hidden", "last"))]
+    params = dict(head.named_parameters())
+    ours = torch.autograd.grad((head(features, z) ** 2).sum(), [features, *(params[n] for n in shared)])
+    tiled = torch.cat([features[:, None].expand(2, 4, 5, 7, 7), z[..., None, None].expand(2, 4, 3, 7, 7)], 2)
+    reference = head.last(head.hidden(torch.relu(first(tiled.flatten(0, 1)))))
+    theirs = torch.autograd.grad((reference**2).sum(), [features, *(params[n] for n in shared)])
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("cls", [ProbabilisticUNet, SinkhornProbabilisticUNet])
