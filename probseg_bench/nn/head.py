@@ -3,6 +3,8 @@ concatenated with the U-Net features, and mapped to logits by 1x1 convolutions o
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -42,7 +44,7 @@ class LatentInjectionHead(nn.Module):
         h, w = features.shape[-2:]
         base = self.feature_proj(features).flatten(2).transpose(1, 2)  # [B, HW, F], once for all samples
         shift = self.latent_proj(z)  # [B, n, F]
-        weights = [(conv.weight.flatten(1).t(), conv.bias) for conv in self._layers()]  # [F_in, F_out]
+        weights = [(conv.weight.flatten(1).t(), cast(torch.Tensor, conv.bias)) for conv in self._layers()]
         block = max(256, self.BLOCK_ROWS // max(b, 1))
         samples = []
         for s in range(n):
