@@ -226,10 +226,12 @@ class Experiment:
         self, latent_dim: int, fold: int, model_hp: Mapping[str, HyperValue],
         reg_hp: Mapping[str, Mapping[str, HyperValue]], on_epoch: Callable[[EpochLog], Any] | None = None,
         model_hook: Callable[[torch.nn.Module], Any] | None = None,
+        checkpoint: Path | None = None, checkpoint_key: dict[str, Any] | None = None,
     ) -> tuple[torch.nn.Module, FoldTrainingResult]:
         """Build the model (seeded with :func:`fold_seed`), train it on the fold's training split, select the
         lowest validation loss; returns the model with the best weights loaded, and the training result.
-        ``model_hook`` receives the model before training (e.g. for per-epoch evaluations in ``on_epoch``)."""
+        ``model_hook`` receives the model before training (e.g. for per-epoch evaluations in ``on_epoch``);
+        ``checkpoint`` / ``checkpoint_key``: the per-epoch training state to resume from (see ``train_fold``)."""
         import torch
 
         from probseg_bench.training import TrainConfig, train_fold
@@ -254,7 +256,7 @@ class Experiment:
         )
         objective = build_objective(self.model_spec, self.plugins, model_hp, reg_hp, self.terms)
         result = train_fold(model, objective, self.data.subset(train_idx), self.data.subset(val_idx), config,
-                            self.device, on_epoch=on_epoch)
+                            self.device, on_epoch=on_epoch, checkpoint=checkpoint, checkpoint_key=checkpoint_key)
         model.load_state_dict(result.best_state)
         return model, result
 

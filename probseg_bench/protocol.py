@@ -14,7 +14,7 @@ import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from functools import partial
 from importlib import metadata
@@ -35,6 +35,7 @@ class Reporter(Protocol):
     def fold_started(self, key: FoldKey, epochs: int) -> None: ...
     def epoch_finished(self, key: FoldKey, epoch: int, train_loss: float, val_loss: float) -> None: ...
     def fold_finished(self, record: FoldRecord) -> None: ...
+    def fold_failed(self, record: FoldRecord) -> None: ...
     def fold_skipped(self, key: FoldKey) -> None: ...
 
 
@@ -44,6 +45,7 @@ class SilentReporter:
     def fold_started(self, key: FoldKey, epochs: int) -> None: ...
     def epoch_finished(self, key: FoldKey, epoch: int, train_loss: float, val_loss: float) -> None: ...
     def fold_finished(self, record: FoldRecord) -> None: ...
+    def fold_failed(self, record: FoldRecord) -> None: ...
     def fold_skipped(self, key: FoldKey) -> None: ...
 
 
@@ -85,6 +87,11 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
+def partial_report(reporter: Reporter, key: FoldKey) -> Callable[[EpochLog], None]:
+    """An ``on_epoch`` callback forwarding the epoch's losses to ``reporter``."""
+    return partial(_report_epoch, reporter, key)
+
+
 def _report_epoch(reporter: Reporter, key: FoldKey, log: EpochLog) -> None:
     reporter.epoch_finished(key, log.epoch, log.train_loss, log.val_loss)
 
@@ -94,16 +101,23 @@ def run_protocol(
     store: ResultsStore,
     reporter: Reporter | None = None,
     plugins: Plugins | None = None,
+    retry_failed: bool = False,
 ) -> list[FoldRecord]:
     """Run (or resume) the protocol for every requested latent dimension and fold.
 
+    Each fold's training state is written after every epoch to ``fold<k>.partial.pt`` beside the checkpoints, so
+    a killed fold resumes from its last epoch; the record is written in one transaction when the fold is
+    evaluated. A fold whose training diverges (non-finite loss or gradient) is recorded as failed with the reason
+    (its best checkpoint so far kept) and the other folds go on; reruns skip it unless ``retry_failed``.
+
     Returns:
-        The records of every requested fold (newly computed, or already stored with the same configuration).
+        The successful records of every requested fold (newly computed, or already stored).
 
     Raises:
-        ProbsegError: unknown plugin / preset / fold / hyperparameter, bad data, divergence.
+        ProbsegError: unknown plugin / preset / fold / hyperparameter, bad data.
     """
     from probseg_bench.evaluation import evaluate
+    from probseg_bench.training import TrainingDivergedError
 
     reporter = reporter or SilentReporter()
     exp = Experiment.prepare(request, plugins)
@@ -122,35 +136,56 @@ def run_protocol(
         for fold in exp.folds:
             key = FoldKey(request.model, request.dataset, d, fold, chash)
             stored = store.get(key)
+            if stored is not None and stored.status != "ok" and retry_failed:
+                store.delete(key)
+                stored = None
             if stored is not None:
                 reporter.fold_skipped(key)
-                records.append(stored)
+                if stored.status == "ok":
+                    records.append(stored)
                 continue
             reporter.fold_started(key, epochs)
-            model, result = exp.train(d, fold, model_hp, reg_hp, on_epoch=partial(_report_epoch, reporter, key))
-            evaluation = evaluate(model, test, exp.device, n_samples=exp.preset.n_eval_samples,
-                                  batch_size=exp.preset.batch_size, seed=fold_seed(request.seed, d, fold))
-            checkpoint = request.run_dir / request.model / request.dataset / f"d{d}" / chash / f"fold{fold}.pt"
-            _atomic_torch_save(
-                {"model": request.model, "dataset": request.dataset, "latent_dim": d, "fold": fold,
-                 "config_hash": chash, "model_hyperparameters": model_hp,
-                 "state_dict": {k: v.cpu() for k, v in result.best_state.items()}},
-                checkpoint,
-            )
-            record = FoldRecord(
+            folder = request.run_dir / request.model / request.dataset / f"d{d}" / chash
+            checkpoint, partial = folder / f"fold{fold}.pt", folder / f"fold{fold}.partial.pt"
+            identity = {"model": request.model, "dataset": request.dataset, "latent_dim": d, "fold": fold,
+                        "config_hash": chash}
+            common: dict[str, Any] = dict(
                 model=request.model, dataset=request.dataset, latent_dim=d, fold=fold, seed=request.seed,
                 preset=exp.preset.name, config_hash=chash, split_hash=exp.splits.split_hash,
-                variant=request.variant(), dataset_params=exp.dataset_params,
-                hyperparameters=hyperparameters, protocol=protocol, metrics=evaluation.aggregate,
-                per_image=evaluation.per_image, test_ids=[str(i) for i in exp.splits.test],
-                test_groups=[str(g) for g in test.groups],
+                variant=request.variant(), dataset_params=exp.dataset_params, hyperparameters=hyperparameters,
+                protocol=protocol, test_ids=[str(i) for i in exp.splits.test],
+                test_groups=[str(g) for g in test.groups], versions={**versions, "device": str(exp.device)},
+            )
+            try:
+                model, result = exp.train(d, fold, model_hp, reg_hp, on_epoch=partial_report(reporter, key),
+                                          checkpoint=partial, checkpoint_key=identity)
+            except TrainingDivergedError as exc:
+                if exc.best_state is not None:
+                    _atomic_torch_save({**identity, "model_hyperparameters": model_hp,
+                                        "state_dict": {k: v.cpu() for k, v in exc.best_state.items()}}, checkpoint)
+                record = FoldRecord(
+                    **common, metrics={}, per_image={}, timings={}, best_epoch=exc.best_epoch,
+                    history=[asdict(h) for h in exc.history],
+                    checkpoint=str(checkpoint) if exc.best_state is not None else None,
+                    status="failed", failure=str(exc),
+                )
+                store.add(record)
+                partial.unlink(missing_ok=True)
+                reporter.fold_failed(record)
+                continue
+            evaluation = evaluate(model, test, exp.device, n_samples=exp.preset.n_eval_samples,
+                                  batch_size=exp.preset.batch_size, seed=fold_seed(request.seed, d, fold))
+            _atomic_torch_save({**identity, "model_hyperparameters": model_hp,
+                                "state_dict": {k: v.cpu() for k, v in result.best_state.items()}}, checkpoint)
+            record = FoldRecord(
+                **common, metrics=evaluation.aggregate, per_image=evaluation.per_image,
                 timings={"train_s": result.seconds, "sampling_s": evaluation.seconds_sampling,
                          "metrics_s": evaluation.seconds_metrics, "steps": result.steps},
-                versions={**versions, "device": str(exp.device)},
                 best_epoch=result.best_epoch, best_val_loss=result.best_val_loss,
                 history=[asdict(h) for h in result.history], checkpoint=str(checkpoint),
             )
             store.add(record)
+            partial.unlink(missing_ok=True)
             reporter.fold_finished(record)
             records.append(record)
     return records

@@ -33,6 +33,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from probseg_bench.errors import ProbsegError
 
 DEFAULT_STORAGE = "sqlite:///probseg-results.db"
+LOCK_RETRIES = 8
 SCHEMA_VERSION = 1
 
 _metadata = MetaData()
@@ -75,7 +76,8 @@ class FoldRecord:
     the user changed from the model's defaults (``--regularizer``, ``--hp``), empty for the defaults;
     ``dataset_params``: the dataset plugin's resolved parameters; ``timings``: seconds (training, sampling,
     metrics); ``protocol``: the resolved preset settings; ``hyperparameters``: model and regularizer
-    hyperparameters and the objective's terms; ``versions``: package versions and git commit.
+    hyperparameters and the objective's terms; ``versions``: package versions and git commit; ``status``:
+    ``ok``, or ``failed`` with ``failure`` the reason (e.g. a diverged training; no metrics then).
     """
 
     model: str
@@ -100,6 +102,8 @@ class FoldRecord:
     best_val_loss: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: str | None = None
+    status: str = "ok"
+    failure: str | None = None
     created_at: float = field(default_factory=time.time)
 
     @property
@@ -164,19 +168,36 @@ class ResultsStore:
             "preset": record.preset, "split_hash": record.split_hash, "created_at": record.created_at,
             "schema_version": SCHEMA_VERSION, "record": json.dumps(asdict(record), allow_nan=True),
         }
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(fold_results.insert().values(**row))
-        except IntegrityError:
-            raise ProbsegError(f"a record for {record.key} is already stored in {self.url}") from None
+        for attempt in range(LOCK_RETRIES):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(fold_results.insert().values(**row))
+                return
+            except IntegrityError:
+                raise ProbsegError(f"a record for {record.key} is already stored in {self.url}") from None
+            except OperationalError as exc:  # another process holds the SQLite write lock for long
+                if "locked" not in str(exc.orig) or attempt == LOCK_RETRIES - 1:
+                    raise ProbsegError(f"{self.url}: cannot write the record ({exc.orig})") from None
+                time.sleep(min(0.1 * 2**attempt, 5.0))
+
+    def delete(self, key: FoldKey) -> None:
+        """Remove the record with this key (e.g. a failed fold to be retried)."""
+        c = fold_results.c
+        with self.engine.begin() as conn:
+            conn.execute(fold_results.delete().where(
+                c.model == key.model, c.dataset == key.dataset, c.latent_dim == key.latent_dim,
+                c.fold == key.fold, c.config_hash == key.config_hash,
+            ))
 
     def records(
         self,
         models: Iterable[str] | None = None,
         datasets: Iterable[str] | None = None,
         latent_dims: Iterable[int] | None = None,
+        include_failed: bool = False,
     ) -> list[FoldRecord]:
-        """All stored records, optionally filtered, in insertion order."""
+        """The stored records (the successful ones unless ``include_failed``), optionally filtered, in insertion
+        order."""
         c = fold_results.c
         query = select(c.record).order_by(c.id)
         if models:
@@ -187,4 +208,5 @@ class ResultsStore:
             query = query.where(c.latent_dim.in_(list(latent_dims)))
         with self.engine.connect() as conn:
             rows = conn.execute(query).scalars().all()
-        return [FoldRecord(**json.loads(r)) for r in rows]
+        records = [FoldRecord(**json.loads(r)) for r in rows]
+        return records if include_failed else [r for r in records if r.status == "ok"]

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -106,6 +108,35 @@ class FoldTrainingResult:
     steps: int = 0
 
 
+def save_training_state(path: Path, state: dict[str, Any]) -> None:
+    """Write a training state atomically (a temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_training_state(path: Path, key: dict[str, Any]) -> dict[str, Any]:
+    """Read a training state with ``weights_only=True`` (no code runs) and check it belongs to ``key``.
+
+    Raises:
+        ProbsegError: unreadable, or written for another run (the message names the differing fields).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ProbsegError(
+            f"{path}: not a readable training checkpoint ({exc}); delete it to start the fold over"
+        ) from None
+    if not isinstance(state, dict):
+        raise ProbsegError(f"{path}: not a training checkpoint; delete it to start the fold over")
+    wrong = {k: state.get(k) for k, v in key.items() if state.get(k) != v}
+    if wrong:
+        raise ProbsegError(f"{path}: a checkpoint of another run ({wrong}, expected "
+                           f"{ {k: key[k] for k in wrong} }); delete it or use another --run-dir")
+    return state
+
+
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
     """Learning-rate factor at ``step`` (0-based): (step+1)/warmup during warm-up, then cosine from 1 to 0."""
     if step < warmup_steps:
@@ -153,15 +184,23 @@ def train_fold(
     config: TrainConfig,
     device: torch.device,
     on_epoch: Callable[[EpochLog], Any] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_key: dict[str, Any] | None = None,
 ) -> FoldTrainingResult:
     """Train ``model`` on ``train``, select the epoch with the lowest validation loss on ``val``.
 
     Randomness: batch order and augmentation come from a CPU generator seeded with ``config.seed``; the model's
     own draws use torch's global generator (seed it before calling for a reproducible fold).
 
+    With ``checkpoint``, the whole training state (weights, optimizer, schedule, random generators, best
+    checkpoint, curves) is written there after every epoch (temporary file + rename), and an existing one is
+    resumed from, so a killed fold continues where it stopped and ends exactly as if it had not been killed
+    (on CPU). ``checkpoint_key`` (e.g. model, dataset, latent dim, fold, configuration) must match the stored
+    one, else the file is refused.
+
     Raises:
-        TrainingDivergedError: a non-finite loss or loss term (names epoch, step and term).
-        ProbsegError: empty training or validation split.
+        TrainingDivergedError: a non-finite loss or gradient (names epoch, step and term).
+        ProbsegError: empty training or validation split; a checkpoint of another run.
     """
     if len(train) == 0 or len(val) == 0:
         raise ProbsegError(f"training split has {len(train)} items and validation {len(val)}: both must be non-empty")
@@ -183,7 +222,21 @@ def train_fold(
     history: list[EpochLog] = []
     start_all = time.perf_counter()
     step = 0
-    for epoch in range(config.epochs):
+    first_epoch = 0
+    key = dict(checkpoint_key or {})
+    if checkpoint is not None and checkpoint.is_file():
+        state = load_training_state(checkpoint, key)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        best_state, best_epoch, best_val = state["best_state"], state["best_epoch"], state["best_val"]
+        history = [EpochLog(**h) for h in state["history"]]
+        first_epoch, step = state["epoch"], state["step"]
+    for epoch in range(first_epoch, config.epochs):
         t0 = time.perf_counter()
         model.train()
         order = torch.randperm(len(train), generator=generator).to(device)
@@ -246,6 +299,15 @@ def train_fold(
         if math.isfinite(val_loss) and val_loss < best_val:
             best_val, best_epoch = val_loss, epoch + 1
             best_state = copy.deepcopy({k: v.detach() for k, v in model.state_dict().items()})
+        if checkpoint is not None:
+            save_training_state(checkpoint, {
+                **key, "epoch": epoch + 1, "step": step, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "best_state": best_state, "best_epoch": best_epoch, "best_val": best_val,
+                "history": [asdict(h) for h in history],
+            })
         if on_epoch is not None:
             on_epoch(log)
     if best_state is None:

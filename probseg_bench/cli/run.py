@@ -41,6 +41,7 @@ class RichReporter:
         )
         self.folds = self.progress.add_task("folds", total=total_folds, status="")
         self.epochs: Any = None
+        self.finished = 0
 
     def __enter__(self) -> RichReporter:
         self.progress.start()
@@ -61,6 +62,7 @@ class RichReporter:
         self.progress.update(self.epochs, completed=epoch, status=f"train {train_loss:.1f} val {val_loss:.1f}")
 
     def fold_finished(self, record: FoldRecord) -> None:
+        self.finished += 1
         self.progress.advance(self.folds)
         m = record.metrics
         err_console.print(
@@ -68,6 +70,11 @@ class RichReporter:
             f"ER {m['er']:.2f}  (best epoch {record.best_epoch}, {record.timings['train_s']:.0f} s)",
             highlight=False,
         )
+
+    def fold_failed(self, record: FoldRecord) -> None:
+        self.progress.advance(self.folds)
+        err_console.print(f"{self._label(record.key)}: FAILED, recorded as failed: {record.failure}",
+                          highlight=False, markup=False)
 
     def fold_skipped(self, key: FoldKey) -> None:
         self.progress.advance(self.folds)
@@ -96,6 +103,7 @@ def run(
     storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP, show_default=False),
     run_dir: Path = typer.Option(Path("probseg-runs"), "--run-dir", help="Where best checkpoints are written."),
     fmt: str = typer.Option("table", "--format", help=FORMAT_HELP),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Train again the folds recorded as failed."),
 ) -> None:
     """Train and evaluate MODEL on DATASET (or every cell of a --config grid): grouped 20% test split, 3-fold CV,
     best-validation checkpoint, 16 prior samples per test image; one record per fold in the results store.
@@ -134,8 +142,17 @@ def run(
         err_console.print(f"preset quick: {chosen.description}", highlight=False)
     store = ResultsStore(storage)
     n_folds = sum(len(r.folds or range(chosen.n_folds)) * len(r.latent_dims) for r in requests)
-    records = []
+    records: list[FoldRecord] = []
     with RichReporter(n_folds) as reporter:
-        for request in requests:
-            records += run_protocol(request, store, reporter)
+        try:
+            for request in requests:
+                records += run_protocol(request, store, reporter, retry_failed=retry_failed)
+        except KeyboardInterrupt:
+            reporter.progress.stop()
+            err_console.print(
+                f"interrupted: {reporter.finished} fold(s) finished in this run are stored in {store.url}; the fold "
+                f"in progress is saved at its last completed epoch under {run_dir}; rerun the same command to resume",
+                highlight=False, markup=False,
+            )
+            raise typer.Exit(130) from None
     print_rows(build_leaderboard(records), fmt)
