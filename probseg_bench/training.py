@@ -130,10 +130,10 @@ def load_training_state(path: Path, key: dict[str, Any]) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict):
         raise ProbsegError(f"{path}: not a training checkpoint; delete it to start the fold over")
-    wrong = {k: state.get(k) for k, v in key.items() if state.get(k) != v}
-    if wrong:
-        raise ProbsegError(f"{path}: a checkpoint of another run ({wrong}, expected "
-                           f"{ {k: key[k] for k in wrong} }); delete it or use another --run-dir")
+    stored = state.get("run")
+    if stored != key:
+        raise ProbsegError(f"{path}: a checkpoint of another run ({stored}, expected {key}); delete it or use "
+                           "another --run-dir")
     return state
 
 
@@ -301,7 +301,7 @@ def train_fold(
             best_state = copy.deepcopy({k: v.detach() for k, v in model.state_dict().items()})
         if checkpoint is not None:
             save_training_state(checkpoint, {
-                **key, "epoch": epoch + 1, "step": step, "model": model.state_dict(),
+                "run": key, "epoch": epoch + 1, "step": step, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,

@@ -74,7 +74,7 @@ class RichReporter:
     def fold_failed(self, record: FoldRecord) -> None:
         self.progress.advance(self.folds)
         err_console.print(f"{self._label(record.key)}: FAILED, recorded as failed: {record.failure}",
-                          highlight=False, markup=False)
+                          highlight=False, markup=False, soft_wrap=True)
 
     def fold_skipped(self, key: FoldKey) -> None:
         self.progress.advance(self.folds)
@@ -152,7 +152,7 @@ def run(
             err_console.print(
                 f"interrupted: {reporter.finished} fold(s) finished in this run are stored in {store.url}; the fold "
                 f"in progress is saved at its last completed epoch under {run_dir}; rerun the same command to resume",
-                highlight=False, markup=False,
+                highlight=False, markup=False, soft_wrap=True,
             )
             raise typer.Exit(130) from None
     print_rows(build_leaderboard(records), fmt)
