@@ -15,7 +15,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fakeplugin import TinyLatentModel
 from probseg_bench.api import MultiRaterData
 from probseg_bench.cli import app
 from probseg_bench.errors import ProbsegError
@@ -23,6 +22,8 @@ from probseg_bench.experiment import Experiment
 from probseg_bench.results import ResultsStore
 from probseg_bench.training import Objective, TrainConfig, TrainingDivergedError, train_fold
 from probseg_regularizers.kl import KLDivergence
+
+from fakeplugin import TinyLatentModel
 
 SYNTH = ["--dataset", "synthetic", "--dataset-param", "n_images=40", "--dataset-param", "size=32",
          "--hp", "filters=4,8", "--hp", "convs_per_block=1", "-d", "2"]
