@@ -3,6 +3,8 @@ behind Fig. 6 (0 frozen dimensions = the stored test EWD of the same samples and
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -46,3 +48,24 @@ def test_analyze_without_a_stored_run_says_what_is_stored(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ProbsegError, match="no stored run of spunet on lidc-sample"):
         find_record(ResultsStore(), "spunet", "lidc-sample", 6, 0)
+
+
+def test_a_checkpoint_of_another_run_is_refused(monkeypatch, tmp_path, tiny_preset):
+    import shutil
+
+    from probseg_bench.analysis.loading import load_run
+
+    monkeypatch.chdir(tmp_path)
+    for d in ("2", "3"):
+        run = CliRunner().invoke(app, ["run", "--model", "punet", "--dataset", "lidc-sample", "--preset",
+                                       tiny_preset, "-d", d, "--fold", "0", "--hp", "filters=4,8", "--hp",
+                                       "convs_per_block=1"])
+        assert run.exit_code == 0, run.output
+    store = ResultsStore()
+    d2, d3 = find_record(store, "punet", "lidc-sample", 2, 0), find_record(store, "punet", "lidc-sample", 3, 0)
+    shutil.copy(d3.checkpoint, d2.checkpoint)  # the d=3 weights where the d=2 run's checkpoint should be
+    with pytest.raises(ProbsegError, match=r"checkpoint of .*'latent_dim': 3.*but the record is .*'latent_dim': 2"):
+        load_run(d2, None, "cpu")
+    Path(d2.checkpoint).write_bytes(b"not a checkpoint")
+    with pytest.raises(ProbsegError, match="not a readable probseg-bench checkpoint"):
+        load_run(d2, None, "cpu")
