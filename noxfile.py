@@ -48,8 +48,7 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Performance benchmarks: training step time, evaluation vs sampling time; JSON in benchmarks/results/.
+    """The performance figures (benchmarks/perf.py; about 5 minutes on 2 cores); JSON in benchmarks/results/.
     (`python -m benchmarks.lidc_memory` measures the LIDC loading memory; it needs 2.5 GB of disk.)"""
     install(session)
-    session.run("python", "-m", "benchmarks.step_time", *session.posargs)
-    session.run("python", "-m", "benchmarks.eval_time")
+    session.run("python", "-m", "benchmarks.perf", "--quick-run", *session.posargs)
