@@ -15,7 +15,7 @@ import platform
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -96,6 +96,74 @@ def _report_epoch(reporter: Reporter, key: FoldKey, log: EpochLog) -> None:
     reporter.epoch_finished(key, log.epoch, log.train_loss, log.val_loss)
 
 
+@dataclass
+class RunPlan:
+    """Everything fixed for one request before its folds run: the prepared experiment, the resolved
+    hyperparameters, the configuration hash that keys its records, and the fields every record shares."""
+
+    request: RunRequest
+    exp: Experiment
+    model_hp: dict[str, Any]
+    reg_hp: dict[str, dict[str, Any]]
+    hyperparameters: dict[str, Any]
+    protocol: dict[str, Any]
+    config_hash: str
+    versions: dict[str, str]
+    test: Any
+
+    @classmethod
+    def prepare(cls, request: RunRequest, plugins: Plugins | None = None) -> RunPlan:
+        """Prepare the experiment (loads the data) and hash the configuration."""
+        exp = Experiment.prepare(request, plugins)
+        model_hp, reg_hp = exp.hyperparameters()
+        protocol = exp.preset.settings(exp.dataset_spec.protocol)
+        hyperparameters = {"model": model_hp, "regularizers": reg_hp,
+                           "objective": [[t.regularizer, t.weight] for t in exp.terms]}
+        chash = config_hash({"seed": request.seed, "protocol": protocol, "hyperparameters": hyperparameters,
+                             "split": exp.splits.split_hash, "dataset": exp.dataset_params})
+        versions = package_versions("probseg-bench", "torch", "numpy", "scipy", "geomloss")
+        return cls(request, exp, model_hp, reg_hp, hyperparameters, protocol, chash, versions,
+                   exp.data.subset(exp.splits.test))
+
+    def key(self, d: int, fold: int) -> FoldKey:
+        return FoldKey(self.request.model, self.request.dataset, d, fold, self.config_hash)
+
+    def folder(self, d: int) -> Path:
+        """Where the checkpoints of latent dim ``d`` go."""
+        r = self.request
+        return r.run_dir / r.model / r.dataset / f"d{d}" / self.config_hash
+
+    def common(self, d: int, fold: int) -> dict[str, Any]:
+        """The record fields that do not depend on the fold's outcome."""
+        r, exp = self.request, self.exp
+        return dict(
+            model=r.model, dataset=r.dataset, latent_dim=d, fold=fold, seed=r.seed, preset=exp.preset.name,
+            config_hash=self.config_hash, split_hash=exp.splits.split_hash, variant=r.variant(),
+            dataset_params=exp.dataset_params, hyperparameters=self.hyperparameters, protocol=self.protocol,
+            test_ids=[str(i) for i in exp.splits.test], test_groups=[str(g) for g in self.test.groups],
+            versions={**self.versions, "device": str(exp.device)},
+        )
+
+    def failed_record(self, d: int, fold: int, reason: str, best_epoch: int = 0,
+                      history: Sequence[dict[str, Any]] = (), checkpoint: str | None = None) -> FoldRecord:
+        """A record of a fold that could not be completed (no metrics)."""
+        return FoldRecord(**self.common(d, fold), metrics={}, per_image={}, timings={}, best_epoch=best_epoch,
+                          history=list(history), checkpoint=checkpoint, status="failed", failure=reason)
+
+
+def record_failure(request: RunRequest, store: ResultsStore, reason: str, plugins: Plugins | None = None) -> int:
+    """Record every fold of ``request`` that is not stored yet as failed with ``reason`` (e.g. after a distributed
+    executor gave up on the cell); returns how many were recorded."""
+    plan = RunPlan.prepare(request, plugins)
+    added = 0
+    for d in request.latent_dims:
+        for fold in plan.exp.folds:
+            if store.get(plan.key(d, fold)) is None:
+                store.add(plan.failed_record(d, fold, reason))
+                added += 1
+    return added
+
+
 def run_protocol(
     request: RunRequest,
     store: ResultsStore,
@@ -120,21 +188,13 @@ def run_protocol(
     from probseg_bench.training import TrainingDivergedError
 
     reporter = reporter or SilentReporter()
-    exp = Experiment.prepare(request, plugins)
-    model_hp, reg_hp = exp.hyperparameters()
-    test = exp.data.subset(exp.splits.test)
+    plan = RunPlan.prepare(request, plugins)
+    exp, model_hp = plan.exp, plan.model_hp
     epochs, _ = exp.schedule
-    protocol = exp.preset.settings(exp.dataset_spec.protocol)
-    hyperparameters = {"model": model_hp, "regularizers": reg_hp,
-                       "objective": [[t.regularizer, t.weight] for t in exp.terms]}
-    chash = config_hash({"seed": request.seed, "protocol": protocol, "hyperparameters": hyperparameters,
-                         "split": exp.splits.split_hash, "dataset": exp.dataset_params})
-    versions = package_versions("probseg-bench", "torch", "numpy", "scipy", "geomloss")
-
     records: list[FoldRecord] = []
     for d in request.latent_dims:
         for fold in exp.folds:
-            key = FoldKey(request.model, request.dataset, d, fold, chash)
+            key = plan.key(d, fold)
             stored = store.get(key)
             if stored is not None and stored.status != "ok" and retry_failed:
                 store.delete(key)
@@ -145,40 +205,28 @@ def run_protocol(
                     records.append(stored)
                 continue
             reporter.fold_started(key, epochs)
-            folder = request.run_dir / request.model / request.dataset / f"d{d}" / chash
-            checkpoint, partial = folder / f"fold{fold}.pt", folder / f"fold{fold}.partial.pt"
+            checkpoint, partial = plan.folder(d) / f"fold{fold}.pt", plan.folder(d) / f"fold{fold}.partial.pt"
             identity = {"model": request.model, "dataset": request.dataset, "latent_dim": d, "fold": fold,
-                        "config_hash": chash}
-            common: dict[str, Any] = dict(
-                model=request.model, dataset=request.dataset, latent_dim=d, fold=fold, seed=request.seed,
-                preset=exp.preset.name, config_hash=chash, split_hash=exp.splits.split_hash,
-                variant=request.variant(), dataset_params=exp.dataset_params, hyperparameters=hyperparameters,
-                protocol=protocol, test_ids=[str(i) for i in exp.splits.test],
-                test_groups=[str(g) for g in test.groups], versions={**versions, "device": str(exp.device)},
-            )
+                        "config_hash": plan.config_hash}
             try:
-                model, result = exp.train(d, fold, model_hp, reg_hp, on_epoch=partial_report(reporter, key),
+                model, result = exp.train(d, fold, model_hp, plan.reg_hp, on_epoch=partial_report(reporter, key),
                                           checkpoint=partial, checkpoint_key=identity)
             except TrainingDivergedError as exc:
                 if exc.best_state is not None:
                     _atomic_torch_save({**identity, "model_hyperparameters": model_hp,
                                         "state_dict": {k: v.cpu() for k, v in exc.best_state.items()}}, checkpoint)
-                record = FoldRecord(
-                    **common, metrics={}, per_image={}, timings={}, best_epoch=exc.best_epoch,
-                    history=[asdict(h) for h in exc.history],
-                    checkpoint=str(checkpoint) if exc.best_state is not None else None,
-                    status="failed", failure=str(exc),
-                )
+                record = plan.failed_record(d, fold, str(exc), exc.best_epoch, [asdict(h) for h in exc.history],
+                                            str(checkpoint) if exc.best_state is not None else None)
                 store.add(record)
                 partial.unlink(missing_ok=True)
                 reporter.fold_failed(record)
                 continue
-            evaluation = evaluate(model, test, exp.device, n_samples=exp.preset.n_eval_samples,
+            evaluation = evaluate(model, plan.test, exp.device, n_samples=exp.preset.n_eval_samples,
                                   batch_size=exp.preset.batch_size, seed=fold_seed(request.seed, d, fold))
             _atomic_torch_save({**identity, "model_hyperparameters": model_hp,
                                 "state_dict": {k: v.cpu() for k, v in result.best_state.items()}}, checkpoint)
             record = FoldRecord(
-                **common, metrics=evaluation.aggregate, per_image=evaluation.per_image,
+                **plan.common(d, fold), metrics=evaluation.aggregate, per_image=evaluation.per_image,
                 timings={"train_s": result.seconds, "sampling_s": evaluation.seconds_sampling,
                          "metrics_s": evaluation.seconds_metrics, "steps": result.steps},
                 best_epoch=result.best_epoch, best_val_loss=result.best_val_loss,
@@ -191,4 +239,4 @@ def run_protocol(
     return records
 
 
-__all__: Sequence[str] = ["Reporter", "RunRequest", "SilentReporter", "run_protocol"]
+__all__: Sequence[str] = ["Reporter", "RunPlan", "RunRequest", "SilentReporter", "record_failure", "run_protocol"]
