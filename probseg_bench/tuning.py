@@ -195,6 +195,80 @@ def make_objective(
     return run_trial
 
 
+@dataclass(frozen=True)
+class TuneJob:
+    """One tuning invocation's settings (plain data, so that it can be sent to Ray workers)."""
+
+    request: RunRequest
+    study: str
+    storage: str
+    objective: str = "val_ewd"
+    ranges: tuple[str, ...] = ()
+    fixed: tuple[tuple[str, Any], ...] = ()
+
+
+def optimize(job: TuneJob, trials: int, seed: int, on_trial: Callable[[int, dict[str, Any]], Any] | None = None,
+             on_start: Callable[[Any, list[SearchParameter]], Any] | None = None) -> Any:
+    """Prepare the experiment, open the study and run ``trials`` trials in this process; returns the study.
+    Diverging trials are recorded as failed (their reason in the trial's ``failure`` attribute)."""
+    from probseg_bench.training import TrainingDivergedError
+
+    experiment = Experiment.prepare(job.request)
+    fixed = dict(job.fixed)
+    space = search_space(experiment, job.ranges, fixed)
+    experiment.hyperparameters(fixed)  # a bad --fix value fails before the first trial
+    study = open_study(job.study, job.storage, seed)
+    if on_start is not None:
+        on_start(study, space)
+    fold, latent_dim = (job.request.folds or (0,))[0], job.request.latent_dims[0]
+    run_trial = make_objective(experiment, space, fixed, job.objective, fold, latent_dim, on_trial=on_trial)
+    study.optimize(run_trial, n_trials=trials, catch=(TrainingDivergedError,))
+    return study
+
+
+def optimize_on_ray(job: TuneJob, trials: int, seed: int, workers: int, address: str | None = None) -> int:
+    """``workers`` Ray actors (1 CPU each, or 1 GPU with --device cuda) run ``trials`` trials of one study on the
+    shared storage between them; each seeds its sampler differently. Returns the number of trials run.
+
+    Raises:
+        ProbsegError: Ray is not installed or unreachable, workers < 1.
+    """
+    if workers < 1:
+        raise ProbsegError(f"--workers: expected >= 1, got {workers}")
+    try:
+        import ray
+    except ImportError:
+        raise ProbsegError("--executor ray needs Ray: pip install 'probseg-bench[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            if address:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(include_dashboard=False, log_to_driver=False)
+        except Exception as exc:
+            raise ProbsegError(f"--address {address}: cannot connect to the Ray cluster ({exc})") from None
+
+    class TuneWorker:
+        def run(self, job: TuneJob, trials: int, seed: int) -> int:
+            import torch
+
+            torch.set_num_threads(1)
+            return len(optimize(job, trials, seed).trials)
+
+    gpu = job.request.device.startswith("cuda")
+    actor = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0)(TuneWorker)
+    shares = [n for n in (trials // workers + (1 if i < trials % workers else 0) for i in range(workers)) if n]
+    try:
+        handles = [actor.remote() for _ in shares]
+        ray.get([h.run.remote(job, n, seed + 1000 * i)  # type: ignore[attr-defined]
+                 for i, (h, n) in enumerate(zip(handles, shares, strict=True))])
+    finally:
+        if started_here:
+            ray.shutdown()
+    return trials
+
+
 def write_params(path: Path, model: str, dataset: str, study: str, objective: str, trial: Any) -> Path:
     """Write a trial's parameters as the TOML that ``run --params`` reads (model, dataset, [hyperparameters])."""
     lines = [
@@ -227,5 +301,5 @@ def read_params(path: Path) -> tuple[str | None, dict[str, Any]]:
     return raw.get("model"), dict(params)
 
 
-__all__ = ["OBJECTIVES", "RunRequest", "SearchParameter", "default_study_name", "make_objective", "open_study",
-           "parse_range", "read_params", "search_space", "write_params"]
+__all__ = ["OBJECTIVES", "RunRequest", "SearchParameter", "TuneJob", "default_study_name", "make_objective",
+           "open_study", "optimize", "optimize_on_ray", "parse_range", "read_params", "search_space", "write_params"]

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from probseg_bench.cli._app import FORMAT_HELP, STORAGE_HELP, app, err_console
 from probseg_bench.cli.leaderboard import print_rows
 from probseg_bench.errors import ProbsegError
+from probseg_bench.executors import EXECUTORS
 from probseg_bench.grid import load_grid
 from probseg_bench.leaderboard import FORMATS, build_leaderboard
 from probseg_bench.presets import PRESETS, get_preset
@@ -104,6 +105,10 @@ def run(
     run_dir: Path = typer.Option(Path("probseg-runs"), "--run-dir", help="Where best checkpoints are written."),
     fmt: str = typer.Option("table", "--format", help=FORMAT_HELP),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Train again the folds recorded as failed."),
+    executor: str = typer.Option("local", "--executor", help="local (this machine) or ray (a Ray cluster)."),
+    jobs: int = typer.Option(1, "--jobs", help="With --executor local: cells run in this many processes."),
+    address: str | None = typer.Option(None, "--address", help="With --executor ray: the cluster [default: new]."),
+    retries: int = typer.Option(2, "--retries", help="With --executor ray: retries of a failing cell."),
 ) -> None:
     """Train and evaluate MODEL on DATASET (or every cell of a --config grid): grouped 20% test split, 3-fold CV,
     best-validation checkpoint, 16 prior samples per test image; one record per fold in the results store.
@@ -141,6 +146,11 @@ def run(
     if preset == "quick":
         err_console.print(f"preset quick: {chosen.description}", highlight=False)
     store = ResultsStore(storage)
+    if executor not in EXECUTORS:
+        raise ProbsegError(f"--executor: expected one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "ray" or jobs > 1:
+        _run_distributed(requests, store, executor, jobs, address, retries, fmt)
+        return
     n_folds = sum(len(r.folds or range(chosen.n_folds)) * len(r.latent_dims) for r in requests)
     records: list[FoldRecord] = []
     with RichReporter(n_folds) as reporter:
@@ -155,4 +165,33 @@ def run(
                 highlight=False, markup=False, soft_wrap=True,
             )
             raise typer.Exit(130) from None
+    print_rows(build_leaderboard(records), fmt)
+
+
+def _run_distributed(requests: list[RunRequest], store: ResultsStore, executor: str, jobs: int,
+                     address: str | None, retries: int, fmt: str) -> None:
+    """One task per (model, dataset, latent dim, fold) cell on the chosen executor; progress per cell."""
+    from probseg_bench.executors import CellResult, cells, run_local, run_ray
+
+    todo = cells(requests, lambda r: get_preset(r.preset).n_folds)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err_console, disable=not err_console.is_terminal)
+    task = progress.add_task(f"cells ({executor})", total=len(todo))
+
+    def report(result: CellResult) -> None:
+        r = result.request
+        label = f"{r.model}/{r.dataset} d={r.latent_dims[0]} fold {r.folds[0] if r.folds else 0}"
+        progress.advance(task)
+        status = f"FAILED: {result.error}" if result.error else "done"
+        failed = [x for x in result.records if x.get("status") == "failed"]
+        if failed:
+            status = f"FAILED, recorded as failed: {failed[0]['failure']}"
+        err_console.print(f"{label}: {status}", highlight=False, markup=False, soft_wrap=True)
+
+    with progress:
+        if executor == "ray":
+            results = run_ray(todo, store.url, address, retries, on_result=report)
+        else:
+            results = run_local(todo, store.url, jobs, on_result=report)
+    records = [FoldRecord(**d) for result in results for d in result.records if d.get("status") == "ok"]
     print_rows(build_leaderboard(records), fmt)

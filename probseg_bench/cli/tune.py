@@ -57,13 +57,16 @@ def tune(
     storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP, show_default=False),
     output: Path | None = typer.Option(None, "--output", help="TOML for the best parameters [default: STUDY.toml]."),
     show: bool = typer.Option(False, "--show", help="Only show the existing study."),
+    executor: str = typer.Option("local", "--executor", help="local (this process) or ray (worker actors)."),
+    workers: int = typer.Option(2, "--workers", help="With --executor ray: actors running trials at once."),
+    address: str | None = typer.Option(None, "--address", help="With --executor ray: the cluster [default: new]."),
     top: int = typer.Option(10, "--top", help="Trials shown."),
 ) -> None:
     """Search the model's and its regularizers' hyperparameters with TPE on one fold's validation split (never
     the test split); resumes the named study; several processes on one storage share it. Writes the best
     parameters to a TOML that `probseg-bench run --params FILE` takes into the standard protocol."""
-    from probseg_bench.experiment import Experiment, RunRequest
-    from probseg_bench.tuning import default_study_name, make_objective, open_study, search_space, write_params
+    from probseg_bench.experiment import RunRequest
+    from probseg_bench.tuning import TuneJob, default_study_name, open_study, optimize, optimize_on_ray, write_params
 
     name = study or default_study_name(model, dataset, objective)
     if show:
@@ -75,17 +78,19 @@ def tune(
     request = RunRequest(model=model, dataset=dataset, latent_dims=(latent_dim,), folds=(fold,), seed=seed,
                          preset=preset, device=device, data_root=data_root,
                          dataset_params=parse_hp(dataset_param, "--dataset-param"))
-    experiment = Experiment.prepare(request)
-    space = search_space(experiment, param, fixed)
-    experiment.hyperparameters(fixed)  # a bad --fix value fails before the first trial
-    opened = open_study(name, storage, seed)
-    err_console.print(f"study {name}: searching {', '.join(p.name for p in space)} on fold {fold}'s validation "
-                      f"split ({objective}); {len(opened.trials)} trials so far", highlight=False)
-    run_trial = make_objective(experiment, space, fixed, objective, fold, latent_dim,
-                               on_trial=lambda n, v: err_console.print(f"trial {n}: {v}", highlight=False))
-    from probseg_bench.training import TrainingDivergedError
+    job = TuneJob(request, name, storage, objective, tuple(param), tuple(fixed.items()))
+    if executor == "ray":
+        optimize_on_ray(job, trials, seed, workers, address)
+        opened = open_study(name, storage, seed, create=False)
+    elif executor == "local":
+        def start(study: Any, space: list[Any]) -> None:
+            err_console.print(f"study {name}: searching {', '.join(p.name for p in space)} on fold {fold}'s "
+                              f"validation split ({objective}); {len(study.trials)} trials so far", highlight=False)
 
-    opened.optimize(run_trial, n_trials=trials, catch=(TrainingDivergedError,))
+        opened = optimize(job, trials, seed, on_start=start,
+                          on_trial=lambda n, v: err_console.print(f"trial {n}: {v}", highlight=False))
+    else:
+        raise ProbsegError(f"--executor: expected local or ray, got {executor!r}")
     _show(opened, top)
     try:
         best = opened.best_trial
