@@ -58,11 +58,25 @@ def run_cell(request: RunRequest, storage: str, threads: int | None = None) -> l
     return [asdict(r) for r in run_protocol(request, ResultsStore(storage))]
 
 
+def _give_up(request: RunRequest, storage: str, reason: str) -> CellResult:
+    """Record the cell's folds as failed with ``reason`` (when its data can be prepared at all)."""
+    from probseg_bench.protocol import record_failure
+    from probseg_bench.results import ResultsStore
+
+    try:
+        record_failure(request, ResultsStore(storage), reason)
+    except ProbsegError as exc:  # the cell cannot even be prepared: nothing to key a record with
+        reason = f"{reason} (not recorded: {exc})"
+    return CellResult(request, [], reason)
+
+
 def _safe_cell(request: RunRequest, storage: str, threads: int | None) -> CellResult:
     try:
         return CellResult(request, run_cell(request, storage, threads))
     except ProbsegError as exc:
         return CellResult(request, [], str(exc))
+    except Exception as exc:  # a crash inside the cell (e.g. a model plugin's bug): record it, go on
+        return _give_up(request, storage, f"{type(exc).__name__}: {exc}".splitlines()[0])
 
 
 def run_local(requests: list[RunRequest], storage: str, jobs: int = 1,
@@ -107,9 +121,6 @@ def run_ray(requests: list[RunRequest], storage: str, address: str | None = None
         import ray
     except ImportError:
         raise ProbsegError("--executor ray needs Ray: pip install 'probseg-bench[ray]'") from None
-    from probseg_bench.protocol import record_failure
-    from probseg_bench.results import ResultsStore
-
     started_here = not ray.is_initialized()
     if started_here:
         try:
@@ -133,9 +144,9 @@ def run_ray(requests: list[RunRequest], storage: str, address: str | None = None
             try:
                 result = CellResult(request, ray.get(ref))
             except Exception as exc:  # the task failed after its retries
-                reason = f"failed after {retries} retries on Ray: {type(exc).__name__}: {exc}".splitlines()[0]
-                record_failure(request, ResultsStore(storage), reason)
-                result = CellResult(request, [], reason)
+                cause = getattr(exc, "cause", None) or exc
+                reason = f"failed after {retries} retries on Ray: {type(cause).__name__}: {cause}".splitlines()[0]
+                result = _give_up(request, storage, reason)
             results.append(result)
             if on_result:
                 on_result(result)

@@ -38,7 +38,9 @@ class RunRequest:
     """What ``probseg-bench run`` asks for.
 
     ``folds`` None = all folds of the preset; ``hyperparameters``: overrides of the model's and its
-    regularizers' hyperparameters (name -> value); ``run_dir``: where best checkpoints are written.
+    regularizers' hyperparameters (name -> value); ``protocol_overrides``: preset settings replaced for this run
+    (e.g. ``{"epochs": 2}`` for a smoke test; stored with the results); ``run_dir``: where best checkpoints are
+    written.
     """
 
     model: str
@@ -54,6 +56,7 @@ class RunRequest:
     dataset_params: Mapping[str, Any] = field(default_factory=dict)
     trust_pickle: bool = False
     variant_name: str | None = None
+    protocol_overrides: Mapping[str, Any] = field(default_factory=dict)
     run_dir: Path = Path("probseg-runs")
 
     def variant(self) -> str:
@@ -153,6 +156,36 @@ def build_objective(
     ])
 
 
+PROTOCOL_KEYS = ("epochs", "warmup_epochs", "batch_size", "lr", "weight_decay", "augment", "n_eval_samples")
+
+
+def apply_protocol_overrides(preset: Preset, overrides: Mapping[str, Any]) -> Preset:
+    """``preset`` with some settings replaced (``--epochs``, a grid's ``[protocol]`` table).
+
+    Raises:
+        ProbsegError: an unknown setting or a value of the wrong type / range.
+    """
+    if not overrides:
+        return preset
+    unknown = [k for k in overrides if k not in PROTOCOL_KEYS]
+    if unknown:
+        raise ProbsegError(f"protocol setting '{unknown[0]}'{did_you_mean(unknown[0], PROTOCOL_KEYS)}: expected "
+                           f"some of {', '.join(PROTOCOL_KEYS)}")
+    values: dict[str, Any] = {}
+    for k, v in overrides.items():
+        current = getattr(preset, k)
+        kind = bool if isinstance(current, bool) else float if isinstance(current, float) else int
+        if (kind is bool) != isinstance(v, bool):
+            raise ProbsegError(f"protocol setting '{k}': expected a {kind.__name__}, got {v!r}")
+        try:
+            values[k] = kind(v)
+        except (TypeError, ValueError):
+            raise ProbsegError(f"protocol setting '{k}': expected a {kind.__name__}, got {v!r}") from None
+        if kind is not bool and values[k] <= 0:
+            raise ProbsegError(f"protocol setting '{k}': expected a positive value, got {v!r}")
+    return replace(preset, **values)
+
+
 def fold_seed(seed: int, latent_dim: int, fold: int) -> int:
     """The torch seed of one fold's training (model init and draws), derived from the run seed."""
     return (seed * 1_000_003 + latent_dim * 1009 + fold * 101) % (2**31)
@@ -190,7 +223,7 @@ class Experiment:
         plugins = plugins or get_plugins()
         model_spec = plugins.models.get(request.model)
         dataset_spec = plugins.datasets.get(request.dataset)
-        preset = get_preset(request.preset)
+        preset = apply_protocol_overrides(get_preset(request.preset), request.protocol_overrides)
         if not request.latent_dims or min(request.latent_dims) < 1:
             raise ProbsegError(f"--latent-dim: expected integers >= 1, got {list(request.latent_dims)}")
         folds = tuple(range(preset.n_folds)) if request.folds is None else tuple(request.folds)

@@ -15,6 +15,8 @@ Keys (all but ``models`` and ``datasets`` optional)::
     task = 2
     [hyperparameters.spunet]            # per model, as --hp
     beta = 50
+    [protocol]                          # preset settings replaced for every cell (e.g. a smoke test)
+    epochs = 2
 
 Every (model, dataset) pair becomes one :class:`probseg_bench.protocol.RunRequest` over the latent dims and
 folds; cells already in the results store are skipped by the protocol.
@@ -31,7 +33,7 @@ from probseg_bench.errors import ProbsegError
 from probseg_bench.protocol import RunRequest
 
 _KEYS = {"models", "datasets", "latent_dims", "folds", "preset", "seed", "device", "data_roots", "dataset_params",
-         "hyperparameters"}
+         "hyperparameters", "protocol"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class GridConfig:
     data_roots: dict[str, Path] = field(default_factory=dict)
     dataset_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
 
     def requests(self, run_dir: Path = Path("probseg-runs")) -> list[RunRequest]:
         """One request per (dataset, model), datasets outermost."""
@@ -56,7 +59,7 @@ class GridConfig:
                 model=m, dataset=d, latent_dims=self.latent_dims, folds=self.folds, seed=self.seed,
                 preset=self.preset, device=self.device, data_root=self.data_roots.get(d),
                 hyperparameters=self.hyperparameters.get(m, {}), dataset_params=self.dataset_params.get(d, {}),
-                run_dir=run_dir,
+                run_dir=run_dir, protocol_overrides=self.protocol,
             )
             for d in self.datasets for m in self.models
         ]
@@ -110,6 +113,7 @@ def load_grid(path: Path) -> GridConfig:
     if not all(isinstance(v, str) for v in roots.values()):
         raise ProbsegError(f"{path}: 'data_roots' values must be paths (strings)")
     params, hps = _tables(path, raw, "dataset_params"), _tables(path, raw, "hyperparameters")
+    protocol = _tables(path, raw, "protocol")
     for key, table in (("dataset_params", params), ("hyperparameters", hps)):
         if not all(isinstance(v, dict) for v in table.values()):
             raise ProbsegError(f"{path}: '{key}' must hold one table per name ([{key}.NAME])")
@@ -124,4 +128,5 @@ def load_grid(path: Path) -> GridConfig:
         data_roots={k: (path.parent / v).resolve() for k, v in roots.items()},
         dataset_params={k: dict(v) for k, v in params.items()},
         hyperparameters={k: dict(v) for k, v in hps.items()},
+        protocol=dict(protocol),
     )

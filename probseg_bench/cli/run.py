@@ -91,6 +91,7 @@ def run(
     fold: list[int] = typer.Option([], "--fold", help="Only these CV folds (repeatable) [default: all]."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation and sampling."),
     preset: str = typer.Option("paper", "--preset", help=f"Protocol preset: {', '.join(PRESETS)}."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Replace the preset's epochs (e.g. a smoke test)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder, for plugins that need one."),
     dataset_param: list[str] = typer.Option([], "--dataset-param", help="Dataset parameter NAME=VALUE (repeatable)."),
@@ -141,6 +142,7 @@ def run(
             preset=preset, device=device, data_root=data_root, hyperparameters=overrides, regularizer=regularizer,
             dataset_params=parse_hp(dataset_param, "--dataset-param"), trust_pickle=trust_pickle, run_dir=run_dir,
             variant_name=variant_name if variant_name and not hp and not regularizer and flow is None else None,
+            protocol_overrides={"epochs": epochs} if epochs is not None else {},
         )]
     chosen = get_preset(preset)
     if preset == "quick":

@@ -51,6 +51,7 @@ def tune(
     fix: list[str] = typer.Option([], "--fix", help="Fixed hyperparameter NAME=VALUE (repeatable)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the training and the TPE sampler."),
     preset: str = typer.Option("paper", "--preset", help=f"Protocol preset: {', '.join(PRESETS)}."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Replace the preset's epochs."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder, for plugins that need one."),
     dataset_param: list[str] = typer.Option([], "--dataset-param", help="Dataset parameter NAME=VALUE."),
@@ -77,7 +78,8 @@ def tune(
     fixed = parse_hp(fix, "--fix")
     request = RunRequest(model=model, dataset=dataset, latent_dims=(latent_dim,), folds=(fold,), seed=seed,
                          preset=preset, device=device, data_root=data_root,
-                         dataset_params=parse_hp(dataset_param, "--dataset-param"))
+                         dataset_params=parse_hp(dataset_param, "--dataset-param"),
+                         protocol_overrides={"epochs": epochs} if epochs is not None else {})
     job = TuneJob(request, name, storage, objective, tuple(param), tuple(fixed.items()))
     if executor == "ray":
         optimize_on_ray(job, trials, seed, workers, address)
