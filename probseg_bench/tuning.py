@@ -135,7 +135,9 @@ def open_study(name: str, storage: str, seed: int, create: bool = True) -> Any:
         rdb = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as exc:
         raise ProbsegError(f"--storage {storage!r}: cannot open it for Optuna ({exc})") from None
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
+    # the first epochs are noisy (warm-up): judge a trial against the median only after 10 epochs, and only
+    # once 4 trials have completed
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=10)
     if not create and name not in {s.study_name for s in optuna.get_all_study_summaries(rdb)}:
         raise ProbsegError(f"no study named '{name}' in {storage}")
     study = optuna.create_study(study_name=name, storage=rdb, pruner=pruner, direction="minimize",
