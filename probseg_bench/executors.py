@@ -15,7 +15,8 @@ stored are skipped by the protocol itself, so any executor resumes a grid.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -109,6 +110,34 @@ def run_local(requests: list[RunRequest], storage: str, jobs: int = 1,
     return results
 
 
+@contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Connect to the Ray cluster at ``address`` (``auto``, ``host:port``) or start a local one with this
+    machine's CPUs (None); shut down on exit what was started here.
+
+    Raises:
+        ProbsegError: Ray is not installed, or the cluster cannot be reached.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ProbsegError("--executor ray needs Ray: pip install 'probseg-bench[ray]'") from None
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    except Exception as exc:  # ConnectionError and friends, by Ray version
+        raise ProbsegError(f"--address {address}: cannot connect to the Ray cluster ({exc})") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def run_ray(requests: list[RunRequest], storage: str, address: str | None = None, retries: int = 2,
             cpus_per_task: int = 1, on_result: Callable[[CellResult], Any] | None = None) -> list[CellResult]:
     """Run every cell as a Ray task (see the module docstring); cells that still fail after ``retries`` retries
@@ -121,22 +150,13 @@ def run_ray(requests: list[RunRequest], storage: str, address: str | None = None
         import ray
     except ImportError:
         raise ProbsegError("--executor ray needs Ray: pip install 'probseg-bench[ray]'") from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        try:
-            if address:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-        except Exception as exc:  # ConnectionError and friends, by Ray version
-            raise ProbsegError(f"--address {address}: cannot connect to the Ray cluster ({exc})") from None
     remote = ray.remote(max_retries=retries, retry_exceptions=True)(run_cell)
-    pending = {}
-    for r in requests:
-        resources = {"num_gpus": 1, "num_cpus": 1} if r.device.startswith("cuda") else {"num_cpus": cpus_per_task}
-        pending[remote.options(**resources).remote(r, storage, cpus_per_task)] = r
     results = []
-    try:
+    with ray_session(address):
+        pending = {}
+        for r in requests:
+            resources = {"num_gpus": 1, "num_cpus": 1} if r.device.startswith("cuda") else {"num_cpus": cpus_per_task}
+            pending[remote.options(**resources).remote(r, storage, cpus_per_task)] = r
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             ref = done[0]
@@ -150,7 +170,4 @@ def run_ray(requests: list[RunRequest], storage: str, address: str | None = None
             results.append(result)
             if on_result:
                 on_result(result)
-    finally:
-        if started_here:
-            ray.shutdown()
     return results

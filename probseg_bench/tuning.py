@@ -237,19 +237,7 @@ def optimize_on_ray(job: TuneJob, trials: int, seed: int, workers: int, address:
     """
     if workers < 1:
         raise ProbsegError(f"--workers: expected >= 1, got {workers}")
-    try:
-        import ray
-    except ImportError:
-        raise ProbsegError("--executor ray needs Ray: pip install 'probseg-bench[ray]'") from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        try:
-            if address:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(include_dashboard=False, log_to_driver=False)
-        except Exception as exc:
-            raise ProbsegError(f"--address {address}: cannot connect to the Ray cluster ({exc})") from None
+    from probseg_bench.executors import ray_session
 
     class TuneWorker:
         def run(self, job: TuneJob, trials: int, seed: int) -> int:
@@ -259,15 +247,14 @@ def optimize_on_ray(job: TuneJob, trials: int, seed: int, workers: int, address:
             return len(optimize(job, trials, seed).trials)
 
     gpu = job.request.device.startswith("cuda")
-    actor = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0)(TuneWorker)
     shares = [n for n in (trials // workers + (1 if i < trials % workers else 0) for i in range(workers)) if n]
-    try:
+    with ray_session(address):
+        import ray
+
+        actor = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0)(TuneWorker)
         handles = [actor.remote() for _ in shares]
         ray.get([h.run.remote(job, n, seed + 1000 * i)  # type: ignore[attr-defined]
                  for i, (h, n) in enumerate(zip(handles, shares, strict=True))])
-    finally:
-        if started_here:
-            ray.shutdown()
     return trials
 
 

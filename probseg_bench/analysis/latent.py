@@ -48,10 +48,10 @@ def prior_statistics(model: torch.nn.Module, data: MultiRaterData, device: torch
 
 
 @torch.no_grad()
-def sample_maps(model: torch.nn.Module, data: MultiRaterData, device: torch.device, n: int, seed: int,
-                batch_size: int = 8, frozen: tuple[int, ...] = ()) -> np.ndarray:
-    """Binary samples bool [N, n, H, W]: z ~ p(z|x) (dimensions in ``frozen`` set to the prior mean), decoded."""
-    out = []
+def prior_logits(model: torch.nn.Module, data: MultiRaterData, device: torch.device, n: int, seed: int,
+                 batch_size: int = 8, frozen: tuple[int, ...] = ()) -> Iterator[torch.Tensor]:
+    """Per batch, the logits [B, n, H, W] of n decoded prior draws (dimensions in ``frozen`` set to the prior
+    mean), drawn with torch's generator seeded with ``seed`` in the evaluation's order."""
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -61,8 +61,14 @@ def sample_maps(model: torch.nn.Module, data: MultiRaterData, device: torch.devi
             if frozen:
                 idx = list(frozen)
                 z[:, :, idx] = prior.loc[:, None, idx]
-            out.append((model.decode(x, z)[:, :, 0] > 0).cpu().numpy())  # type: ignore[operator]
-    return np.concatenate(out)
+            yield model.decode(x, z)[:, :, 0]  # type: ignore[operator]
+
+
+def sample_maps(model: torch.nn.Module, data: MultiRaterData, device: torch.device, n: int, seed: int,
+                batch_size: int = 8, frozen: tuple[int, ...] = ()) -> np.ndarray:
+    """Binary samples bool [N, n, H, W]: z ~ p(z|x) (dimensions in ``frozen`` set to the prior mean), decoded."""
+    return np.concatenate([(logits > 0).cpu().numpy()
+                           for logits in prior_logits(model, data, device, n, seed, batch_size, frozen)])
 
 
 def freezing_curve(model: torch.nn.Module, data: MultiRaterData, device: torch.device, n: int, seed: int,
@@ -107,20 +113,12 @@ def mean_predictions(model: torch.nn.Module, data: MultiRaterData, device: torch
     return samples.mean(1), samples.std(1)
 
 
-@torch.no_grad()
 def entropy_maps(model: torch.nn.Module, data: MultiRaterData, device: torch.device, n: int, seed: int,
                  batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(annotator pixel entropy H(y_bar), predicted pixel entropy H(p_bar)) float [N, H, W] in nats (Fig. 8),
     p_bar the mean over n prior samples of the sigmoid probabilities."""
-    pred = []
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for x, _ in _batches(data, batch_size, device):
-            prior = model.prior(x)  # type: ignore[operator]
-            z = prior.sample((n,)).transpose(0, 1)
-            p_bar = torch.sigmoid(model.decode(x, z)[:, :, 0].double()).mean(1)  # type: ignore[operator]
-            pred.append(_binary_entropy(p_bar).cpu().numpy())
+    pred = [_binary_entropy(torch.sigmoid(logits.double()).mean(1)).cpu().numpy()
+            for logits in prior_logits(model, data, device, n, seed, batch_size)]
     ann = _binary_entropy(torch.as_tensor(data.masks, dtype=torch.float64).mean(1)).numpy()
     return ann, np.concatenate(pred)
 
