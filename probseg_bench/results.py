@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -28,13 +28,14 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 
 from probseg_bench.errors import ProbsegError
 
 DEFAULT_STORAGE = "sqlite:///probseg-results.db"
 LOCK_RETRIES = 8
 SCHEMA_VERSION = 1
+T = TypeVar("T")
 
 _metadata = MetaData()
 fold_results = Table(
@@ -123,6 +124,33 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor.close()
 
 
+def is_schema_race(exc: BaseException) -> bool:
+    """Whether ``exc`` is what the loser of a concurrent ``CREATE TABLE`` on a fresh database sees.
+
+    Two processes started together both find no tables and both create them; the loser fails with "table ...
+    already exists" (SQLite), a duplicate-object/unique violation (PostgreSQL) or a lock timeout.
+    """
+    text = str(exc).lower()
+    return isinstance(exc, (OperationalError, IntegrityError, ProgrammingError)) and any(
+        marker in text for marker in ("already exists", "duplicate", "database is locked"))
+
+
+def retry_schema_race(create: Callable[[], T], attempts: int = 5) -> T:
+    """Call ``create`` (which creates a schema if absent), retrying while another process is creating it.
+
+    The schema is complete once the winner commits, so a retry finds it. Any other error, or the last
+    attempt's, is raised unchanged.
+    """
+    for attempt in range(attempts):
+        try:
+            return create()
+        except Exception as exc:
+            if not is_schema_race(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 class ResultsStore:
     """Read and write :class:`FoldRecord` objects.
 
@@ -139,7 +167,7 @@ class ResultsStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
-            _metadata.create_all(self.engine)
+            retry_schema_race(lambda: _metadata.create_all(self.engine))
         except OperationalError as exc:
             raise ProbsegError(f"--storage {storage!r}: cannot open the results database ({exc.orig})") from None
         except Exception as exc:  # e.g. sqlite3.DatabaseError "file is not a database"

@@ -26,7 +26,7 @@ from typing import Any
 from probseg_bench.api import HyperParameter, HyperValue
 from probseg_bench.errors import ProbsegError, did_you_mean
 from probseg_bench.experiment import Experiment, RunRequest, fold_seed
-from probseg_bench.results import normalize_url
+from probseg_bench.results import normalize_url, retry_schema_race
 
 OBJECTIVES = ("val_ewd", "val_ged", "val_loss")
 
@@ -131,10 +131,7 @@ def open_study(name: str, storage: str, seed: int, create: bool = True) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = normalize_url(storage)
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        rdb = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as exc:
-        raise ProbsegError(f"--storage {storage!r}: cannot open it for Optuna ({exc})") from None
+    rdb = _open_rdb_storage(optuna, url, storage, kwargs)
     # the first epochs are noisy (warm-up): judge a trial against the median only after 10 epochs, and only
     # once 4 trials have completed
     pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=10)
@@ -144,6 +141,14 @@ def open_study(name: str, storage: str, seed: int, create: bool = True) -> Any:
                                 load_if_exists=True)
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials), n_startup_trials=4)
     return study
+
+
+def _open_rdb_storage(optuna: Any, url: str, storage: str, engine_kwargs: dict[str, Any]) -> Any:
+    """Open Optuna's RDB storage; workers started together on a fresh storage race to create its schema."""
+    try:
+        return retry_schema_race(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs))
+    except Exception as exc:
+        raise ProbsegError(f"--storage {storage!r}: cannot open it for Optuna ({exc})") from None
 
 
 def make_objective(

@@ -166,3 +166,24 @@ def test_latex_compiles_as_a_table_body(tmp_path):
     proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def test_store_opens_while_another_process_creates_the_schema(monkeypatch, tmp_path):
+    """Two `run` workers on a fresh SQLite file: the loser of the CREATE TABLE race must retry, not fail."""
+    import sqlalchemy.exc
+
+    from probseg_bench import results
+
+    real = results._metadata.create_all
+    calls = []
+
+    def racing(engine):
+        calls.append(engine)
+        real(engine)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE fold_results", {},
+                                                  Exception("table fold_results already exists"))
+
+    monkeypatch.setattr(results._metadata, "create_all", racing)
+    store = results.ResultsStore(str(tmp_path / "r.db"))
+    assert store.records() == [] and len(calls) == 2

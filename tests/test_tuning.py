@@ -181,3 +181,42 @@ def test_two_processes_cooperate_on_one_study(tmp_path):
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
     assert all(t.value is not None for t in study.trials)
     assert Path(tmp_path / "best0.toml").exists() and json.dumps(study.best_params)
+
+
+def test_open_study_survives_a_concurrent_schema_creation(monkeypatch, tmp_path):
+    """CI fault: two workers started together on a fresh SQLite file; the loser of the CREATE TABLE race got
+    ``OperationalError: table studies already exists``. Opening the study must retry and succeed."""
+    import optuna
+    import sqlalchemy.exc
+
+    real = optuna.storages.RDBStorage
+    calls = []
+
+    class RacingStorage(real):
+        def __init__(self, url, **kwargs):
+            calls.append(url)
+            if len(calls) == 1:
+                real(url, **kwargs)  # the other worker wins the race and creates the schema ...
+                raise sqlalchemy.exc.OperationalError(  # ... and this one trips over it
+                    "CREATE TABLE studies (...)", {}, Exception("table studies already exists"))
+            super().__init__(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", RacingStorage)
+    study = open_study("shared", str(tmp_path / "shared.db"), seed=0)
+    assert study.study_name == "shared" and len(calls) == 2
+
+
+def test_open_study_does_not_retry_a_broken_storage(monkeypatch, tmp_path):
+    import optuna
+    import sqlalchemy.exc
+
+    calls = []
+
+    def broken(url, **kwargs):
+        calls.append(url)
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("unable to open database file"))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    with pytest.raises(ProbsegError, match="unable to open database file"):
+        open_study("s", str(tmp_path / "x.db"), seed=0)
+    assert len(calls) == 1
