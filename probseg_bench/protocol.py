@@ -135,13 +135,18 @@ class RunPlan:
 
     def common(self, d: int, fold: int) -> dict[str, Any]:
         """The record fields that do not depend on the fold's outcome."""
+        import torch
+
         r, exp = self.request, self.exp
+        # CPU results are bitwise reproducible only at the same torch thread count (the reduction order of the
+        # GEMMs depends on it), so the record says how many threads trained it
+        environment = {**self.versions, "device": str(exp.device), "torch_threads": str(torch.get_num_threads())}
         return dict(
             model=r.model, dataset=r.dataset, latent_dim=d, fold=fold, seed=r.seed, preset=exp.preset.name,
             config_hash=self.config_hash, split_hash=exp.splits.split_hash, variant=r.variant(),
             dataset_params=exp.dataset_params, hyperparameters=self.hyperparameters, protocol=self.protocol,
             test_ids=[str(i) for i in exp.splits.test], test_groups=[str(g) for g in self.test.groups],
-            versions={**self.versions, "device": str(exp.device)},
+            versions=environment,
         )
 
     def failed_record(self, d: int, fold: int, reason: str, best_epoch: int = 0,

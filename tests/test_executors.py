@@ -48,10 +48,15 @@ def test_local_processes_and_ray_give_the_records_of_the_sequential_run(tmp_path
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'probseg-bench[ray]')")
     sequential = grid_records(tmp_path, "seq")
     assert len(sequential) == 4
+    import torch
+
+    assert {r.versions["torch_threads"] for r in sequential.values()} == {str(torch.get_num_threads())}
     for name, args in (("jobs", ["--jobs", "2"]), ("ray", ["--executor", "ray"])):
         got = grid_records(tmp_path, name, *args)
         assert got.keys() == sequential.keys(), name
         for key, record in got.items():
+            if name == "ray":  # one CPU per task -> one torch thread, recorded because it changes the rounding
+                assert record.versions["torch_threads"] == "1"
             for metric in ("ged", "hm_iou", "ewd", "er"):  # one torch thread per task vs two: float rounding only
                 assert record.metrics[metric] == pytest.approx(sequential[key].metrics[metric], abs=1e-4), (name, key)
     again = CliRunner().invoke(app, ["run", "--config", str(tmp_path / "ray" / "grid.toml"), "--storage",
