@@ -128,10 +128,13 @@ def is_schema_race(exc: BaseException) -> bool:
     """Whether ``exc`` is what the loser of a concurrent ``CREATE TABLE`` on a fresh database sees.
 
     Two processes started together both find no tables and both create them; the loser fails with "table ...
-    already exists" (SQLite), a duplicate-object/unique violation (PostgreSQL) or a lock timeout.
+    already exists" (SQLite), a duplicate-object error (PostgreSQL), a lock timeout, or a unique violation when
+    both insert the schema's version row.
     """
+    if isinstance(exc, IntegrityError):  # e.g. Optuna's schema-version row inserted twice
+        return True
     text = str(exc).lower()
-    return isinstance(exc, (OperationalError, IntegrityError, ProgrammingError)) and any(
+    return isinstance(exc, (OperationalError, ProgrammingError)) and any(
         marker in text for marker in ("already exists", "duplicate", "database is locked"))
 
 

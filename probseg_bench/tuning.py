@@ -251,6 +251,7 @@ def optimize_on_ray(job: TuneJob, trials: int, seed: int, workers: int, address:
             torch.set_num_threads(1)
             return len(optimize(job, trials, seed).trials)
 
+    open_study(job.study, job.storage, seed)  # schema and study exist before the workers race to open them
     gpu = job.request.device.startswith("cuda")
     shares = [n for n in (trials // workers + (1 if i < trials % workers else 0) for i in range(workers)) if n]
     with ray_session(address):

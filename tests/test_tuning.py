@@ -206,6 +206,29 @@ def test_open_study_survives_a_concurrent_schema_creation(monkeypatch, tmp_path)
     assert study.study_name == "shared" and len(calls) == 2
 
 
+def test_open_study_survives_a_concurrent_schema_version_insert(monkeypatch, tmp_path):
+    """CI fault (second form): both Ray actors inserted Optuna's alembic version row; the loser got
+    ``IntegrityError: UNIQUE constraint failed: alembic_version.version_num``."""
+    import optuna
+    import sqlalchemy.exc
+
+    real = optuna.storages.RDBStorage
+    calls = []
+
+    class RacingStorage(real):
+        def __init__(self, url, **kwargs):
+            calls.append(url)
+            if len(calls) == 1:
+                real(url, **kwargs)
+                raise sqlalchemy.exc.IntegrityError(
+                    "INSERT INTO alembic_version (version_num) VALUES ('v3.2.0.a') RETURNING version_num", {},
+                    Exception("UNIQUE constraint failed: alembic_version.version_num"))
+            super().__init__(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", RacingStorage)
+    assert open_study("shared", str(tmp_path / "shared.db"), seed=0).study_name == "shared" and len(calls) == 2
+
+
 def test_open_study_does_not_retry_a_broken_storage(monkeypatch, tmp_path):
     import optuna
     import sqlalchemy.exc
