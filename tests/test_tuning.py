@@ -183,9 +183,18 @@ def test_two_processes_cooperate_on_one_study(tmp_path):
     assert Path(tmp_path / "best0.toml").exists() and json.dumps(study.best_params)
 
 
-def test_open_study_survives_a_concurrent_schema_creation(monkeypatch, tmp_path):
-    """CI fault: two workers started together on a fresh SQLite file; the loser of the CREATE TABLE race got
-    ``OperationalError: table studies already exists``. Opening the study must retry and succeed."""
+# CI faults: workers started together on a fresh SQLite file race to create Optuna's schema. The loser got
+# "table studies already exists" (two `tune` processes) or a unique violation on the schema-version row (two Ray
+# actors). Opening the study must retry and succeed.
+SCHEMA_RACES = [
+    ("OperationalError", "CREATE TABLE studies (...)", "table studies already exists"),
+    ("IntegrityError", "INSERT INTO alembic_version (version_num) VALUES ('v3.2.0.a') RETURNING version_num",
+     "UNIQUE constraint failed: alembic_version.version_num"),
+]
+
+
+@pytest.mark.parametrize(("error", "statement", "message"), SCHEMA_RACES, ids=["create-table", "version-row"])
+def test_open_study_survives_a_concurrent_schema_creation(monkeypatch, tmp_path, error, statement, message):
     import optuna
     import sqlalchemy.exc
 
@@ -197,36 +206,12 @@ def test_open_study_survives_a_concurrent_schema_creation(monkeypatch, tmp_path)
             calls.append(url)
             if len(calls) == 1:
                 real(url, **kwargs)  # the other worker wins the race and creates the schema ...
-                raise sqlalchemy.exc.OperationalError(  # ... and this one trips over it
-                    "CREATE TABLE studies (...)", {}, Exception("table studies already exists"))
+                raise getattr(sqlalchemy.exc, error)(statement, {}, Exception(message))  # ... this one trips
             super().__init__(url, **kwargs)
 
     monkeypatch.setattr(optuna.storages, "RDBStorage", RacingStorage)
     study = open_study("shared", str(tmp_path / "shared.db"), seed=0)
     assert study.study_name == "shared" and len(calls) == 2
-
-
-def test_open_study_survives_a_concurrent_schema_version_insert(monkeypatch, tmp_path):
-    """CI fault (second form): both Ray actors inserted Optuna's alembic version row; the loser got
-    ``IntegrityError: UNIQUE constraint failed: alembic_version.version_num``."""
-    import optuna
-    import sqlalchemy.exc
-
-    real = optuna.storages.RDBStorage
-    calls = []
-
-    class RacingStorage(real):
-        def __init__(self, url, **kwargs):
-            calls.append(url)
-            if len(calls) == 1:
-                real(url, **kwargs)
-                raise sqlalchemy.exc.IntegrityError(
-                    "INSERT INTO alembic_version (version_num) VALUES ('v3.2.0.a') RETURNING version_num", {},
-                    Exception("UNIQUE constraint failed: alembic_version.version_num"))
-            super().__init__(url, **kwargs)
-
-    monkeypatch.setattr(optuna.storages, "RDBStorage", RacingStorage)
-    assert open_study("shared", str(tmp_path / "shared.db"), seed=0).study_name == "shared" and len(calls) == 2
 
 
 def test_open_study_does_not_retry_a_broken_storage(monkeypatch, tmp_path):
