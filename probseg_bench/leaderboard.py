@@ -10,13 +10,14 @@ split as the best row gets ``p_vs_best``: the Wilcoxon signed-rank p-value of it
 
 The pivot layout reproduces the seed paper's Table II: rows dataset x model, one column per latent dimension
 with "EWD ± std (ER)".
+
+With a reference table (:mod:`probseg_bench.references`, ``--reference paper``) every format also shows the
+published EWD and ER beside the measured ones and the difference measured − published, for the rows that
+:func:`match_reference` pairs with a published cell; published values are never bold and never ranked.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,9 @@ import numpy as np
 
 from probseg_bench.comparison import holm, paired_p_value
 from probseg_bench.errors import ProbsegError
+from probseg_bench.references import ReferenceTable, ReferenceValue
 from probseg_bench.results import FoldRecord
+from probseg_bench.tables import Table, render_csv, render_json, render_latex, render_markdown, render_rich
 
 # (key, label, higher is better)
 RANKED_METRICS: tuple[tuple[str, str, bool], ...] = (
@@ -129,18 +132,6 @@ def build_leaderboard(records: list[FoldRecord], test_metric: str = "ewd") -> li
     return rows
 
 
-# ---------------------------------------------------------------------------------------------------- tables
-@dataclass
-class Table:
-    """A rendered-format-neutral table: header cells, body cells (plain text), bold flags."""
-
-    title: str
-    header: list[str]
-    body: list[list[str]]
-    bold: list[list[bool]]
-    caption: str
-
-
 def _pm(mean: float, std: float | None) -> str:
     return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
 
@@ -149,33 +140,115 @@ def _p(p: float | None) -> str:
     return "" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
-def leaderboard_table(rows: list[LeaderboardRow], test_metric: str = "ewd") -> Table:
-    """The standard leaderboard layout."""
-    arrows = [f"{label} {'↑' if higher else '↓'}" for _, label, higher in RANKED_METRICS]
-    header = ["dataset", "model", "d", "preset", "folds", "test images", *arrows, f"p vs best ({test_metric})"]
+# -------------------------------------------------------------------------------------------------- references
+DELTA_DECIMALS = {"ewd": 3, "er": 2}  # the paper's precision (Table II)
+
+
+def match_reference(row: LeaderboardRow, reference: ReferenceTable | None) -> ReferenceValue | None:
+    """The published value comparable with ``row``, or None.
+
+    A row matches a reference cell when its dataset name, model and latent dim are those of the cell, its
+    dataset has no non-default dataset parameters (``dataset_label == dataset``), it uses the model's
+    default hyperparameters (``variant == ""``) and it was run under the reference's preset (``paper``): a
+    quick-preset row is not comparable with a published value and gets none.
+    """
+    if reference is None or row.variant or row.dataset_label != row.dataset:
+        return None
+    if row.preset != reference.protocol.get("preset", row.preset):
+        return None
+    return reference.lookup(row.dataset, row.model, row.latent_dim)
+
+
+def signed(value: float, decimals: int) -> str:
+    """``value`` with an explicit sign and a true minus sign, e.g. ``+0.012``, ``−0.30`` (never ``−0.000``)."""
+    text = f"{value:+.{decimals}f}"
+    if float(text) == 0:
+        text = f"+{0:.{decimals}f}"
+    return text.replace("-", "−")
+
+
+def reference_fields(row: LeaderboardRow, reference: ReferenceTable | None) -> dict[str, Any]:
+    """The JSON keys a reference adds to a row: ``reference`` (name, ewd_mean, ewd_std, er_mean, er_std of the
+    published cell, or None when the row has none), ``delta_ewd`` and ``delta_er`` (measured mean − published
+    mean, or None)."""
+    value = match_reference(row, reference)
+    if value is None or reference is None:
+        return {"reference": None, "delta_ewd": None, "delta_er": None}
+    return {
+        "reference": {"name": reference.name, "ewd_mean": value.ewd_mean, "ewd_std": value.ewd_std,
+                      "er_mean": value.er_mean, "er_std": value.er_std},
+        "delta_ewd": row.mean["ewd"] - value.ewd_mean,
+        "delta_er": row.mean["er"] - value.er_mean,
+    }
+
+
+def reference_gap(rows: list[LeaderboardRow], reference: ReferenceTable | None) -> str | None:
+    """One line when there are rows but none of them has a published value (e.g. only ``lidc-sample`` rows),
+    naming what the reference reports; None otherwise."""
+    if reference is None or not rows or any(match_reference(r, reference) for r in rows):
+        return None
+    return (f"no published value for these rows: the {reference.name} ({reference.source}) reports "
+            f"{reference.coverage()}, default hyperparameters and dataset parameters")
+
+
+def leaderboard_table(rows: list[LeaderboardRow], test_metric: str = "ewd",
+                      reference: ReferenceTable | None = None) -> Table:
+    """The standard leaderboard layout. With ``reference``: after the EWD and ER columns, the published value
+    ("EWD (paper)", mean ± std as printed) and the difference ("Δ EWD", measured − published, signed), empty
+    for rows without a published value (:func:`match_reference`)."""
+    header = ["dataset", "model", "d", "preset", "folds", "test images"]
+    for key, label, higher in RANKED_METRICS:
+        header.append(f"{label} {'↑' if higher else '↓'}")
+        if reference is not None and key in DELTA_DECIMALS:
+            header += [f"{label} ({reference.name})", f"Δ {label}"]
+    header.append(f"p vs best ({test_metric})")
     body, bold = [], []
     for r in rows:
         cells = [r.dataset_label, r.label, str(r.latent_dim), r.preset, str(r.folds), str(r.n_test)]
         flags = [False] * len(cells)
+        value = match_reference(r, reference)
         for key, _, _ in RANKED_METRICS:
             cells.append(_pm(r.mean[key], r.std[key]))
             flags.append(key in r.best)
+            if reference is not None and key in DELTA_DECIMALS:
+                if value is None:
+                    cells += ["", ""]
+                else:
+                    printed, published = ((value.ewd_printed, value.ewd_mean) if key == "ewd"
+                                          else (value.er_printed, value.er_mean))
+                    cells += [printed, signed(r.mean[key] - published, DELTA_DECIMALS[key])]
+                flags += [False, False]
         cells.append(_p(r.p_vs_best))
         flags.append(False)
         body.append(cells)
         bold.append(flags)
     caption = ("mean ± std over folds (ddof=1); ↓ lower / ↑ higher is better; best per dataset in bold; p: "
                "Wilcoxon signed-rank over test images vs. the best row, Holm-corrected")
-    return Table("probseg-bench leaderboard", header, body, bold, caption)
+    notes = reference.footnotes() if reference is not None else []
+    return Table("probseg-bench leaderboard", header, body, bold, caption, notes)
 
 
-def pivot_table(rows: list[LeaderboardRow], metric: str = "ewd", extra: str = "er") -> Table:
+def _check_reference_metrics(reference: ReferenceTable | None, metric: str, extra: str) -> None:
+    if reference is not None and (metric, extra) != ("ewd", "er"):
+        raise ProbsegError(f"--reference {reference.name}: the published values are EWD and ER; the pivot must "
+                           f"show ewd (er), not {metric} ({extra})")
+
+
+def pivot_table(rows: list[LeaderboardRow], metric: str = "ewd", extra: str = "er",
+                reference: ReferenceTable | None = None) -> Table:
     """The seed paper's Table II: rows (dataset, model), columns latent dimensions, cells 'EWD ± std (ER)'; per
     dataset the best EWD over all cells in bold.
 
+    With ``reference``: under each model row with at least one published value (:func:`match_reference`), a
+    row "<model> — <name> (<source>)" with the published cells as printed ("0.451 ± 0.001 (1.68)", preset
+    column: the reference's preset) and a row "<model> — Δ (measured − <name>)" with "+0.012 (−0.30)"; cells
+    without a published value stay empty; these rows are never bold.
+
     Raises:
-        ProbsegError: two configurations of one model and latent dim in one dataset (filter them first).
+        ProbsegError: two configurations of one model and latent dim in one dataset (filter them first); a
+            reference with a metric other than ewd / er.
     """
+    _check_reference_metrics(reference, metric, extra)
     dims = sorted({r.latent_dim for r in rows})
     cells: dict[tuple[str, str, str], dict[int, LeaderboardRow]] = {}
     for r in rows:
@@ -197,91 +270,83 @@ def pivot_table(rows: list[LeaderboardRow], metric: str = "ewd", extra: str = "e
             flags.append(cell is not None and metric in cell.best)
         body.append(row_cells)
         bold.append(flags)
+        if reference is None:
+            continue
+        published = {d: match_reference(cell, reference) for d, cell in by_dim.items()}
+        if not any(published.values()):
+            continue
+        paper_cells, delta_cells = [], []
+        for d in dims:
+            value, cell = published.get(d), by_dim.get(d)
+            if value is None or cell is None:
+                paper_cells.append("")
+                delta_cells.append("")
+                continue
+            paper_cells.append(f"{value.ewd_printed} ({value.er_mean_printed})")
+            delta_cells.append(f"{signed(cell.mean['ewd'] - value.ewd_mean, DELTA_DECIMALS['ewd'])} "
+                               f"({signed(cell.mean['er'] - value.er_mean, DELTA_DECIMALS['er'])})")
+        reference_preset = str(reference.protocol.get("preset", ""))
+        body.append([dataset, f"{label} — {reference.name} ({reference.source})", reference_preset, *paper_cells])
+        body.append([dataset, f"{label} — Δ (measured − {reference.name})", preset, *delta_cells])
+        bold += [[False] * (3 + len(dims)) for _ in range(2)]
     header = ["dataset", "model", "preset", *[f"d={d}" for d in dims]]
     m, e = metric.upper(), extra.upper()
     caption = f"{m} mean ± std over folds ({e} mean); best {m} per dataset in bold"
-    return Table("probseg-bench (Table II layout)", header, body, bold, caption)
+    notes = reference.footnotes() if reference is not None else []
+    return Table("probseg-bench (Table II layout)", header, body, bold, caption, notes)
 
 
-def pivot_dicts(rows: list[LeaderboardRow], metric: str = "ewd", extra: str = "er") -> list[dict[str, Any]]:
+def pivot_dicts(rows: list[LeaderboardRow], metric: str = "ewd", extra: str = "er",
+                reference: ReferenceTable | None = None) -> list[dict[str, Any]]:
     """The pivot as flat dicts (for csv / json): dataset, model, preset, and per latent dimension d
-    ``<metric>_mean_d<d>``, ``<metric>_std_d<d>``, ``<extra>_mean_d<d>``."""
-    pivot_table(rows, metric, extra)  # the same consistency check
+    ``<metric>_mean_d<d>``, ``<metric>_std_d<d>``, ``<extra>_mean_d<d>``. With ``reference``, after those, per
+    d: ``paper_ewd_mean_d<d>``, ``paper_ewd_std_d<d>``, ``paper_er_mean_d<d>`` (the published cell) and
+    ``delta_ewd_d<d>``, ``delta_er_d<d>`` (measured − published), None where no published value matches."""
+    pivot_table(rows, metric, extra, reference)  # the same consistency check
     out: dict[tuple[str, str, str], dict[str, Any]] = {}
     for r in rows:
         entry = out.setdefault((r.dataset_label, r.label, r.preset),
                                {"dataset": r.dataset_label, "model": r.label, "preset": r.preset})
-        entry[f"{metric}_mean_d{r.latent_dim}"] = r.mean[metric]
-        entry[f"{metric}_std_d{r.latent_dim}"] = r.std[metric]
-        entry[f"{extra}_mean_d{r.latent_dim}"] = r.mean[extra]
+        d = r.latent_dim
+        entry[f"{metric}_mean_d{d}"] = r.mean[metric]
+        entry[f"{metric}_std_d{d}"] = r.std[metric]
+        entry[f"{extra}_mean_d{d}"] = r.mean[extra]
+        if reference is not None:
+            value = match_reference(r, reference)
+            entry.update({
+                f"paper_ewd_mean_d{d}": None if value is None else value.ewd_mean,
+                f"paper_ewd_std_d{d}": None if value is None else value.ewd_std,
+                f"paper_er_mean_d{d}": None if value is None else value.er_mean,
+                f"delta_ewd_d{d}": None if value is None else r.mean["ewd"] - value.ewd_mean,
+                f"delta_er_d{d}": None if value is None else r.mean["er"] - value.er_mean,
+            })
     return list(out.values())
 
 
-# ------------------------------------------------------------------------------------------------- renderers
-def render_markdown(table: Table) -> str:
-    """A Markdown table; bold cells as **x**."""
-    lines = ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
-    for cells, flags in zip(table.body, table.bold, strict=True):
-        lines.append("| " + " | ".join(f"**{c}**" if f else c for c, f in zip(cells, flags, strict=True)) + " |")
-    return "\n".join(lines) + "\n"
-
-
-_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-_LATEX_SYMBOLS = {"±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "<": r"$<$"}
-
-
-def latex_escape(text: str) -> str:
-    """Escape LaTeX special characters and write ±, arrows and < in math mode."""
-    out = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
-    for symbol, latex in _LATEX_SYMBOLS.items():
-        out = out.replace(symbol, latex)
+def row_dicts(rows: list[LeaderboardRow], reference: ReferenceTable | None = None,
+              flat: bool = False) -> list[dict[str, Any]]:
+    """The standard layout as dicts: :meth:`LeaderboardRow.as_dict`, plus with ``reference`` the keys of
+    :func:`reference_fields`; ``flat`` (for csv) spreads ``reference`` into ``reference_name``,
+    ``reference_ewd_mean``, ``reference_ewd_std``, ``reference_er_mean``, ``reference_er_std``."""
+    out = []
+    for r in rows:
+        d = r.as_dict()
+        if reference is not None:
+            extra = reference_fields(r, reference)
+            if flat:
+                published = extra.pop("reference") or {}
+                d.update({f"reference_{k}": published.get(k)
+                          for k in ("name", "ewd_mean", "ewd_std", "er_mean", "er_std")})
+            d.update(extra)
+        out.append(d)
     return out
 
 
-def render_latex(table: Table) -> str:
-    """A ``tabular`` (booktabs rules) to ``\\input`` inside a ``table`` environment (needs booktabs)."""
-    spec = "l" * 2 + "r" * (len(table.header) - 2)
-    ascii_caption = table.caption.replace("±", "+-").replace("↓", "(lower)").replace("↑", "(higher)")
-    lines = [f"% {ascii_caption}", f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
-             " & ".join(latex_escape(h) for h in table.header) + " \\\\", "\\midrule"]
-    for cells, flags in zip(table.body, table.bold, strict=True):
-        lines.append(" & ".join(f"\\textbf{{{latex_escape(c)}}}" if f else latex_escape(c)
-                                for c, f in zip(cells, flags, strict=True)) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    return "\n".join(lines) + "\n"
-
-
-def render_rich(table: Table) -> Any:
-    """A rich Table (bold cells bold); rich imported here."""
-    from rich.table import Table as RichTable
-    from rich.text import Text
-
-    out = RichTable(title=table.title, caption=table.caption)
-    for i, h in enumerate(table.header):
-        out.add_column(h, justify="left" if i < 2 or h == "preset" else "right")
-    for cells, flags in zip(table.body, table.bold, strict=True):
-        out.add_row(*[Text(c, style="bold" if f else "") for c, f in zip(cells, flags, strict=True)])
-    return out
-
-
-def render_csv(dicts: list[dict[str, Any]]) -> str:
-    """CSV with the dict keys as columns (lists joined by ';', None as empty)."""
-    buf = io.StringIO()
-    fields = list(dict.fromkeys(k for d in dicts for k in d))
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for d in dicts:
-        writer.writerow({k: (";".join(v) if isinstance(v, list) else ("" if v is None else v)) for k, v in d.items()})
-    return buf.getvalue()
-
-
-def render_json(dicts: list[dict[str, Any]]) -> str:
-    return json.dumps(dicts, indent=2) + "\n"
-
-
-def render(rows: list[LeaderboardRow], fmt: str, pivot: bool = False, test_metric: str = "ewd") -> Any:
-    """Rows in ``fmt`` (table -> a rich Table object, others -> str), in the standard or pivot layout.
+def render(rows: list[LeaderboardRow], fmt: str, pivot: bool = False, test_metric: str = "ewd",
+           reference: ReferenceTable | None = None) -> Any:
+    """Rows in ``fmt`` (table -> a rich Table object, others -> str), in the standard or pivot layout, with the
+    published values of ``reference`` beside the measured ones when given (see :func:`leaderboard_table`,
+    :func:`pivot_table`, :func:`pivot_dicts`, :func:`row_dicts`).
 
     Raises:
         ProbsegError: unknown format.
@@ -289,7 +354,10 @@ def render(rows: list[LeaderboardRow], fmt: str, pivot: bool = False, test_metri
     if fmt not in FORMATS:
         raise ProbsegError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt in ("csv", "json"):
-        dicts = pivot_dicts(rows) if pivot else [r.as_dict() for r in rows]
+        if pivot:
+            dicts = pivot_dicts(rows, reference=reference)
+        else:
+            dicts = row_dicts(rows, reference, flat=fmt == "csv")
         return render_csv(dicts) if fmt == "csv" else render_json(dicts)
-    table = pivot_table(rows) if pivot else leaderboard_table(rows, test_metric)
+    table = pivot_table(rows, reference=reference) if pivot else leaderboard_table(rows, test_metric, reference)
     return {"table": render_rich, "markdown": render_markdown, "latex": render_latex}[fmt](table)

@@ -4,19 +4,53 @@ from __future__ import annotations
 
 import typer
 
-from probseg_bench.cli._app import FORMAT_HELP, STORAGE_HELP, app, console
+from probseg_bench.cli._app import FORMAT_HELP, STORAGE_HELP, app, console, err_console
 from probseg_bench.errors import ProbsegError
-from probseg_bench.leaderboard import FORMATS, LeaderboardRow, build_leaderboard, render
+from probseg_bench.leaderboard import FORMATS, LeaderboardRow, build_leaderboard, reference_gap, render
+from probseg_bench.references import REFERENCES, ReferenceTable, get_reference
 from probseg_bench.results import DEFAULT_STORAGE, ResultsStore
 
+REFERENCE_HELP = (
+    f"Show published values ({', '.join(REFERENCES)}: the seed paper's Table II) beside the measured ones, with "
+    "the difference measured − published."
+)
+MACHINE_FORMATS = ("csv", "json", "latex")  # their notes go to stderr, so that stdout stays parseable
 
-def print_rows(rows: list[LeaderboardRow], fmt: str, pivot: bool = False, test_metric: str = "ewd") -> None:
-    """Render leaderboard rows to stdout in ``fmt`` (shared by ``run`` and ``leaderboard``)."""
-    out = render(rows, fmt, pivot, test_metric)
+
+def resolve_reference(name: str | None) -> ReferenceTable | None:
+    """The ``--reference`` table, or None without the option.
+
+    Raises:
+        ProbsegError: an unknown reference name (lists the known ones).
+    """
+    return None if name is None else get_reference(name)
+
+
+def print_rows(rows: list[LeaderboardRow], fmt: str, pivot: bool = False, test_metric: str = "ewd",
+               reference: ReferenceTable | None = None) -> None:
+    """Render leaderboard rows to stdout in ``fmt`` (shared by ``run`` and ``leaderboard``). With ``reference``
+    and no row that has a published value, one line says so: after the table on stdout for table and markdown,
+    on stderr for csv, json and latex."""
+    out = render(rows, fmt, pivot, test_metric, reference)
     if isinstance(out, str):
         print(out, end="")
+    elif reference is not None and not console.is_terminal:
+        # reference columns (and footnotes) are wider than the 160 columns used for pipes and files: print them at
+        # their natural width rather than wrapping every cell
+        width = console.width
+        console.width = max(width, console.measure(out, options=console.options.update_width(10_000)).maximum)
+        try:
+            console.print(out)
+        finally:
+            console.width = width
     else:
         console.print(out)
+    gap = reference_gap(rows, reference)
+    if gap is not None:
+        if fmt in MACHINE_FORMATS:
+            err_console.print(gap, highlight=False, markup=False, soft_wrap=True)
+        else:
+            print(gap)
 
 
 @app.command()
@@ -28,10 +62,13 @@ def leaderboard(
     latent_dim: list[int] = typer.Option([], "--latent-dim", help="Only these latent dimensions (repeatable)."),
     pivot: bool = typer.Option(False, "--pivot", help="The paper's Table II layout: latent dims as columns."),
     test_metric: str = typer.Option("ewd", "--test-metric", help="Metric of the p-value column (vs. the best)."),
+    reference: str | None = typer.Option(None, "--reference", help=REFERENCE_HELP),
 ) -> None:
     """Mean ± std over folds of GED, HM-IoU, EWD and ER per (model, dataset, latent dim); best in bold; a
-    paired Wilcoxon p-value against the best row of each dataset."""
+    paired Wilcoxon p-value against the best row of each dataset; with --reference paper, the paper's Table II
+    values and the differences beside them."""
     if fmt not in FORMATS:
         raise ProbsegError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    table = resolve_reference(reference)
     records = ResultsStore(storage).records(model or None, dataset or None, latent_dim or None)
-    print_rows(build_leaderboard(records, test_metric), fmt, pivot, test_metric)
+    print_rows(build_leaderboard(records, test_metric), fmt, pivot, test_metric, table)

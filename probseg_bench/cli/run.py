@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -9,13 +10,14 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from probseg_bench.cli._app import FORMAT_HELP, STORAGE_HELP, app, err_console
-from probseg_bench.cli.leaderboard import print_rows
+from probseg_bench.cli.leaderboard import REFERENCE_HELP, print_rows, resolve_reference
 from probseg_bench.errors import ProbsegError
 from probseg_bench.executors import EXECUTORS
 from probseg_bench.grid import load_grid
 from probseg_bench.leaderboard import FORMATS, build_leaderboard
 from probseg_bench.presets import PRESETS, get_preset
 from probseg_bench.protocol import RunRequest, run_protocol
+from probseg_bench.references import ReferenceTable
 from probseg_bench.results import DEFAULT_STORAGE, FoldKey, FoldRecord, ResultsStore
 from probseg_bench.tuning import read_params
 
@@ -91,8 +93,12 @@ def run(
     fold: list[int] = typer.Option([], "--fold", help="Only these CV folds (repeatable) [default: all]."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation and sampling."),
     preset: str = typer.Option("paper", "--preset", help=f"Protocol preset: {', '.join(PRESETS)}."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Replace the preset's epochs (e.g. a smoke test)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    epochs: int | None = typer.Option(
+        None, "--epochs", help="Replace the preset's epochs (e.g. a smoke test); with --config, in every cell."
+    ),
+    device: str | None = typer.Option(
+        None, "--device", help="auto, cpu or cuda (default: auto; with --config, the grid's device)."
+    ),
     data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder, for plugins that need one."),
     dataset_param: list[str] = typer.Option([], "--dataset-param", help="Dataset parameter NAME=VALUE (repeatable)."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling the dataset's files."),
@@ -105,6 +111,8 @@ def run(
     storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP, show_default=False),
     run_dir: Path = typer.Option(Path("probseg-runs"), "--run-dir", help="Where best checkpoints are written."),
     fmt: str = typer.Option("table", "--format", help=FORMAT_HELP),
+    pivot: bool = typer.Option(False, "--pivot", help="Final leaderboard in the paper's Table II layout."),
+    reference: str | None = typer.Option(None, "--reference", help=REFERENCE_HELP),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Train again the folds recorded as failed."),
     executor: str = typer.Option("local", "--executor", help="local (this machine) or ray (a Ray cluster)."),
     jobs: int = typer.Option(1, "--jobs", help="With --executor local: cells run in this many processes."),
@@ -113,14 +121,21 @@ def run(
 ) -> None:
     """Train and evaluate MODEL on DATASET (or every cell of a --config grid): grouped 20% test split, 3-fold CV,
     best-validation checkpoint, 16 prior samples per test image; one record per fold in the results store.
-    Reruns skip stored folds."""
+    Reruns skip stored folds. At the end, the leaderboard of the requested folds (--pivot: Table II layout;
+    --reference paper: the paper's published values beside them)."""
     if fmt not in FORMATS:
         raise ProbsegError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    table = resolve_reference(reference)  # an unknown name fails before any training
     if config is not None:
         if model or dataset:
             raise ProbsegError("--config runs the grid of the file: give it without --model / --dataset")
         grid = load_grid(config)
         requests, preset = grid.requests(run_dir), grid.preset
+        # --epochs and --device apply to every cell; the grid's own [protocol] epochs / device are replaced
+        if epochs is not None:
+            requests = [replace(r, protocol_overrides={**r.protocol_overrides, "epochs": epochs}) for r in requests]
+        if device is not None:
+            requests = [replace(r, device=device) for r in requests]
     elif model is None or dataset is None:
         raise ProbsegError("run: give --model and --dataset (or --config GRID.toml)")
     else:
@@ -139,8 +154,9 @@ def run(
             overrides["flow"] = flow
         requests = [RunRequest(
             model=model, dataset=dataset, latent_dims=tuple(latent_dim), folds=tuple(fold) or None, seed=seed,
-            preset=preset, device=device, data_root=data_root, hyperparameters=overrides, regularizer=regularizer,
-            dataset_params=parse_hp(dataset_param, "--dataset-param"), trust_pickle=trust_pickle, run_dir=run_dir,
+            preset=preset, device=device or "auto", data_root=data_root, hyperparameters=overrides,
+            regularizer=regularizer, dataset_params=parse_hp(dataset_param, "--dataset-param"),
+            trust_pickle=trust_pickle, run_dir=run_dir,
             variant_name=variant_name if variant_name and not hp and not regularizer and flow is None else None,
             protocol_overrides={"epochs": epochs} if epochs is not None else {},
         )]
@@ -151,7 +167,7 @@ def run(
     if executor not in EXECUTORS:
         raise ProbsegError(f"--executor: expected one of {', '.join(EXECUTORS)}, got {executor!r}")
     if executor == "ray" or jobs > 1:
-        _run_distributed(requests, store, executor, jobs, address, retries, fmt)
+        _run_distributed(requests, store, executor, jobs, address, retries, fmt, pivot, table)
         return
     n_folds = sum(len(r.folds or range(chosen.n_folds)) * len(r.latent_dims) for r in requests)
     records: list[FoldRecord] = []
@@ -163,15 +179,17 @@ def run(
             reporter.progress.stop()
             err_console.print(
                 f"interrupted: {reporter.finished} fold(s) finished in this run are stored in {store.url}; the fold "
-                f"in progress is saved at its last completed epoch under {run_dir}; rerun the same command to resume",
+                f"in progress is saved at its last written epoch (at most ~30 s old) under {run_dir}; rerun the same "
+                "command to resume",
                 highlight=False, markup=False, soft_wrap=True,
             )
             raise typer.Exit(130) from None
-    print_rows(build_leaderboard(records), fmt)
+    print_rows(build_leaderboard(records), fmt, pivot, reference=table)
 
 
 def _run_distributed(requests: list[RunRequest], store: ResultsStore, executor: str, jobs: int,
-                     address: str | None, retries: int, fmt: str) -> None:
+                     address: str | None, retries: int, fmt: str, pivot: bool = False,
+                     reference: ReferenceTable | None = None) -> None:
     """One task per (model, dataset, latent dim, fold) cell on the chosen executor; progress per cell."""
     from probseg_bench.executors import CellResult, cells, run_local, run_ray
 
@@ -196,4 +214,4 @@ def _run_distributed(requests: list[RunRequest], store: ResultsStore, executor: 
         else:
             results = run_local(todo, store.url, jobs, on_result=report)
     records = [FoldRecord(**d) for result in results for d in result.records if d.get("status") == "ok"]
-    print_rows(build_leaderboard(records), fmt)
+    print_rows(build_leaderboard(records), fmt, pivot, reference=reference)
