@@ -187,10 +187,35 @@ def _take(array: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ProtocolDefaults:
-    """A dataset's training schedule under the paper protocol (Section III-D of the seed paper)."""
+    """A dataset's training schedule under the paper protocol (Section III-D of the seed paper), and its region
+    of interest: ``roi_size`` is the side in pixels of the centred square window that holds every annotation of
+    the dataset (None = unknown / the whole image); presets that crop to the region of interest (``quick``) use
+    it, the paper protocol does not."""
 
     epochs: int = 200
     warmup_epochs: int = 5
+    roi_size: int | None = None
+
+
+@dataclass(frozen=True)
+class KnownDistribution:
+    """What a generated dataset knows about its TRUE per-image distribution over masks, for the validity
+    benchmark (``probseg-bench validate``).
+
+    ``true_distribution(index, **dataset_parameters)`` returns image ``index``'s support and probabilities:
+    (masks bool [M, H, W], float [M] summing to 1). ``oracle_metrics(n_samples=n, indices=[...],
+    **dataset_parameters)`` scores ``n`` draws per image from the true distribution against the image's
+    annotations with the suite's metric code and returns a mapping with at least ``ged``, ``hm_iou``, ``ewd``
+    (means over the images) and ``diversity`` (the exact expected 1 - IoU between two independent draws, mean over
+    the images). ``intrinsic_dimension(**dataset_parameters)`` is the number of independent factors of variation
+    of the masks (to read an effective rank against). ``validation_params``: the dataset parameters ``validate``
+    uses unless the user overrides them.
+    """
+
+    true_distribution: Callable[..., tuple[np.ndarray, np.ndarray]]
+    oracle_metrics: Callable[..., Mapping[str, float]]
+    intrinsic_dimension: Callable[..., int]
+    validation_params: Mapping[str, HyperValue] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -200,7 +225,8 @@ class DatasetSpec:
     ``load(data_root, **parameters)`` returns a :class:`MultiRaterData` (``data_root`` is None when the user
     gave no ``--data-root``; a plugin that needs one raises :class:`ProbsegError` saying so and showing
     ``layout``). ``parameters`` declares the dataset's options (``--dataset-param NAME=VALUE``), e.g. the task
-    of a multi-task QUBIQ folder; their resolved values are stored with every result.
+    of a multi-task QUBIQ folder; their resolved values are stored with every result. ``known_distribution``:
+    only for generated data whose true distribution over masks is known (see :class:`KnownDistribution`).
     """
 
     name: str
@@ -211,6 +237,7 @@ class DatasetSpec:
     protocol: ProtocolDefaults = ProtocolDefaults()
     parameters: tuple[HyperParameter, ...] = ()
     layout: str = ""
+    known_distribution: KnownDistribution | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- models

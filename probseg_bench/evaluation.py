@@ -5,8 +5,9 @@ is the sigmoid of its logits and its mask is logits > 0. Stored per image (:mod:
 conventions): ``ged``, ``hm_iou``, ``ewd`` (binary samples vs. annotations), ``er`` (effective rank of the prior
 sigma), ``sample_diversity`` and ``annotator_diversity`` (mean d = 1 - IoU over distinct pairs), ``ncc``
 (Baumgartner et al. 2019), ``entropy_pearson`` and ``entropy_spearman`` (annotator vs. predicted pixel entropy),
-``ece`` (calibration of the mean prediction against the annotator mean) and ``mean_dice`` / ``mean_iou`` (the
-thresholded mean prediction against the majority annotation). All metrics are computed batched, in torch, on the
+``ece`` (calibration of the mean prediction against the annotator mean), ``mean_dice`` / ``mean_iou`` (the
+thresholded mean prediction against the majority annotation) and ``empty_fraction`` (the fraction of the n samples
+with no foreground pixel: 1 = every sample of the image is empty). All metrics are computed batched, in torch, on the
 model's device, with one ``linear_sum_assignment`` per image for HM-IoU. The aggregate of a metric is the mean
 over the test images where it is defined (NaN marks an undefined value, e.g. a correlation with a constant map);
 None if it is defined for none.
@@ -15,6 +16,7 @@ None if it is defined for none.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
 
@@ -27,7 +29,7 @@ from probseg_bench.metrics.distribution import diversity_from_iou
 
 METRIC_NAMES = (
     "ged", "hm_iou", "ewd", "er", "sample_diversity", "annotator_diversity", "ncc", "entropy_pearson",
-    "entropy_spearman", "ece", "mean_dice", "mean_iou",
+    "entropy_spearman", "ece", "mean_dice", "mean_iou", "empty_fraction",
 )
 
 
@@ -63,8 +65,36 @@ def image_metrics(logits: torch.Tensor, annotations: torch.Tensor) -> dict[str, 
         "ewd": 1.0 - hm,
         "sample_diversity": diversity_from_iou(iou_ss).cpu().numpy(),
         "annotator_diversity": diversity_from_iou(iou_yy).cpu().numpy(),
+        "empty_fraction": (~samples.flatten(2).any(-1)).double().mean(1).cpu().numpy(),
         **pixelwise_metrics(probabilities, y),
     }
+
+
+def prior_sample_batches(
+    model: torch.nn.Module, data: MultiRaterData, device: torch.device, n_samples: int = 16, batch_size: int = 8,
+    seed: int = 0,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, float]]:
+    """The evaluation's draws, batch by batch: ``(start, logits [B, n, H, W], prior sigma [B, d], annotations
+    [B, A, H, W], seconds spent sampling)`` for the items ``start .. start + B - 1`` of ``data``.
+
+    Torch's generator is seeded with ``seed`` for the whole pass (and restored afterwards), so the same model,
+    data, batch size and seed give the same samples: :func:`evaluate` and the validity benchmark
+    (:mod:`probseg_bench.validation`) see identical samples. Runs without gradients, in eval mode.
+    """
+    model.to(device).eval()
+    latent_model = cast(LatentSegmentationModel, model)
+    devices = [device] if device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for start in range(0, len(data), batch_size):
+            x = torch.as_tensor(data.images[start : start + batch_size], device=device).float()
+            y = torch.as_tensor(data.masks[start : start + batch_size], device=device)
+            t0 = time.perf_counter()
+            logits = latent_model.sample(x, n_samples)[:, :, 0]  # [B, n, H, W]
+            sigma = latent_model.prior(x).scale
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            yield start, logits, sigma, y, time.perf_counter() - t0
 
 
 def evaluate(
@@ -78,30 +108,18 @@ def evaluate(
     """Evaluate ``model`` on every item of ``data`` with ``n_samples`` prior samples per image.
 
     The draws are made with torch's generator seeded with ``seed`` (restored afterwards), so the same model,
-    data and seed give the same numbers.
+    data and seed give the same numbers (see :func:`prior_sample_batches`).
     """
-    model.to(device).eval()
-    latent_model = cast(LatentSegmentationModel, model)
     out: dict[str, list[float]] = {k: [] for k in METRIC_NAMES}
     t_sample = t_metric = 0.0
-    devices = [device] if device.type == "cuda" else []
-    with torch.no_grad(), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for start in range(0, len(data), batch_size):
-            x = torch.as_tensor(data.images[start : start + batch_size], device=device).float()
-            y = torch.as_tensor(data.masks[start : start + batch_size], device=device)
-            t0 = time.perf_counter()
-            logits = latent_model.sample(x, n_samples)[:, :, 0]  # [B, n, H, W]
-            sigma = latent_model.prior(x).scale
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t1 = time.perf_counter()
-            values = image_metrics(logits, y)
-            values["er"] = np.atleast_1d(effective_rank(sigma))
-            for k in METRIC_NAMES:
-                out[k] += np.asarray(values[k], dtype=np.float64).tolist()
-            t_sample += t1 - t0
-            t_metric += time.perf_counter() - t1
+    for _, logits, sigma, y, seconds in prior_sample_batches(model, data, device, n_samples, batch_size, seed):
+        t1 = time.perf_counter()
+        values = image_metrics(logits, y)
+        values["er"] = np.atleast_1d(effective_rank(sigma))
+        for k in METRIC_NAMES:
+            out[k] += np.asarray(values[k], dtype=np.float64).tolist()
+        t_sample += seconds
+        t_metric += time.perf_counter() - t1
     aggregate: dict[str, float | None] = {}
     for k, v in out.items():
         arr = np.asarray(v, dtype=np.float64)

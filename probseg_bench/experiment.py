@@ -21,6 +21,7 @@ from probseg_bench.api import (
     ObjectiveTerm,
     resolve_hyperparameters,
 )
+from probseg_bench.data.crop import center_crop
 from probseg_bench.data.loading import dataset_parameters, load_dataset
 from probseg_bench.errors import ProbsegError, did_you_mean
 from probseg_bench.plugins import Plugins, get_plugins
@@ -156,17 +157,21 @@ def build_objective(
     ])
 
 
-PROTOCOL_KEYS = ("epochs", "warmup_epochs", "batch_size", "lr", "weight_decay", "augment", "n_eval_samples")
+PROTOCOL_KEYS = ("epochs", "steps", "warmup_epochs", "batch_size", "lr", "weight_decay", "augment", "crop_to_roi",
+                 "n_eval_samples")
 
 
 def apply_protocol_overrides(preset: Preset, overrides: Mapping[str, Any]) -> Preset:
-    """``preset`` with some settings replaced (``--epochs``, a grid's ``[protocol]`` table).
+    """``preset`` with some settings replaced (``--epochs``, a grid's ``[protocol]`` table). ``epochs`` replaces a
+    preset's step budget too (``quick``: ``--epochs 2`` trains 2 epochs), ``steps`` a preset's epochs.
 
     Raises:
-        ProbsegError: an unknown setting or a value of the wrong type / range.
+        ProbsegError: an unknown setting, a value of the wrong type / range, or both epochs and steps.
     """
     if not overrides:
         return preset
+    if "epochs" in overrides and "steps" in overrides:
+        raise ProbsegError("protocol settings 'epochs' and 'steps' both given: the training length is one of them")
     unknown = [k for k in overrides if k not in PROTOCOL_KEYS]
     if unknown:
         raise ProbsegError(f"protocol setting '{unknown[0]}'{did_you_mean(unknown[0], PROTOCOL_KEYS)}: expected "
@@ -183,6 +188,8 @@ def apply_protocol_overrides(preset: Preset, overrides: Mapping[str, Any]) -> Pr
             raise ProbsegError(f"protocol setting '{k}': expected a {kind.__name__}, got {v!r}") from None
         if kind is not bool and values[k] <= 0:
             raise ProbsegError(f"protocol setting '{k}': expected a positive value, got {v!r}")
+    if "epochs" in values:
+        values["steps"] = None
     return replace(preset, **values)
 
 
@@ -236,13 +243,27 @@ class Experiment:
         params = dataset_parameters(dataset_spec, request.dataset_params)
         data = load_dataset(dataset_spec, request.data_root, params, request.trust_pickle)
         data.validate(f"dataset '{request.dataset}'")
+        crop = preset.crop(dataset_spec.protocol)
+        if crop is not None:  # the preset crops to the dataset's region of interest (quick)
+            data = center_crop(data, crop)
         splits = grouped_splits(data.groups, preset.n_folds, preset.test_fraction, request.seed)
         return cls(request, plugins, model_spec, dataset_spec, preset, terms, params, data, splits, device, folds)
 
     @property
+    def train_items(self) -> float:
+        """The mean number of items of the folds' training splits (all but one fold of the non-test items)."""
+        n_folds = len(self.splits.folds)
+        return sum(len(f) for f in self.splits.folds) * (n_folds - 1) / max(n_folds, 1)
+
+    @property
     def schedule(self) -> tuple[int, int]:
-        """(epochs, warm-up epochs) of this dataset under this preset."""
-        return self.preset.schedule(self.dataset_spec.protocol)
+        """(epochs, warm-up epochs) of this dataset under this preset (a step budget resolved with the mean
+        training split, so that every fold trains the same number of epochs)."""
+        return self.preset.schedule(self.dataset_spec.protocol, self.train_items)
+
+    def protocol_settings(self) -> dict[str, Any]:
+        """The resolved preset settings stored with every record (epochs, warm-up and crop resolved)."""
+        return self.preset.settings(self.dataset_spec.protocol, self.train_items)
 
     def hyperparameters(
         self, overrides: Mapping[str, Any] | None = None
@@ -267,6 +288,7 @@ class Experiment:
         ``checkpoint`` / ``checkpoint_key``: the per-epoch training state to resume from (see ``train_fold``)."""
         import torch
 
+        from probseg_bench.data.augment import AffineAugmentation
         from probseg_bench.training import TrainConfig, train_fold
 
         train_idx, val_idx = self.splits.train_val(fold)
@@ -282,10 +304,13 @@ class Experiment:
             model_hook(model)
         epochs, warmup = self.schedule
         clip = float(model_hp[self.model_spec.grad_clip]) if self.model_spec.grad_clip else 0.0
+        strength = self.preset.augmentation
         config = TrainConfig(
             epochs=epochs, warmup_epochs=warmup, batch_size=self.preset.batch_size, lr=self.preset.lr,
-            weight_decay=self.preset.weight_decay, grad_clip=clip, augment=self.preset.augment, seed=seed,
-            amp=self.device.type == "cuda", channels_last=True,
+            weight_decay=self.preset.weight_decay, grad_clip=clip, augment=self.preset.augment,
+            augmentation=AffineAugmentation(rotation=strength.rotation, scale=(1 - strength.scale, 1 + strength.scale),
+                                            translate=strength.translate, shear=strength.shear),
+            seed=seed, amp=self.device.type == "cuda", channels_last=True,
         )
         objective = build_objective(self.model_spec, self.plugins, model_hp, reg_hp, self.terms)
         result = train_fold(model, objective, self.data.subset(train_idx), self.data.subset(val_idx), config,

@@ -116,7 +116,7 @@ class RunPlan:
         """Prepare the experiment (loads the data) and hash the configuration."""
         exp = Experiment.prepare(request, plugins)
         model_hp, reg_hp = exp.hyperparameters()
-        protocol = exp.preset.settings(exp.dataset_spec.protocol)
+        protocol = exp.protocol_settings()
         hyperparameters = {"model": model_hp, "regularizers": reg_hp,
                            "objective": [[t.regularizer, t.weight] for t in exp.terms]}
         chash = config_hash({"seed": request.seed, "protocol": protocol, "hyperparameters": hyperparameters,
@@ -178,8 +178,9 @@ def run_protocol(
 ) -> list[FoldRecord]:
     """Run (or resume) the protocol for every requested latent dimension and fold.
 
-    Each fold's training state is written after every epoch to ``fold<k>.partial.pt`` beside the checkpoints, so
-    a killed fold resumes from its last epoch; the record is written in one transaction when the fold is
+    Each fold's training state is written at epoch ends (at most every 30 s, see ``TrainConfig``) to
+    ``fold<k>.partial.pt`` beside the checkpoints, so a killed fold resumes from its last written epoch; the
+    record is written in one transaction when the fold is
     evaluated. A fold whose training diverges (non-finite loss or gradient) is recorded as failed with the reason
     (its best checkpoint so far kept) and the other folds go on; reruns skip it unless ``retry_failed``.
 

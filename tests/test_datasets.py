@@ -24,6 +24,18 @@ def test_embedded_lidc_sample():
     assert (data.masks.reshape(28, 4, -1).sum(-1) == 0).any()  # some readers marked nothing
 
 
+def test_lidc_sample_region_of_interest_holds_every_annotation():
+    """The quick preset crops lidc-sample to its declared region of interest: no annotated pixel is lost."""
+    from probseg_bench.data.crop import center_crop
+    from probseg_datasets import LIDC_SAMPLE
+
+    roi = LIDC_SAMPLE.protocol.roi_size
+    data = load_lidc_sample()
+    cropped = center_crop(data, roi)
+    assert roi == 32 and cropped.masks.shape[-2:] == (32, 32)
+    np.testing.assert_array_equal(cropped.masks.reshape(28, 4, -1).sum(-1), data.masks.reshape(28, 4, -1).sum(-1))
+
+
 def test_embedded_sample_equals_the_original_jpeg_folder(shared_data):
     images, masks, ids, subsets = read_cimd_folder(shared_data / "lidc-crops-sample")
     data = load_lidc_sample()

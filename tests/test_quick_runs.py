@@ -1,6 +1,8 @@
 """The acceptance runs: `run --preset quick` of spunet, punet and punet-nf on lidc-sample, end to end through the
-console script, each within 10 minutes on 2 CPU cores, into one results store. Slow (about 15 minutes): run
-with `nox -s slow` (or `pytest -m slow`)."""
+console script, into one results store: each model must segment (issue 13's targets: mean test HM-IoU over the 3
+folds >= 0.45, at most 1 in 10 marked test images with 16 all-empty samples) within a few minutes on 2 CPU cores.
+Slow (about 15 minutes): run with `nox -s slow` (or `pytest -m slow`); `python -m benchmarks.quickstart` measures
+the same runs and prints the table of the README."""
 
 from __future__ import annotations
 
@@ -10,7 +12,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from probseg_bench.results import ResultsStore
+from probseg_datasets import load_lidc_sample
 
 pytestmark = pytest.mark.slow
 MODELS = ("spunet", "punet", "punet-nf")
@@ -31,8 +37,21 @@ def quick_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_quick_run_finishes_within_10_minutes(quick_runs, model):
-    assert quick_runs[1][model] < 600, f"{model}: {quick_runs[1][model]:.0f} s"
+def test_quick_run_finishes_within_a_few_minutes(quick_runs, model):
+    # 300 s on the quiet 2-core development machine (README); slack for a busier CI machine
+    assert quick_runs[1][model] < 450, f"{model}: {quick_runs[1][model]:.0f} s"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_quick_model_segments_the_nodules(quick_runs, model):
+    records = ResultsStore(str(quick_runs[0] / "probseg-results.db")).records(models=[model])
+    assert len(records) == 3
+    assert np.mean([r.metrics["hm_iou"] for r in records]) >= 0.45
+    masks = load_lidc_sample().masks
+    marked = (masks.reshape(len(masks), 4, -1).max(-1) > 0).sum(1) >= 3
+    counted = [f == 1.0 for r in records for tid, f in zip(r.test_ids, r.per_image["empty_fraction"], strict=True)
+               if marked[int(tid)]]
+    assert sum(counted) <= 0.1 * len(counted), f"{sum(counted)} of {len(counted)} marked test images all empty"
 
 
 def test_the_three_models_share_one_leaderboard(quick_runs):

@@ -221,3 +221,21 @@ def test_two_runs_write_one_sqlite_store_at_once(tmp_path):
         assert p.wait(timeout=300) == 0, p.communicate()
     records = ResultsStore(str(tmp_path / "probseg-results.db")).records()
     assert sorted((r.model, r.fold) for r in records) == [(m, f) for m in ("punet", "spunet") for f in range(3)]
+
+
+@pytest.mark.parametrize(("interval", "written_after"), [(0.0, [1, 2, 3]), (3600.0, [1])])
+def test_the_training_state_is_written_after_the_first_epoch_then_at_most_every_interval(
+        tmp_path, monkeypatch, interval, written_after):
+    """Short epochs (the quick preset's take ~0.2 s) do not write their state every epoch; never after the last
+    epoch (the fold is evaluated next, and the record replaces the state)."""
+    import probseg_bench.training as training
+
+    written = []
+    monkeypatch.setattr(training, "save_training_state", lambda path, state: written.append(state["epoch"]))
+    data = synthetic()
+    torch.manual_seed(7)
+    config = TrainConfig(epochs=4, warmup_epochs=1, batch_size=4, lr=1e-2, seed=3, checkpoint_interval_s=interval)
+    train_fold(TinyLatentModel(latent_dim=2), Objective([("kl", 1.0, KLDivergence())]), data.subset(np.arange(8)),
+               data.subset(np.arange(8, 12)), config, torch.device("cpu"), checkpoint=tmp_path / "f.partial.pt",
+               checkpoint_key={"run": "a"})
+    assert written == written_after

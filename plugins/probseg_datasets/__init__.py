@@ -55,7 +55,9 @@ LIDC_SAMPLE = DatasetSpec(
     load=load_lidc_sample,
     license=LIDC_LICENSE,
     citation=LIDC_CITATION,
-    protocol=ProtocolDefaults(epochs=200, warmup_epochs=5),
+    # every annotation of the 28 crops lies in rows 56..74, columns 53..76: inside the central 32 x 32 window
+    # (48..79), 13.6 pixels from the centre at most (tests/test_datasets.py checks this)
+    protocol=ProtocolDefaults(epochs=200, warmup_epochs=5, roi_size=32),
 )
 
 

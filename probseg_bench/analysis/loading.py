@@ -47,6 +47,7 @@ def load_run(record: FoldRecord, data_root: Path | None, device_name: str = "aut
     """
     import torch
 
+    from probseg_bench.data.crop import center_crop
     from probseg_bench.data.loading import load_dataset
     from probseg_bench.data.splits import grouped_splits
     from probseg_bench.experiment import resolve_device
@@ -67,6 +68,8 @@ def load_run(record: FoldRecord, data_root: Path | None, device_name: str = "aut
     dataset_spec = plugins.datasets.get(record.dataset)
     data = load_dataset(dataset_spec, data_root, record.dataset_params)
     protocol = record.protocol
+    if protocol.get("crop") is not None:  # the run's protocol cropped the images (e.g. the quick preset)
+        data = center_crop(data, int(protocol["crop"]))
     splits = grouped_splits(data.groups, int(protocol["n_folds"]), float(protocol["test_fraction"]), record.seed)
     if splits.split_hash != record.split_hash:
         raise ProbsegError(f"dataset '{record.dataset}' (data root {data_root}) no longer gives the split of the "
