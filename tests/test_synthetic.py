@@ -125,6 +125,10 @@ def test_oracle_metrics_equal_the_metrics_on_true_samples():
     assert abs(oracle["ged"] - oracle["ged_expected"]) < 4 * se
     sub = oracle_metrics(n_samples=16, indices=[3, 7], **params)
     assert sub["ged"] == pytest.approx((ged[3] + ged[7]) / 2, abs=1e-12)
+    # diversity: the exact expected 1 - IoU between two true draws, mean over the images
+    exact = [expected_distance(*true_distribution(i, **params)) for i in range(40)]
+    assert oracle["diversity"] == pytest.approx(np.mean(exact), abs=1e-12)
+    assert oracle["ged_expected"] == pytest.approx(oracle["diversity"] * (1 / 16 + 1 / 4), abs=1e-12)
 
 
 def test_intrinsic_dimension():

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from probseg_bench.api import DatasetSpec, HyperParameter, MultiRaterData, ProtocolDefaults
+from probseg_bench.api import DatasetSpec, HyperParameter, KnownDistribution, MultiRaterData, ProtocolDefaults
 from probseg_bench.errors import ProbsegError
 
 __all__ = [
@@ -283,10 +283,11 @@ def true_distribution(index: int, n_images: int = 240, size: int = 128, annotato
     return masks, probabilities
 
 
-def intrinsic_dimension(structures: int = 3, levels: int = 3) -> int:
+def intrinsic_dimension(structures: int = 3, levels: int = 3, **_: Any) -> int:
     """Independent factors of variation of the annotations: r blob presences + 1 boundary level if K > 1.
 
-    Compare with a model's effective rank (seed paper Eq. 17). Raises ProbsegError for out-of-range values.
+    Compare with a model's effective rank (seed paper Eq. 17). Other dataset parameters (size, n_images, ...) are
+    accepted and do not change it. Raises ProbsegError for out-of-range values.
     """
     structures = _check_int("structures", structures, 0, MAX_STRUCTURES)
     levels = _check_int("levels", levels, 1, MAX_LEVELS)
@@ -329,7 +330,9 @@ def oracle_metrics(n_samples: int = 16, indices: Sequence[int] | None = None, **
 
     Returns:
         ``ged``, ``hm_iou``, ``ewd`` (= 1 - hm_iou): means over the images; ``ged_expected``: the exact
-        expectation of ``ged``, mean of ``D_i * (1 / n_samples + 1 / annotators)``; ``n_images``, ``n_samples``.
+        expectation of ``ged``, mean of ``D_i * (1 / n_samples + 1 / annotators)``; ``diversity``: the mean of
+        ``D_i``, the exact expected 1 - IoU between two independent draws (what a model's sample diversity and the
+        annotator diversity estimate); ``n_images``, ``n_samples``.
 
     Raises:
         ProbsegError: unknown parameter names, out-of-range values, ``n_samples`` < 1.
@@ -346,7 +349,7 @@ def oracle_metrics(n_samples: int = 16, indices: Sequence[int] | None = None, **
     n_images, size, annotators, structures, levels, seed = _check_params(**settings)
     n_samples = _check_int("n_samples", n_samples, 1)
     chosen = range(n_images) if indices is None else [_check_int("index", i, 0, n_images - 1) for i in indices]
-    ged, hm, expected = [], [], []
+    ged, hm, expected, diversity = [], [], [], []
     for i in chosen:
         g = _geometry(i, seed, size, structures, levels)
         _, disks, blobs = _rasterise(g, size)
@@ -360,12 +363,14 @@ def oracle_metrics(n_samples: int = 16, indices: Sequence[int] | None = None, **
         ged.append(float(ged_from_iou(torch.from_numpy(iou_sy), torch.from_numpy(iou[np.ix_(draw, draw)]),
                                       torch.from_numpy(iou[np.ix_(ann, ann)]))))
         hm.append(hm_iou_from_iou(iou_sy))
-        expected.append(float(probs @ (1.0 - iou) @ probs) * (1.0 / n_samples + 1.0 / annotators))
+        diversity.append(float(probs @ (1.0 - iou) @ probs))
+        expected.append(diversity[-1] * (1.0 / n_samples + 1.0 / annotators))
     if not ged:
         raise ProbsegError("oracle_metrics: indices is empty")
     hm_iou = float(np.mean(hm))
     return {"ged": float(np.mean(ged)), "hm_iou": hm_iou, "ewd": 1.0 - hm_iou,
-            "ged_expected": float(np.mean(expected)), "n_images": float(len(ged)), "n_samples": float(n_samples)}
+            "ged_expected": float(np.mean(expected)), "diversity": float(np.mean(diversity)),
+            "n_images": float(len(ged)), "n_samples": float(n_samples)}
 
 
 SYNTHETIC = DatasetSpec(
@@ -385,6 +390,11 @@ SYNTHETIC = DatasetSpec(
         HyperParameter("seed", 0, "generator seed", low=0, high=2**31 - 1, tunable=False),
     ),
     layout="generated: no --data-root; set the parameters with --dataset-param NAME=VALUE",
+    known_distribution=KnownDistribution(
+        true_distribution=true_distribution, oracle_metrics=oracle_metrics, intrinsic_dimension=intrinsic_dimension,
+        # probseg-bench validate: 64 x 64, 160 images (40 patients), 4 annotators, 3 blobs x 3 radius levels
+        validation_params={"size": 64, "n_images": 160, "annotators": 4, "structures": 3, "levels": 3},
+    ),
 )
 
 SPECS: tuple[DatasetSpec, ...] = (SYNTHETIC,)

@@ -12,6 +12,7 @@ from probseg_bench.cli import leaderboard as _leaderboard  # noqa: F401  (regist
 from probseg_bench.cli import list_plugins as _list  # noqa: F401
 from probseg_bench.cli import run as _run  # noqa: F401
 from probseg_bench.cli import tune as _tune  # noqa: F401
+from probseg_bench.cli import validate as _validate  # noqa: F401
 from probseg_bench.cli._app import app, err_console
 from probseg_bench.errors import ProbsegError
 

@@ -1,0 +1,133 @@
+"""``probseg-bench validate``: train models on data with a known true distribution and compare them with it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from probseg_bench.cli._app import STORAGE_HELP, app, console, err_console
+from probseg_bench.cli.run import RichReporter, parse_hp
+from probseg_bench.comparison import TEST_NAME
+from probseg_bench.errors import ProbsegError
+from probseg_bench.protocol import config_hash
+from probseg_bench.results import DEFAULT_STORAGE, ResultsStore
+from probseg_bench.validation import ValidationReport, validate, validation_requests, write_report
+
+PAPER_MODELS = ["punet", "punet-nf", "spunet"]
+VALIDATE_FORMATS = ("table", "markdown", "json")
+
+
+def _markdown(report: ValidationReport) -> str:
+    o = report.oracle
+    lines = [
+        "| model | EWD ↓ | oracle EWD | EWD / oracle | GED ↓ | oracle GED | GED / oracle | ER | intrinsic dim "
+        "| sample diversity | true diversity | annotator diversity | nearest true mask IoU | true-mask TV "
+        "| reconstruction IoU |",
+        "|" + "---|" * 15,
+    ]
+    for m in report.models:
+        x = m.metrics
+        lines.append(
+            f"| {m.label} | {x['ewd']:.3f} | {o['ewd']:.3f} | {m.ewd_ratio:.2f} | {x['ged']:.3f} | {o['ged']:.3f} "
+            f"| {m.ged_ratio:.2f} | {x['er']:.2f} | {report.intrinsic_dimension} | {x['sample_diversity']:.3f} "
+            f"| {o['diversity']:.3f} | {x['annotator_diversity']:.3f} | {x['nearest_true_iou']:.3f} "
+            f"| {x['true_mask_tv']:.3f} | {x['reconstruction_iou']:.3f} |"
+        )
+    lines.append(f"| oracle (true distribution) | {o['ewd']:.3f} | | 1 | {o['ged']:.3f} | | 1 | | "
+                 f"{report.intrinsic_dimension} | {o['diversity']:.3f} | | | {o['nearest_true_iou']:.3f} "
+                 f"| {o['true_mask_tv']:.3f} | |")
+    lines += ["", "| A | B | metric | median A - B [95% CI] | p | p (Holm) |", "|---|---|---|---|---|---|"]
+    for c in report.comparisons:
+        lines.append(f"| {c.a} | {c.b} | {c.metric} | {c.median_difference:+.4f} [{c.ci_low:+.4f}, "
+                     f"{c.ci_high:+.4f}] | {c.p_value:.3g} | {c.p_holm:.3g} |")
+    return "\n".join(lines) + "\n"
+
+
+def _print_table(report: ValidationReport) -> None:
+    o = report.oracle
+    params = ", ".join(f"{k}={v}" for k, v in sorted(report.dataset_params.items()))
+    table = Table(
+        title=f"validity against the true distribution: {report.dataset} ({params}), d={report.latent_dim}, "
+              f"preset {report.preset}, {report.n_test} test images",
+        caption="oracle: 16 draws per image from the true distribution, scored like a model; ratio: model / oracle; "
+                "diversity: mean 1 - IoU over distinct pairs (true: its exact expectation); nearest true IoU: IoU of a "
+                "sample with the closest true mask; true-mask TV: total variation between the frequencies of those "
+                "masks and the true probabilities; recon. IoU: the posterior reconstruction of an annotation",
+    )
+    for col in ("model", "folds", "EWD ↓", "oracle", "ratio", "GED ↓", "oracle ", "ratio ", "ER",
+                "intrinsic", "sample div.", "true div.", "annotator div.", "nearest true IoU", "true-mask TV",
+                "recon. IoU", "train s"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for m in report.models:
+        x = m.metrics
+        table.add_row(m.label, ",".join(map(str, m.folds)), f"{x['ewd']:.3f}", f"{o['ewd']:.3f}",
+                      f"{m.ewd_ratio:.2f}", f"{x['ged']:.3f}", f"{o['ged']:.3f}", f"{m.ged_ratio:.2f}",
+                      f"{x['er']:.2f}", str(report.intrinsic_dimension), f"{x['sample_diversity']:.3f}",
+                      f"{o['diversity']:.3f}", f"{x['annotator_diversity']:.3f}", f"{x['nearest_true_iou']:.3f}",
+                      f"{x['true_mask_tv']:.3f}", f"{x['reconstruction_iou']:.3f}", f"{m.train_seconds:.0f}")
+    table.add_row("oracle (true distribution)", "", f"{o['ewd']:.3f}", "", "1", f"{o['ged']:.3f}", "", "1", "",
+                  str(report.intrinsic_dimension), f"{o['diversity']:.3f}", "", "", f"{o['nearest_true_iou']:.3f}",
+                  f"{o['true_mask_tv']:.3f}", "", "", style="dim")
+    console.print(table)
+    if report.comparisons:
+        tests = Table(title="paired comparisons between the models (difference = A - B)",
+                      caption=f"{TEST_NAME}; 95% CI: percentile bootstrap over images; Holm over the model pairs "
+                              "of each metric")
+        for col in ("A", "B", "metric", "n images", "median diff [95% CI]", "p", "p (Holm)"):
+            tests.add_column(col, justify="left" if col in ("A", "B", "metric") else "right")
+        for c in report.comparisons:
+            tests.add_row(c.a, c.b, c.metric, str(c.n_images),
+                          f"{c.median_difference:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]",
+                          f"{c.p_value:.3g}", f"{c.p_holm:.3g}")
+        console.print(tests)
+
+
+@app.command("validate")
+def validate_command(
+    model: list[str] = typer.Option(PAPER_MODELS, "--model", "-m", help="Models to validate (repeatable)."),
+    dataset: str = typer.Option("synthetic", "--dataset", help="A dataset with a known true distribution."),
+    dataset_param: list[str] = typer.Option(
+        [], "--dataset-param", help="Dataset parameter NAME=VALUE over the validation defaults (repeatable)."
+    ),
+    latent_dim: int = typer.Option(6, "--latent-dim", "-d", help="Latent dimension."),
+    fold: list[int] = typer.Option([0], "--fold", help="CV folds to train (repeatable)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation and sampling."),
+    preset: str = typer.Option("quick", "--preset", help="Protocol preset."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Replace the preset's epochs."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP, show_default=False),
+    run_dir: Path = typer.Option(Path("probseg-runs"), "--run-dir", help="Where best checkpoints are written."),
+    output: Path = typer.Option(Path("probseg-validation"), "--output", help="Folder for the JSON and figure."),
+    fmt: str = typer.Option("table", "--format", help="table, markdown or json (stdout)."),
+) -> None:
+    """Train each model with the standard protocol on a dataset whose true distribution over masks is known
+    (default: synthetic, 64 x 64, 160 images, 4 annotators, 3 blobs x 3 radius levels) and report, on the same
+    test images, EWD and GED next to the oracle's, effective rank next to the intrinsic dimension, sample
+    diversity next to the true and annotator diversity, and paired Wilcoxon tests (Holm) between the models.
+    Writes validation.json and validation.png/pdf into --output; stored folds are reused."""
+    if fmt not in VALIDATE_FORMATS:
+        raise ProbsegError(f"--format: expected one of {', '.join(VALIDATE_FORMATS)}, got {fmt!r}")
+    requests = validation_requests(
+        model, dataset, parse_hp(dataset_param, "--dataset-param"), preset, latent_dim, fold, seed,
+        {"epochs": epochs} if epochs is not None else {}, device, run_dir,
+    )
+    store = ResultsStore(storage)
+    err_console.print(f"validate: {', '.join(model)} on {dataset} "
+                      f"({', '.join(f'{k}={v}' for k, v in requests[0].dataset_params.items())}), "
+                      f"preset {preset}, d={latent_dim}, fold(s) {', '.join(map(str, fold))}", highlight=False)
+    with RichReporter(len(requests) * len(fold)) as reporter:
+        report = validate(requests, store, reporter)
+    identity = {"models": model, "dataset": dataset, "params": report.dataset_params, "protocol": report.protocol,
+                "d": latent_dim, "folds": fold, "seed": seed}
+    folder = output / f"{dataset}-d{latent_dim}-{preset}-{config_hash(identity)}"
+    paths = write_report(report, folder)
+    if fmt == "json":
+        print(json.dumps(report.as_dict(), indent=2, default=float))
+    elif fmt == "markdown":
+        print(_markdown(report), end="")
+    else:
+        _print_table(report)
+    err_console.print(f"report: {', '.join(str(p) for p in paths)}", highlight=False, soft_wrap=True)
