@@ -96,7 +96,7 @@ def validate_command(
     fold: list[int] = typer.Option([0], "--fold", help="CV folds to train (repeatable)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation and sampling."),
     preset: str = typer.Option("quick", "--preset", help="Protocol preset."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Replace the preset's epochs."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Train this many epochs (replaces the preset's length)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP, show_default=False),
     run_dir: Path = typer.Option(Path("probseg-runs"), "--run-dir", help="Where best checkpoints are written."),
