@@ -58,7 +58,8 @@ class HyperParameter:
                 out = kind(value)
         except (TypeError, ValueError):
             raise ProbsegError(
-                f"hyperparameter '{self.name}': expected a {kind.__name__}, got {value!r}"
+                f"hyperparameter '{self.name}': expected {'an' if kind.__name__[0] in 'aeiou' else 'a'} "
+                f"{kind.__name__}, got {value!r}"
             ) from None
         if isinstance(out, float) and not np.isfinite(out):
             raise ProbsegError(f"hyperparameter '{self.name}': expected a finite number, got {value!r}")

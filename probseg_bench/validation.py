@@ -91,6 +91,13 @@ class ValidationReport:
     oracle: dict[str, float]
     models: list[ModelValidation]
     comparisons: list[PairedComparison]
+    protocol_overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def preset_label(self) -> str:
+        """The preset with the settings the run replaced, e.g. ``quick (epochs=3)``."""
+        extra = ", ".join(f"{k}={v}" for k, v in sorted(self.protocol_overrides.items()))
+        return f"{self.preset} ({extra})" if extra else self.preset
 
     def best(self) -> ModelValidation:
         """The model with the lowest EWD."""
@@ -99,7 +106,8 @@ class ValidationReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset, "dataset_params": self.dataset_params, "preset": self.preset,
-            "protocol": self.protocol, "latent_dim": self.latent_dim, "seed": self.seed, "n_test": self.n_test,
+            "protocol_overrides": self.protocol_overrides, "protocol": self.protocol, "latent_dim": self.latent_dim,
+            "seed": self.seed, "n_test": self.n_test,
             "test_ids": self.test_ids, "intrinsic_dimension": self.intrinsic_dimension, "oracle": self.oracle,
             "models": [m.as_dict() for m in self.models], "best_model": self.best().label,
             "comparisons": [asdict(c) for c in self.comparisons],
@@ -193,7 +201,7 @@ def validate(
         dataset=first.dataset, dataset_params=params, preset=first.preset, protocol=dict(reference.protocol),
         latent_dim=first.latent_dims[0], seed=first.seed, n_test=len(test_ids), test_ids=list(test_ids),
         intrinsic_dimension=int(truth.intrinsic_dimension(**params)), oracle=oracle, models=models,
-        comparisons=comparisons,
+        comparisons=comparisons, protocol_overrides=dict(first.protocol_overrides),
     )
 
 
@@ -344,7 +352,7 @@ def validation_figure(report: ValidationReport, folder: Path) -> list[Path]:
         ax.set_ylim(0, top * 1.5 if top > 0 else 1)
         ax.legend(fontsize=6, loc="upper center")
     params = ", ".join(f"{k}={v}" for k, v in sorted(report.dataset_params.items()))
-    fig.suptitle(f"{report.dataset} ({params}): d={report.latent_dim}, preset {report.preset}, "
+    fig.suptitle(f"{report.dataset} ({params}): d={report.latent_dim}, preset {report.preset_label}, "
                  f"{report.n_test} test images", fontsize=9)
     fig.tight_layout()
     return save(fig, folder, "validation")

@@ -95,8 +95,10 @@ def test_validate_command_writes_the_report_and_reuses_stored_folds(tmp_path, ti
     first = CliRunner().invoke(app, [*args, "--epochs", "1"])
     assert first.exit_code == 0, first.output
     report = json.loads(first.stdout)
-    assert set(report) == {"dataset", "dataset_params", "preset", "protocol", "latent_dim", "seed", "n_test",
-                           "test_ids", "intrinsic_dimension", "oracle", "models", "best_model", "comparisons"}
+    assert set(report) == {"dataset", "dataset_params", "preset", "protocol_overrides", "protocol", "latent_dim",
+                           "seed", "n_test", "test_ids", "intrinsic_dimension", "oracle", "models", "best_model",
+                           "comparisons"}
+    assert report["protocol_overrides"] == {"epochs": 1} and report["protocol"]["epochs"] == 1
     assert report["dataset"] == "synthetic" and report["dataset_params"] == {**PARAMS, "seed": 0}
     assert {"ged", "hm_iou", "ewd", "ged_expected", "diversity"} <= set(report["oracle"])
     assert [m["model"] for m in report["models"]] == ["punet", "spunet"]
@@ -116,6 +118,10 @@ def test_validate_command_writes_the_report_and_reuses_stored_folds(tmp_path, ti
     assert again.exit_code == 0 and "already in the results store" in again.stderr
     assert len(ResultsStore(str(tmp_path / "r.db")).records()) == 2
     assert "| punet |" in again.stdout and "| spunet |" in again.stdout
+    table = CliRunner().invoke(app, [*args, "--epochs", "1", "--format", "table"])
+    assert table.exit_code == 0, table.output
+    assert f"preset {tiny_preset} (epochs=1)" in table.stdout  # the override is part of what is shown
+    assert "punet" in table.stdout and "spunet" in table.stdout and "…" not in table.stdout  # nothing cut off
 
 
 @pytest.mark.parametrize(("args", "expected"), [

@@ -11,6 +11,7 @@ from rich.table import Table
 from probseg_bench.cli._app import STORAGE_HELP, app, console, err_console
 from probseg_bench.cli.run import RichReporter, parse_hp
 from probseg_bench.comparison import TEST_NAME
+from probseg_bench.diagnostics import collapse_warning
 from probseg_bench.errors import ProbsegError
 from probseg_bench.protocol import config_hash
 from probseg_bench.results import DEFAULT_STORAGE, ResultsStore
@@ -46,38 +47,56 @@ def _markdown(report: ValidationReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _add_column(table: Table, header: str) -> None:
+    """A model column that wraps long labels; number columns that never cut a number."""
+    if header == "model":
+        table.add_column(header, justify="left", min_width=12, overflow="fold")
+    else:
+        table.add_column(header, justify="right", min_width=5)
+
+
 def _print_table(report: ValidationReport) -> None:
+    """Two tables of at most 9 columns (readable in a 120-column terminal): the metrics against the truth, then
+    diversity and what bounds each model; then the paired tests."""
     o = report.oracle
     params = ", ".join(f"{k}={v}" for k, v in sorted(report.dataset_params.items()))
-    table = Table(
-        title=f"validity against the true distribution: {report.dataset} ({params}), d={report.latent_dim}, "
-              f"preset {report.preset}, {report.n_test} test images",
-        caption="oracle: 16 draws per image from the true distribution, scored like a model; ratio: model / oracle; "
-                "diversity: mean 1 - IoU over distinct pairs (true: its exact expectation); nearest true IoU: IoU of a "
-                "sample with the closest true mask; true-mask TV: total variation between the frequencies of those "
-                "masks and the true probabilities; recon. IoU: the posterior reconstruction of an annotation",
-    )
-    for col in ("model", "folds", "EWD ↓", "oracle", "ratio", "GED ↓", "oracle ", "ratio ", "ER",
-                "intrinsic", "sample div.", "true div.", "annotator div.", "nearest true IoU", "true-mask TV",
-                "recon. IoU", "train s"):
-        table.add_column(col, justify="left" if col == "model" else "right")
+    title = (f"validity against the true distribution: {report.dataset} ({params}), d={report.latent_dim}, "
+             f"preset {report.preset_label}, {report.n_test} test images")
+    truth = Table(title=title, caption="oracle: 16 draws per image from the true distribution, scored like a "
+                                       "model; ratio: model / oracle")
+    for col in ("model", "fold(s)", "EWD ↓", "oracle", "ratio", "GED ↓", "oracle ", "ratio ", "ER", "intrinsic\ndim"):
+        _add_column(truth, col)
     for m in report.models:
         x = m.metrics
-        table.add_row(m.label, ",".join(map(str, m.folds)), f"{x['ewd']:.3f}", f"{o['ewd']:.3f}",
+        truth.add_row(m.label, ",".join(map(str, m.folds)), f"{x['ewd']:.3f}", f"{o['ewd']:.3f}",
                       f"{m.ewd_ratio:.2f}", f"{x['ged']:.3f}", f"{o['ged']:.3f}", f"{m.ged_ratio:.2f}",
-                      f"{x['er']:.2f}", str(report.intrinsic_dimension), f"{x['sample_diversity']:.3f}",
-                      f"{o['diversity']:.3f}", f"{x['annotator_diversity']:.3f}", f"{x['nearest_true_iou']:.3f}",
-                      f"{x['true_mask_tv']:.3f}", f"{x['reconstruction_iou']:.3f}", f"{m.train_seconds:.0f}")
-    table.add_row("oracle (true distribution)", "", f"{o['ewd']:.3f}", "", "1", f"{o['ged']:.3f}", "", "1", "",
-                  str(report.intrinsic_dimension), f"{o['diversity']:.3f}", "", "", f"{o['nearest_true_iou']:.3f}",
-                  f"{o['true_mask_tv']:.3f}", "", "", style="dim")
-    console.print(table)
+                      f"{x['er']:.2f}", str(report.intrinsic_dimension))
+    truth.add_row("oracle (true distribution)", "", f"{o['ewd']:.3f}", "", "1", f"{o['ged']:.3f}", "", "1", "",
+                  str(report.intrinsic_dimension), style="dim")
+    console.print(truth)
+    bounds = Table(
+        title="diversity and what bounds each model",
+        caption="diversity: mean 1 - IoU over distinct pairs (true: its exact expectation); closest true IoU: IoU of "
+                "a sample with the closest true mask; true-mask TV: total variation between the frequencies of those "
+                "masks and the true probabilities; recon. IoU: the posterior reconstruction of an annotation",
+    )
+    for col in ("model", "sample\ndiv.", "true\ndiv.", "annotator\ndiv.", "closest\ntrue IoU", "true-mask\nTV",
+                "recon.\nIoU", "train\ns"):
+        _add_column(bounds, col)
+    for m in report.models:
+        x = m.metrics
+        bounds.add_row(m.label, f"{x['sample_diversity']:.3f}", f"{o['diversity']:.3f}",
+                       f"{x['annotator_diversity']:.3f}", f"{x['nearest_true_iou']:.3f}", f"{x['true_mask_tv']:.3f}",
+                       f"{x['reconstruction_iou']:.3f}", f"{m.train_seconds:.0f}")
+    bounds.add_row("oracle (true distribution)", f"{o['diversity']:.3f}", "", "", f"{o['nearest_true_iou']:.3f}",
+                   f"{o['true_mask_tv']:.3f}", "", "", style="dim")
+    console.print(bounds)
     if report.comparisons:
         tests = Table(title="paired comparisons between the models (difference = A - B)",
                       caption=f"{TEST_NAME}; 95% CI: percentile bootstrap over images; Holm over the model pairs "
                               "of each metric")
         for col in ("A", "B", "metric", "n images", "median diff [95% CI]", "p", "p (Holm)"):
-            tests.add_column(col, justify="left" if col in ("A", "B", "metric") else "right")
+            tests.add_column(col, justify="left" if col in ("A", "B", "metric") else "right", no_wrap=col != "metric")
         for c in report.comparisons:
             tests.add_row(c.a, c.b, c.metric, str(c.n_images),
                           f"{c.median_difference:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]",
@@ -130,4 +149,8 @@ def validate_command(
         print(_markdown(report), end="")
     else:
         _print_table(report)
+    for m in report.models:
+        warning = collapse_warning(m.label, m.metrics["sample_diversity"], m.metrics["annotator_diversity"])
+        if warning is not None:
+            err_console.print(warning, highlight=False, markup=False, soft_wrap=True)
     err_console.print(f"report: {', '.join(str(p) for p in paths)}", highlight=False, soft_wrap=True)
