@@ -78,7 +78,7 @@ def meets(row: dict[str, Any]) -> dict[str, bool]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS),
-                        help=f"models to run, one after the other (default: {' '.join(MODELS)}; ~4 min each on 2 cores)")
+                        help=f"models to run one after the other (default: {' '.join(MODELS)}; ~4 min each, 2 cores)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/quickstart.json"),
                         help="the JSON written (default: %(default)s)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the store and checkpoints here")

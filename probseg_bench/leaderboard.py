@@ -37,6 +37,12 @@ RANKED_METRICS: tuple[tuple[str, str, bool], ...] = (
     ("ewd", "EWD", False),
     ("er", "ER", True),
 )
+# (key, label): shown beside the ranked metrics, never ranked: a sample diversity far below the annotators' means
+# the samples barely vary (:mod:`probseg_bench.diagnostics`)
+DIVERSITY_METRICS: tuple[tuple[str, str], ...] = (
+    ("sample_diversity", "sample div."),
+    ("annotator_diversity", "annotator div."),
+)
 FORMATS = ("table", "markdown", "csv", "json", "latex")
 
 
@@ -66,13 +72,14 @@ class LeaderboardRow:
         return f"{self.model} ({self.variant})" if self.variant else self.model
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON form: model, dataset, latent_dim, folds, <m>_mean, <m>_std, plus dataset_label, variant,
-        preset, seed, config, n_test, best (the metrics this row is best at) and p_vs_best."""
+        """The JSON form: model, dataset, latent_dim, folds, <m>_mean, <m>_std (the ranked metrics and the
+        sample / annotator diversity), plus dataset_label, variant, preset, seed, config, n_test, best (the
+        metrics this row is best at) and p_vs_best."""
         out: dict[str, Any] = {
             "model": self.model, "dataset": self.dataset, "latent_dim": self.latent_dim, "folds": self.folds,
         }
-        for key, _, _ in RANKED_METRICS:
-            out[f"{key}_mean"] = self.mean[key]
+        for key in [k for k, _, _ in RANKED_METRICS] + [k for k, _ in DIVERSITY_METRICS]:
+            out[f"{key}_mean"] = self.mean[key] if math.isfinite(self.mean[key]) else None
             out[f"{key}_std"] = self.std[key]
         out.update(dataset_label=self.dataset_label, variant=self.variant, preset=self.preset, seed=self.seed,
                    config=self.config, n_test=self.n_test, best=sorted(self.best), p_vs_best=self.p_vs_best)
@@ -105,10 +112,11 @@ def build_leaderboard(records: list[FoldRecord], test_metric: str = "ewd") -> li
     for (dataset, model, d, config), recs in sorted(groups.items()):
         mean: dict[str, float] = {}
         std: dict[str, float | None] = {}
-        for key, _, _ in RANKED_METRICS:
-            values = np.array([r.metrics[key] for r in recs], dtype=np.float64)
+        for key in [k for k, _, _ in RANKED_METRICS] + [k for k, _ in DIVERSITY_METRICS]:
+            # NaN for a record written before a diversity metric existed
+            values = np.array([r.metrics.get(key, np.nan) for r in recs], dtype=np.float64)
             mean[key] = float(values.mean())
-            std[key] = float(values.std(ddof=1)) if len(values) > 1 else None
+            std[key] = float(values.std(ddof=1)) if len(values) > 1 and np.isfinite(values).all() else None
         rows.append(LeaderboardRow(
             model=model, dataset=dataset, dataset_label=dataset_label(recs[0]), latent_dim=d,
             variant=recs[0].variant, preset=recs[0].preset, seed=recs[0].seed, config=config, folds=len(recs),
@@ -201,6 +209,7 @@ def leaderboard_table(rows: list[LeaderboardRow], test_metric: str = "ewd",
         header.append(f"{label} {'↑' if higher else '↓'}")
         if reference is not None and key in DELTA_DECIMALS:
             header += [f"{label} ({reference.name})", f"Δ {label}"]
+    header += [label for _, label in DIVERSITY_METRICS]
     header.append(f"p vs best ({test_metric})")
     body, bold = [], []
     for r in rows:
@@ -218,11 +227,15 @@ def leaderboard_table(rows: list[LeaderboardRow], test_metric: str = "ewd",
                                           else (value.er_printed, value.er_mean))
                     cells += [printed, signed(r.mean[key] - published, DELTA_DECIMALS[key])]
                 flags += [False, False]
+        for key, _ in DIVERSITY_METRICS:
+            cells.append(_pm(r.mean[key], r.std[key]) if math.isfinite(r.mean[key]) else "")
+            flags.append(False)
         cells.append(_p(r.p_vs_best))
         flags.append(False)
         body.append(cells)
         bold.append(flags)
-    caption = ("mean ± std over folds (ddof=1); ↓ lower / ↑ higher is better; best per dataset in bold; p: "
+    caption = ("mean ± std over folds (ddof=1); ↓ lower / ↑ higher is better; best per dataset in bold; div.: "
+               "mean 1 - IoU over distinct pairs of a test image's samples / annotations (not ranked); p: "
                "Wilcoxon signed-rank over test images vs. the best row, Holm-corrected")
     notes = reference.footnotes() if reference is not None else []
     return Table("probseg-bench leaderboard", header, body, bold, caption, notes)

@@ -43,6 +43,12 @@ def test_analyze_writes_six_figures_and_a_report(monkeypatch, tmp_path, tiny_pre
     assert result.freezing_ewd[0] == pytest.approx(record.metrics["ewd"], abs=1e-12)
     assert np.all((0 <= result.freezing_ewd) & (result.freezing_ewd <= 1))
 
+    # a collapsed run (sample diversity 0.01 vs the annotators' 0.3) says so in the result and the report
+    record.metrics.update(sample_diversity=0.01, annotator_diversity=0.3)
+    collapsed = analyze(load_run(record, None, "cpu"), tmp_path / "collapsed", "test")
+    assert len(collapsed.warnings) == 1 and "0.010" in collapsed.warnings[0] and "0.300" in collapsed.warnings[0]
+    assert "class='warning'" in collapsed.report.read_text()
+
 
 def test_analyze_without_a_stored_run_says_what_is_stored(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

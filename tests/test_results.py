@@ -187,3 +187,34 @@ def test_store_opens_while_another_process_creates_the_schema(monkeypatch, tmp_p
     monkeypatch.setattr(results._metadata, "create_all", racing)
     store = results.ResultsStore(str(tmp_path / "r.db"))
     assert store.records() == [] and len(calls) == 2
+
+
+def test_leaderboard_shows_sample_and_annotator_diversity_and_warns_on_a_collapse(tmp_path):
+    from typer.testing import CliRunner
+
+    from probseg_bench.cli import app
+
+    healthy = [record("punet", f, config="p") for f in range(2)]
+    collapsed = [record("spunet", f, config="s") for f in range(2)]
+    for rec, (sd, ad) in zip(healthy + collapsed, [(0.30, 0.29), (0.28, 0.31), (0.010, 0.29), (0.006, 0.31)],
+                             strict=True):
+        rec.metrics.update(sample_diversity=sd, annotator_diversity=ad)
+    old = record("punet-nf", config="n")  # a record written before the diversity metrics existed
+    rows = {r.model: r for r in build_leaderboard(healthy + collapsed + [old])}
+    assert rows["spunet"].mean["sample_diversity"] == pytest.approx(0.008)
+    assert rows["spunet"].mean["annotator_diversity"] == pytest.approx(0.30)
+    obj = {o["model"]: o for o in json.loads(render(list(rows.values()), "json"))}
+    assert obj["punet"]["sample_diversity_mean"] == pytest.approx(0.29)
+    assert obj["punet-nf"]["sample_diversity_mean"] is None
+    md = render(list(rows.values()), "markdown")
+    assert "sample div." in md and "annotator div." in md and "0.008 ± 0.003" in md
+    assert "**0.008" not in md  # never ranked
+
+    store = ResultsStore(str(tmp_path / "r.db"))
+    for rec in healthy + collapsed + [old]:
+        store.add(rec)
+    result = CliRunner().invoke(app, ["leaderboard", "--storage", str(tmp_path / "r.db"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "spunet" in warnings[0] and "0.008" in warnings[0]
+    json.loads(result.stdout)  # stdout stays machine-readable

@@ -81,6 +81,9 @@ SPUNET = ModelSpec(
         HyperParameter("alpha", 10.0, "weight of KL(q(z|x,y_k) || p(z|x))", low=0.1, high=100.0, log=True),
         HyperParameter("beta", 100.0, "weight of the Sinkhorn divergence", low=1.0, high=1000.0, log=True),
         HyperParameter("grad_clip", 1.0, "gradient-norm clip (paper: 1)", tunable=False),
+        HyperParameter("samples_per_annotation", 1,
+                       "posterior samples per annotation in the Sinkhorn term, with as many prior samples per point "
+                       "(paper: 1)", tunable=False),
         *ARCHITECTURE,
     ),
     objective=(ObjectiveTerm("kl", "alpha"), ObjectiveTerm("sinkhorn", "beta", swappable=True)),

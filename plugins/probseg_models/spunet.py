@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.distributions import Normal
 
 from probseg_bench.api import TrainOutput
+from probseg_bench.errors import ProbsegError
 from probseg_models.punet import ProbabilisticUNet
 
 
@@ -16,7 +19,17 @@ class SinkhornProbabilisticUNet(ProbabilisticUNet):
     posterior encoder, no Python loop over annotators), draws one posterior sample per annotation and A prior
     samples (for the Sinkhorn divergence between them), and reconstructs one randomly chosen annotation k per
     image, whose posterior also enters the KL term. Inference is the PU-Net's (prior sampling).
+
+    ``samples_per_annotation`` R (default 1, the paper): R independent posterior samples per annotation, laid out
+    sample-major ([B, R * A, d]: the first A points hold one sample of every annotation, the next A another), and
+    R * A prior samples; R >= 2 gives the ``sinkhorn`` regularizer's ``split`` correction its two halves.
     """
+
+    def __init__(self, latent_dim: int, samples_per_annotation: int = 1, **kwargs: Any) -> None:
+        super().__init__(latent_dim, **kwargs)
+        if int(samples_per_annotation) < 1:
+            raise ProbsegError(f"samples_per_annotation: expected an integer >= 1, got {samples_per_annotation}")
+        self.samples_per_annotation = int(samples_per_annotation)
 
     def forward(self, image: torch.Tensor, masks: torch.Tensor) -> TrainOutput:
         """image float [B, C, H, W], masks {0,1} [B, A, H, W] -> TrainOutput with S = A samples each."""
@@ -31,15 +44,16 @@ class SinkhornProbabilisticUNet(ProbabilisticUNet):
         post_all = self.posterior_net(pairs)
         mu = post_all.loc.view(b, a, -1)
         sigma = post_all.scale.view(b, a, -1)
-        z_q = mu + sigma * torch.randn_like(mu)  # [B, A, d], reparameterised
+        r = self.samples_per_annotation
+        z_q = mu[:, None] + sigma[:, None] * torch.randn((b, r, a, mu.shape[-1]), dtype=mu.dtype, device=mu.device)
         posterior = Normal(mu[ar, k], sigma[ar, k], validate_args=False)
-        logits = self.head(features, z_q[ar, k][:, None])[:, 0]
+        logits = self.head(features, z_q[ar, 0, k][:, None])[:, 0]  # [B, R, A, d]: reparameterised
         return TrainOutput(
             logits=logits,
             target=masks[ar, k].unsqueeze(1).to(torch.float32),
             prior=prior,
             posterior=posterior,
-            posterior_samples=z_q,
-            prior_samples=prior.rsample((a,)).transpose(0, 1),
+            posterior_samples=z_q.reshape(b, r * a, -1),
+            prior_samples=prior.rsample((r * a,)).transpose(0, 1),
             annotation_index=k,
         )

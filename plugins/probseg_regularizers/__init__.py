@@ -44,6 +44,22 @@ SINKHORN = RegularizerSpec(
         ),
         HyperParameter("sinkhorn_p", 2, "exponent p of the ground cost |x-y|^p / p", choices=(1, 2), tunable=False),
         HyperParameter("sinkhorn_scaling", 0.5, "geomloss eps-scaling ratio (annealing speed)", tunable=False),
+        HyperParameter(
+            "sinkhorn_prior_samples", 0,
+            "prior samples per image in the term: 0 = the model's (as many as posterior samples, the paper); "
+            "M > 0 = M fresh reparameterised draws of p(z|x)",
+            tunable=False,
+        ),
+        HyperParameter("sinkhorn_prior_gradient", True,
+                       "whether the term's gradient reaches the prior through its samples (the paper: yes)",
+                       choices=(True, False), tunable=False),
+        HyperParameter(
+            "sinkhorn_correction", "none",
+            "finite-sample bias correction: none (the paper) or split = (S(q1,p1) + S(q2,p2) - S(q1,q2) - "
+            "S(p1,p2)) / 2 over halves of the point sets, 0 in expectation when q = p (needs >= 2 posterior "
+            "samples per annotation)",
+            choices=("none", "split"), tunable=False,
+        ),
     ),
     citation="Feydy et al., Interpolating between Optimal Transport and MMD using Sinkhorn Divergences, AISTATS 2019",
 )

@@ -11,6 +11,7 @@ from probseg_bench.analysis import figures as F
 from probseg_bench.analysis import latent
 from probseg_bench.analysis.loading import LoadedRun
 from probseg_bench.analysis.report import write_report
+from probseg_bench.diagnostics import collapse_warning
 from probseg_bench.experiment import fold_seed
 
 
@@ -23,6 +24,7 @@ class Analysis:
     files: list[Path] = field(default_factory=list)
     freezing_order: np.ndarray | None = None
     freezing_ewd: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def analyze(run: LoadedRun, out_dir: Path, command: str, n_samples: int | None = None, rows: int = 3) -> Analysis:
@@ -84,5 +86,9 @@ def analyze(run: LoadedRun, out_dir: Path, command: str, n_samples: int | None =
             "latent dim": rec.latent_dim, "fold": rec.fold, "preset": rec.preset, "seed": rec.seed,
             "config": rec.config_hash, "best epoch": rec.best_epoch, "test images": len(test),
             "checkpoint": rec.checkpoint}
-    report = write_report(out_dir, f"probseg-bench analysis: {label}", command, dict(rec.metrics), info, saved)
-    return Analysis(out_dir, report, files, freeze_order, ewd)
+    diversity = [rec.metrics.get(k) for k in ("sample_diversity", "annotator_diversity")]
+    collapse = collapse_warning(f"{rec.model} fold {rec.fold}", *(np.nan if v is None else float(v) for v in diversity))
+    warnings = [collapse] if collapse is not None else []
+    report = write_report(out_dir, f"probseg-bench analysis: {label}", command, dict(rec.metrics), info, saved,
+                          warnings)
+    return Analysis(out_dir, report, files, freeze_order, ewd, warnings)

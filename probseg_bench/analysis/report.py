@@ -9,13 +9,15 @@ from typing import Any
 
 
 def write_report(folder: Path, title: str, command: str, metrics: dict[str, Any], info: dict[str, Any],
-                 figures: list[tuple[str, Path, str]]) -> Path:
+                 figures: list[tuple[str, Path, str]], warnings: list[str] | None = None) -> Path:
     """Write ``folder/report.html``.
 
     Args:
         metrics: metric -> stored test value; info: run facts (model, dataset, latent dim, fold, ...);
-        figures: (title, PNG path, one-sentence reading) per figure.
+        figures: (title, PNG path, one-sentence reading) per figure; warnings: lines shown above the run facts
+            (e.g. a sample collapse).
     """
+    alerts = "".join(f"<p class='warning'>{html.escape(w)}</p>" for w in warnings or [])
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{'' if v is None else f'{v:.4f}'}</td></tr>"
                    for k, v in metrics.items())
     facts = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in info.items())
@@ -27,9 +29,11 @@ def write_report(folder: Path, title: str, command: str, metrics: dict[str, Any]
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} td{{padding:2px 10px}}
-table{{border-collapse:collapse}} tr:nth-child(even){{background:#f3f3f3}} code{{background:#eee;padding:2px}}</style>
+table{{border-collapse:collapse}} tr:nth-child(even){{background:#f3f3f3}} code{{background:#eee;padding:2px}}
+.warning{{background:#fff3cd;border-left:4px solid #c80;padding:6px 10px}}</style>
 </head><body><h1>{html.escape(title)}</h1>
 <p>made by <code>{html.escape(command)}</code></p>
+{alerts}
 <h2>Run</h2><table>{facts}</table>
 <h2>Test metrics (mean over test images)</h2><table>{rows}</table>
 {''.join(blocks)}

@@ -42,4 +42,6 @@ def analyze(
             args += [flag, str(value)]
     command = "probseg-bench " + " ".join(shlex.quote(a) for a in args)
     result = run_analysis(run, folder, command, samples)
+    for warning in result.warnings:
+        err_console.print(warning, highlight=False, markup=False, soft_wrap=True)
     console.print(str(result.report), highlight=False, soft_wrap=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from probseg_bench.cli._app import FORMAT_HELP, STORAGE_HELP, app, console, err_console
+from probseg_bench.diagnostics import collapse_warning
 from probseg_bench.errors import ProbsegError
 from probseg_bench.leaderboard import FORMATS, LeaderboardRow, build_leaderboard, reference_gap, render
 from probseg_bench.references import REFERENCES, ReferenceTable, get_reference
@@ -30,7 +31,8 @@ def print_rows(rows: list[LeaderboardRow], fmt: str, pivot: bool = False, test_m
                reference: ReferenceTable | None = None) -> None:
     """Render leaderboard rows to stdout in ``fmt`` (shared by ``run`` and ``leaderboard``). With ``reference``
     and no row that has a published value, one line says so: after the table on stdout for table and markdown,
-    on stderr for csv, json and latex."""
+    on stderr for csv, json and latex. A row whose samples collapsed gets one warning line on stderr
+    (:func:`probseg_bench.diagnostics.collapse_warning`)."""
     out = render(rows, fmt, pivot, test_metric, reference)
     if isinstance(out, str):
         print(out, end="")
@@ -45,6 +47,10 @@ def print_rows(rows: list[LeaderboardRow], fmt: str, pivot: bool = False, test_m
             console.width = width
     else:
         console.print(out)
+    for row in rows:
+        warning = collapse_warning(row.label, row.mean["sample_diversity"], row.mean["annotator_diversity"])
+        if warning is not None:
+            err_console.print(warning, highlight=False, markup=False, soft_wrap=True)
     gap = reference_gap(rows, reference)
     if gap is not None:
         if fmt in MACHINE_FORMATS:
