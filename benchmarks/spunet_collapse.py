@@ -42,37 +42,45 @@ class Config:
     seed: int = 0
 
 
-FIX = {"samples_per_annotation": 2, "sinkhorn_correction": "split"}
+FIX2 = {"samples_per_annotation": 2, "sinkhorn_correction": "split"}
+FIX = {"samples_per_annotation": 4, "sinkhorn_correction": "split"}  # the recommended setting (README)
 CONFIGS = [
     Config("punet", "punet"),
     Config("punet-nf", "punet-nf"),
     Config("spunet", "spunet", note="the paper's formulation (alpha 10, beta 100, eps 0.0025)"),
     Config("spunet-alpha1", "spunet", {"alpha": 1.0}),
     Config("spunet-beta0", "spunet", {"beta": 0.0}, note="no Sinkhorn term"),
+    Config("spunet-beta25", "spunet", {"beta": 25.0}, note="beta / 4: the term's weight relative to the "
+           "reconstruction sum over 64 x 64 pixels that beta 100 has at 128 x 128"),
     Config("spunet-eps0.05", "spunet", {"epsilon": 0.05}),
     Config("spunet-eps0.5", "spunet", {"epsilon": 0.5}),
     Config("spunet-prior64", "spunet", {"sinkhorn_prior_samples": 64}, note="64 prior samples vs 4 posterior"),
     Config("spunet-noprior-grad", "spunet", {"sinkhorn_prior_gradient": False}),
     Config("spunet-r2", "spunet", {"samples_per_annotation": 2}, note="8 posterior vs 8 prior samples"),
-    Config("spunet-split", "spunet", FIX, note="8 vs 8, split correction"),
+    Config("spunet-split", "spunet", FIX2, note="8 vs 8, split correction"),
     Config("spunet-split-seed1", "spunet", FIX, seed=1, note="another split and initialisation"),
     Config("spunet-noprior-grad-seed1", "spunet", {"sinkhorn_prior_gradient": False}, seed=1),
     Config("punet-seed1", "punet", seed=1),
-    Config("spunet-split-r4", "spunet", {"samples_per_annotation": 4, "sinkhorn_correction": "split"},
-           note="16 vs 16, split correction"),
+    Config("spunet-split-r4", "spunet", FIX, note="16 vs 16, split correction"),
     Config("spunet-split-noprior-grad", "spunet", {**FIX, "sinkhorn_prior_gradient": False}),
     Config("spunet-noprior-grad-2x", "spunet", {"sinkhorn_prior_gradient": False}, protocol={"epochs": 146},
            note="twice the quick length"),
     Config("spunet-2x", "spunet", protocol={"epochs": 146}, note="twice the quick length"),
     Config("spunet-split-2x", "spunet", FIX, protocol={"epochs": 146}, note="twice the quick length"),
     Config("spunet-128", "spunet", dataset_params={"size": 128}, note="128 x 128 images"),
-    Config("spunet-split-128", "spunet", FIX, dataset_params={"size": 128}, note="128 x 128 images"),
+    Config("spunet-split-128", "spunet", FIX2, dataset_params={"size": 128}, note="128 x 128 images"),
     Config("punet-128", "punet", dataset_params={"size": 128}, note="128 x 128 images"),
     Config("spunet-lidc-paper", "spunet", dataset="lidc-sample", preset="paper",
            note="lidc-sample, paper protocol (128 x 128, full width, 200 epochs of batch 32)"),
-    Config("spunet-split-lidc-paper", "spunet", FIX, dataset="lidc-sample", preset="paper",
+    Config("spunet-split-lidc-paper", "spunet", FIX2, dataset="lidc-sample", preset="paper",
            note="lidc-sample, paper protocol"),
     Config("punet-lidc-paper", "punet", dataset="lidc-sample", preset="paper", note="lidc-sample, paper protocol"),
+    Config("spunet-lidc-quick", "spunet", dataset="lidc-sample", note="the README's quick start, fold 0"),
+    Config("spunet-split-lidc-quick", "spunet", FIX, dataset="lidc-sample", note="the quick start, fold 0"),
+    Config("spunet-scaled-lidc-quick", "spunet", {"alpha": 0.625, "beta": 6.25}, dataset="lidc-sample",
+           note="alpha and beta x (32 x 32) / (128 x 128): the paper's balance against the reconstruction sum"),
+    Config("spunet-noprior-grad-lidc-quick", "spunet", {"sinkhorn_prior_gradient": False}, dataset="lidc-sample",
+           note="the quick start, fold 0"),
 ]
 SYNTHETIC = {"size": 64, "n_images": 160, "annotators": 4, "structures": 3, "levels": 3}
 

@@ -32,7 +32,7 @@ class SinkhornProbabilisticUNet(ProbabilisticUNet):
         self.samples_per_annotation = int(samples_per_annotation)
 
     def forward(self, image: torch.Tensor, masks: torch.Tensor) -> TrainOutput:
-        """image float [B, C, H, W], masks {0,1} [B, A, H, W] -> TrainOutput with S = A samples each."""
+        """image float [B, C, H, W], masks {0,1} [B, A, H, W] -> TrainOutput with S = R * A samples each."""
         b, a, h, w = masks.shape
         ar = torch.arange(b, device=masks.device)
         k = torch.randint(a, (b,), device=masks.device)
@@ -45,9 +45,10 @@ class SinkhornProbabilisticUNet(ProbabilisticUNet):
         mu = post_all.loc.view(b, a, -1)
         sigma = post_all.scale.view(b, a, -1)
         r = self.samples_per_annotation
-        z_q = mu[:, None] + sigma[:, None] * torch.randn((b, r, a, mu.shape[-1]), dtype=mu.dtype, device=mu.device)
+        noise = torch.randn((b, r, a, mu.shape[-1]), dtype=mu.dtype, device=mu.device)
+        z_q = mu[:, None] + sigma[:, None] * noise  # [B, R, A, d], reparameterised (R = 1: the paper's draw)
         posterior = Normal(mu[ar, k], sigma[ar, k], validate_args=False)
-        logits = self.head(features, z_q[ar, 0, k][:, None])[:, 0]  # [B, R, A, d]: reparameterised
+        logits = self.head(features, z_q[ar, 0, k][:, None])[:, 0]
         return TrainOutput(
             logits=logits,
             target=masks[ar, k].unsqueeze(1).to(torch.float32),
