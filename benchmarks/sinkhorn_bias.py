@@ -41,7 +41,7 @@ def mean_divergence(scale: float, n: int, m: int, epsilon: float, dim: int, tria
     zero = torch.zeros(trials, dim, dtype=torch.float64)
     prior = Normal(zero, zero + scale)
     out = TrainOutput(logits=zero, target=zero, prior=prior, posterior=prior, posterior_samples=q, prior_samples=p,
-                      annotation_index=torch.zeros(trials, dtype=torch.long))
+                      annotation_index=torch.zeros(trials, dtype=torch.long), sample_blocks=2)
     values = reg(out)
     return float(values.mean()), float(values.std() / trials**0.5)
 

@@ -257,6 +257,9 @@ class TrainOutput:
         annotation_index: long [B], the annotation k reconstructed for each image.
         base_samples: [B, d] the base sample z_0 of the reconstructed annotation before a flow (None without one).
         log_det: [B] sum_k log|det J_k| of the flow (None without one).
+        sample_blocks: ``posterior_samples`` (and ``prior_samples``) hold this many independent draws of the same
+            layout, one after the other along S (SPU-Net: ``samples_per_annotation``; default 1); a regularizer
+            that splits the points into independent halves (``sinkhorn_correction = "split"``) needs it even.
     """
 
     logits: torch.Tensor
@@ -268,6 +271,7 @@ class TrainOutput:
     annotation_index: torch.Tensor
     base_samples: torch.Tensor | None = None
     log_det: torch.Tensor | None = None
+    sample_blocks: int = 1
 
 
     def float(self) -> TrainOutput:
@@ -283,6 +287,7 @@ class TrainOutput:
             posterior=Normal(f(self.posterior.loc), f(self.posterior.scale), validate_args=False),
             posterior_samples=f(self.posterior_samples), prior_samples=f(self.prior_samples),
             annotation_index=self.annotation_index, base_samples=f(self.base_samples), log_det=f(self.log_det),
+            sample_blocks=self.sample_blocks,
         )
 
 

@@ -17,15 +17,16 @@ from probseg_regularizers.sinkhorn import SinkhornDivergence
 SMALL = {"filters": "4,8,16", "convs_per_block": 2}
 
 
-def equal_gaussians(scale: float, n: int, trials: int, dim: int = 6, seed: int = 0) -> TrainOutput:
-    """``trials`` images whose posterior and prior are both N(0, scale^2 I): n independent points of each."""
+def equal_gaussians(scale: float, n: int, trials: int, dim: int = 6, seed: int = 0, blocks: int = 2) -> TrainOutput:
+    """``trials`` images whose posterior and prior are both N(0, scale^2 I): n independent points of each (i.i.d.,
+    so any split into ``blocks`` is a split into independent blocks)."""
     g = torch.Generator().manual_seed(seed)
     q = scale * torch.randn(trials, n, dim, generator=g, dtype=torch.float64)
     p = scale * torch.randn(trials, n, dim, generator=g, dtype=torch.float64)
     zero = torch.zeros(trials, dim, dtype=torch.float64)
     prior = Normal(zero, zero + scale)
     return TrainOutput(logits=zero, target=zero, prior=prior, posterior=prior, posterior_samples=q, prior_samples=p,
-                       annotation_index=torch.zeros(trials, dtype=torch.long))
+                       annotation_index=torch.zeros(trials, dtype=torch.long), sample_blocks=blocks)
 
 
 # ------------------------------------------------------------------------------------------------ the mechanism
@@ -70,6 +71,10 @@ def test_split_correction_refuses_sets_it_cannot_split():
     out = equal_gaussians(1.0, 3, 2)
     with pytest.raises(ProbsegError, match="even number"):
         SinkhornDivergence(sinkhorn_correction="split")(out)
+    # spunet's default layout (one sample of each of 4 annotations, one block): the halves would hold different
+    # annotations, so they are not identically distributed
+    with pytest.raises(ProbsegError, match="1 block"):
+        SinkhornDivergence(sinkhorn_correction="split")(equal_gaussians(1.0, 4, 2, blocks=1))
     with pytest.raises(ProbsegError, match="as many prior"):
         SinkhornDivergence(sinkhorn_correction="split", sinkhorn_prior_samples=16)(equal_gaussians(1.0, 4, 2))
     with pytest.raises(ProbsegError, match="sinkhorn_correction"):
@@ -118,7 +123,7 @@ def test_spunet_samples_per_annotation_lays_out_one_sample_of_every_annotation_p
     for a in range(4):
         y[:, a, : 2 * (a + 1)] = 1  # annotation a covers 2(a+1) rows: distinct foreground fractions
     out = model(x, y)
-    assert out.posterior_samples.shape == out.prior_samples.shape == (2, 8, 3)
+    assert out.posterior_samples.shape == out.prior_samples.shape == (2, 8, 3) and out.sample_blocks == 2
     z = out.posterior_samples[..., 0]
     expected = torch.tensor([2 * (a + 1) / 16 for a in range(4)])
     torch.testing.assert_close(z[:, :4], expected.expand(2, 4), atol=1e-4, rtol=0)
@@ -130,7 +135,7 @@ def test_spunet_samples_per_annotation_lays_out_one_sample_of_every_annotation_p
 def test_spunet_default_is_the_papers_one_sample_per_annotation():
     out = SinkhornProbabilisticUNet(latent_dim=3, **SMALL)(torch.rand(2, 1, 16, 16),
                                                              torch.ones(2, 4, 16, 16, dtype=torch.uint8))
-    assert out.posterior_samples.shape == out.prior_samples.shape == (2, 4, 3)
+    assert out.posterior_samples.shape == out.prior_samples.shape == (2, 4, 3) and out.sample_blocks == 1
 
 
 # ------------------------------------------------------------------------------------------------ the diagnostic

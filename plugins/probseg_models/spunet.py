@@ -57,4 +57,5 @@ class SinkhornProbabilisticUNet(ProbabilisticUNet):
             posterior_samples=z_q.reshape(b, r * a, -1),
             prior_samples=prior.rsample((r * a,)).transpose(0, 1),
             annotation_index=k,
+            sample_blocks=r,
         )

@@ -31,8 +31,9 @@ class SinkhornDivergence:
       the plain estimator rewards shrinking every latent sigma (the collapse). With the posterior and prior sets
       each split into halves (q1, q2), (p1, p2) of equal size, the term becomes
       ``(S(q1, p1) + S(q2, p2)) / 2 - S(q1, q2) / 2 - S(p1, p2) / 2``, whose expectation is 0 when q = p
-      whatever the scale (it can be negative on one draw). Needs as many prior as posterior samples, an even
-      number (SPU-Net: ``samples_per_annotation`` >= 2).
+      whatever the scale (it can be negative on one draw). The halves must be identically distributed: it needs
+      an even number of independent sample blocks (``out.sample_blocks``; SPU-Net: ``samples_per_annotation``
+      2, 4, ...) and as many prior as posterior samples.
 
     Raises:
         ProbsegError: epsilon <= 0, p not in {1, 2}, a negative prior-sample count, an unknown correction, or
@@ -73,11 +74,11 @@ class SinkhornDivergence:
         if self.correction == "none":
             return self.loss(q, p)
         s, m = q.shape[1], p.shape[1]
-        if s != m or s < 2 or s % 2:
+        if out.sample_blocks % 2 or s != m or s % 2:
             raise ProbsegError(
-                f"sinkhorn_correction 'split': needs an even number >= 2 of posterior samples and as many prior "
-                f"samples, got {s} posterior and {m} prior samples per image (SPU-Net: set "
-                "samples_per_annotation >= 2 and leave sinkhorn_prior_samples at 0)"
+                "sinkhorn_correction 'split': needs posterior samples in an even number of independent blocks and "
+                f"as many prior samples; got {out.sample_blocks} block(s) of {s} posterior samples and {m} prior "
+                "samples per image (spunet: --hp samples_per_annotation=2 or 4, and sinkhorn_prior_samples 0)"
             )
         h = s // 2
         q1, q2, p1, p2 = q[:, :h], q[:, h:], p[:, :h], p[:, h:]
