@@ -59,18 +59,19 @@ def main(argv: list[str] | None = None) -> None:
     grid += [(1.0, 4, m, 0.0025) for m in (16, 64)]
     grid += [(1.0, 4, 4, eps) for eps in (0.05, 0.5, 5.0)]
     print(f"S_eps between independent samples of the same N(0, s^2 I_{args.dim}), mean over {args.trials} draws")
-    print(f"{'s':>5} {'n post':>6} {'m prior':>7} {'eps':>7} | {'E[S]':>8} {'E[S]/s^2':>9} | corrected E / s^2")
+    print(f"{'s':>5} {'n post':>6} {'m prior':>7} {'eps':>7} | {'E[S]':>8} {'E[S]/s^2':>9} | "
+          "split-corrected E / s^2 ± 2 s.e. (only where n = m)")
     for s, n, m, eps in grid:
         plain, plain_se = mean_divergence(s, n, m, eps, args.dim, args.trials, "none", g)
         if n == m and n % 2 == 0:
             corr, corr_se = mean_divergence(s, n, m, eps, args.dim, args.trials, "split", g)
         else:
-            corr, corr_se = float("nan"), float("nan")
+            corr, corr_se = None, None
         rows.append({"scale": s, "n_posterior": n, "n_prior": m, "epsilon": eps, "mean": plain, "se": plain_se,
                      "mean_over_s2": plain / s**2, "corrected_mean": corr, "corrected_se": corr_se,
-                     "corrected_over_s2": corr / s**2})
-        print(f"{s:5.1f} {n:6d} {m:7d} {eps:7.4f} | {plain:8.4f} {plain / s**2:9.4f} | "
-              f"{corr / s**2:+.4f} ± {2 * corr_se / s**2:.4f}")
+                     "corrected_over_s2": None if corr is None else corr / s**2})
+        corrected = "" if corr is None or corr_se is None else f"{corr / s**2:+.4f} ± {2 * corr_se / s**2:.4f}"
+        print(f"{s:5.1f} {n:6d} {m:7d} {eps:7.4f} | {plain:8.4f} {plain / s**2:9.4f} | {corrected}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"dim": args.dim, "trials": args.trials, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.output}")

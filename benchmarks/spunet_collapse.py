@@ -71,7 +71,7 @@ CONFIGS = [
     Config("spunet-split-128", "spunet", FIX2, dataset_params={"size": 128}, note="128 x 128 images"),
     Config("punet-128", "punet", dataset_params={"size": 128}, note="128 x 128 images"),
     Config("spunet-lidc-paper", "spunet", dataset="lidc-sample", preset="paper",
-           note="lidc-sample, paper protocol (128 x 128, full width, 200 epochs of batch 32)"),
+           note="paper protocol: 128 x 128, full width, 200 epochs of one batch (22 training images < 32)"),
     Config("spunet-split-lidc-paper", "spunet", FIX2, dataset="lidc-sample", preset="paper",
            note="lidc-sample, paper protocol"),
     Config("punet-lidc-paper", "punet", dataset="lidc-sample", preset="paper", note="lidc-sample, paper protocol"),
@@ -120,7 +120,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.list:
         for c in CONFIGS:
-            print(f"{c.name:22s} {c.model:9s} {c.hp or ''} {c.dataset_params or ''} {c.protocol or ''} {c.note}")
+            changed = ", ".join([f"{k}={v}" for d in (c.hp, c.dataset_params, c.protocol) for k, v in d.items()]
+                                + ([f"seed={c.seed}"] if c.seed else []))
+            note = f" - {c.note}" if c.note else ""
+            print(f"{c.name:32s} {c.dataset:12s} {c.preset:6s} {changed or 'defaults'}{note}")
         return
     chosen = [c for c in CONFIGS if args.configs is None or c.name in args.configs]
     unknown = set(args.configs or ()) - {c.name for c in CONFIGS}

@@ -36,9 +36,9 @@ def print_rows(rows: list[LeaderboardRow], fmt: str, pivot: bool = False, test_m
     out = render(rows, fmt, pivot, test_metric, reference)
     if isinstance(out, str):
         print(out, end="")
-    elif reference is not None and not console.is_terminal:
-        # reference columns (and footnotes) are wider than the 160 columns used for pipes and files: print them at
-        # their natural width rather than wrapping every cell
+    elif not console.is_terminal:
+        # labels with hyperparameters and reference columns are wider than the 160 columns used for pipes and
+        # files: print them at their natural width rather than cutting or wrapping cells
         width = console.width
         console.width = max(width, console.measure(out, options=console.options.update_width(10_000)).maximum)
         try:
@@ -48,7 +48,8 @@ def print_rows(rows: list[LeaderboardRow], fmt: str, pivot: bool = False, test_m
     else:
         console.print(out)
     for row in rows:
-        warning = collapse_warning(row.label, row.mean["sample_diversity"], row.mean["annotator_diversity"])
+        label = f"{row.label} on {row.dataset_label}, d={row.latent_dim}, {row.preset}"
+        warning = collapse_warning(label, row.mean["sample_diversity"], row.mean["annotator_diversity"])
         if warning is not None:
             err_console.print(warning, highlight=False, markup=False, soft_wrap=True)
     gap = reference_gap(rows, reference)
