@@ -39,6 +39,7 @@ import numpy as np
 
 from probseg_bench.api import KnownDistribution
 from probseg_bench.comparison import PairedComparison, compare_pair, holm
+from probseg_bench.data.crop import crop_window
 from probseg_bench.errors import ProbsegError
 from probseg_bench.experiment import RunRequest
 from probseg_bench.plugins import Plugins, get_plugins
@@ -222,8 +223,8 @@ def _support(truth: KnownDistribution, index: int, params: Mapping[str, Any],
     support, probs = truth.true_distribution(index, **params)
     if crop is not None:  # the run's protocol cropped the images: crop the true masks alike
         h, w = support.shape[-2:]
-        top, left = max(h - crop, 0) // 2, max(w - crop, 0) // 2
-        support = support[:, top : top + min(h, crop), left : left + min(w, crop)]
+        rows, cols = crop_window(h, w, int(crop))
+        support = support[:, rows, cols]
     return np.asarray(support, dtype=bool), np.asarray(probs, dtype=np.float64)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,21 @@ def tiny_preset(monkeypatch: pytest.MonkeyPatch) -> str:
                augment=True, n_eval_samples=4),
     )
     return "tiny"
+
+
+@pytest.fixture
+def run_main(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str, str]]:
+    """Run the console entry point ``probseg-bench ARGS`` in-process: ``run_main(*args) -> (exit code, stdout,
+    stderr)``, exactly as the installed script (typer's exception handling, ``sys.exit``)."""
+    from probseg_bench.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["probseg-bench", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        out, err = capsys.readouterr()
+        return int(exit_info.value.code or 0), out, err
+
+    return run

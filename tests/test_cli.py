@@ -9,18 +9,10 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from probseg_bench.cli import app, main
+from probseg_bench.cli import app
 from probseg_bench.results import ResultsStore
 
 SMALL = ["--hp", "filters=4,8", "--hp", "convs_per_block=1"]
-
-
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["probseg-bench", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 @pytest.mark.parametrize(
@@ -46,9 +38,9 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
         (["leaderboard", "--format", "xml"], "--format"),
     ],
 )
-def test_bad_arguments_give_one_line_and_exit_2(monkeypatch, capsys, tmp_path, args, expected):
+def test_bad_arguments_give_one_line_and_exit_2(monkeypatch, run_main, tmp_path, args, expected):
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_main(monkeypatch, capsys, *args)
+    code, _, err = run_main(*args)
     assert code == 2
     assert expected in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -133,7 +125,7 @@ def write_folder_case(root, case: str, mask_values=(0, 255)) -> None:
         (lambda root: None, "needs --data-root"),
     ],
 )
-def test_bad_dataset_files_exit_2_with_one_line_and_store_nothing(monkeypatch, capsys, tmp_path, damage, message):
+def test_bad_dataset_files_exit_2_with_one_line_and_store_nothing(monkeypatch, run_main, tmp_path, damage, message):
     root = tmp_path / "cases"
     for i in range(6):
         write_folder_case(root, f"c{i}")
@@ -142,8 +134,8 @@ def test_bad_dataset_files_exit_2_with_one_line_and_store_nothing(monkeypatch, c
     args = ["run", "--model", "punet", "--dataset", "folder"]
     if message != "needs --data-root":
         args += ["--data-root", str(root)]
-    code, _, err = run_main(monkeypatch, capsys, *args)
+    code, _, err = run_main(*args)
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
     assert ResultsStore().records() == []
-    code, _, err = run_main(monkeypatch, capsys, "data", "verify", "folder", *args[5:])
+    code, _, err = run_main("data", "verify", "folder", *args[5:])
     assert code == 2 and message in err

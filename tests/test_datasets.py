@@ -95,3 +95,11 @@ def test_reader_refuses_an_empty_or_missing_folder(tmp_path):
         read_cimd_folder(tmp_path)
     with pytest.raises(ProbsegError, match="not a folder"):
         read_cimd_folder(tmp_path / "nope")
+
+
+def test_crop_window_hand_values():
+    from probseg_bench.data.crop import crop_window
+
+    assert crop_window(5, 3, 2) == (slice(1, 3), slice(0, 2))  # (5 - 2) // 2 = 1, (3 - 2) // 2 = 0
+    assert crop_window(128, 128, 32) == (slice(48, 80), slice(48, 80))
+    assert crop_window(2, 6, 4) == (slice(0, 2), slice(1, 5))  # a side shorter than the window is kept whole

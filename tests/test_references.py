@@ -11,7 +11,6 @@ import json
 import pickle
 import shlex
 import shutil
-import sys
 import tomllib
 from dataclasses import asdict
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from probseg_bench.cli import app, main
+from probseg_bench.cli import app
 from probseg_bench.errors import ProbsegError
 from probseg_bench.leaderboard import build_leaderboard, match_reference, render, signed
 from probseg_bench.references import REFERENCES, get_reference, load_reference_text
@@ -339,22 +338,14 @@ def test_no_matching_row_says_so_in_one_line(store, fmt, pivot):
         assert next(csv.DictReader(io.StringIO(out.stdout)))["dataset"] == "lidc-sample"
 
 
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["probseg-bench", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
-
-
 @pytest.mark.parametrize("args", [
     ["leaderboard", "--reference", "papr"],
     ["leaderboard", "--reference", "table2", "--pivot", "--format", "json"],
     ["run", "--model", "punet", "--dataset", "lidc-sample", "--reference", "papr"],  # refused before training
 ])
-def test_unknown_reference_exits_2_with_one_line(monkeypatch, capsys, tmp_path, args):
+def test_unknown_reference_exits_2_with_one_line(monkeypatch, run_main, tmp_path, args):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_main(monkeypatch, capsys, *args)
+    code, out, err = run_main(*args)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     name = args[args.index("--reference") + 1]
     assert f"error: unknown reference '{name}'" in err and "known references: paper" in err
