@@ -87,7 +87,9 @@ def analyze(run: LoadedRun, out_dir: Path, command: str, n_samples: int | None =
             "config": rec.config_hash, "best epoch": rec.best_epoch, "test images": len(test),
             "checkpoint": rec.checkpoint}
     diversity = [rec.metrics.get(k) for k in ("sample_diversity", "annotator_diversity")]
-    collapse = collapse_warning(f"{rec.model} fold {rec.fold}", *(np.nan if v is None else float(v) for v in diversity))
+    variant = f" ({rec.variant})" if rec.variant else ""
+    who = f"{rec.model}{variant} on {rec.dataset}, d={rec.latent_dim}, fold {rec.fold}"
+    collapse = collapse_warning(f"{who}, {rec.preset}", *(np.nan if v is None else float(v) for v in diversity))
     warnings = [collapse] if collapse is not None else []
     report = write_report(out_dir, f"probseg-bench analysis: {label}", command, dict(rec.metrics), info, saved,
                           warnings)
