@@ -60,14 +60,19 @@ class RunRequest:
     protocol_overrides: Mapping[str, Any] = field(default_factory=dict)
     run_dir: Path = Path("probseg-runs")
 
-    def variant(self) -> str:
-        """A short label of what the user changed from the model's defaults (``--regularizer``, ``--hp``), e.g.
-        ``"regularizer=mmd, beta=50"``, or ``variant_name`` when set (``run --params FILE`` sets
-        ``params=FILE``); empty for the defaults. Shown beside the model in the leaderboard."""
+    def variant(self, with_protocol: bool = True) -> str:
+        """A short label of what the user changed from the model's and the preset's defaults (``--regularizer``,
+        ``--hp``, then the protocol overrides such as ``--epochs``), e.g. ``"regularizer=mmd, beta=50, epochs=2"``;
+        ``variant_name`` replaces the first part when set (``run --params FILE`` sets ``params=FILE``); empty for
+        the defaults (``with_protocol=False``: without the protocol overrides). Shown beside the model in the
+        leaderboard; a run with a non-empty variant is never paired with a published value."""
         if self.variant_name is not None:
-            return self.variant_name
-        parts = [f"regularizer={self.regularizer}"] if self.regularizer else []
-        parts += [f"{k}={v}" for k, v in sorted(self.hyperparameters.items())]
+            parts = [self.variant_name]
+        else:
+            parts = [f"regularizer={self.regularizer}"] if self.regularizer else []
+            parts += [f"{k}={v}" for k, v in sorted(self.hyperparameters.items())]
+        if with_protocol:
+            parts += [f"{k}={v}" for k, v in sorted(self.protocol_overrides.items())]
         return ", ".join(parts)
 
 

@@ -44,6 +44,9 @@ DIVERSITY_METRICS: tuple[tuple[str, str], ...] = (
     ("annotator_diversity", "annotator div."),
 )
 FORMATS = ("table", "markdown", "csv", "json", "latex")
+CONFIG_PREFIX = 8  # characters of the configuration hash shown in tables (select with --config-hash PREFIX)
+PARTIAL_NOTE = ("folds k/n: a partial row (run with --fold), never in bold while a row of the same dataset and "
+                "preset has every fold")
 
 
 @dataclass
@@ -59,6 +62,7 @@ class LeaderboardRow:
     seed: int
     config: str
     folds: int
+    expected_folds: int
     n_test: int
     mean: dict[str, float]
     std: dict[str, float | None]
@@ -68,21 +72,37 @@ class LeaderboardRow:
 
     @property
     def label(self) -> str:
-        """The model name with its variant, e.g. ``spunet (regularizer=mmd)``."""
-        return f"{self.model} ({self.variant})" if self.variant else self.model
+        """The model name with what differs from its and the preset's defaults (the variant, and the seed when
+        not 0), e.g. ``spunet (regularizer=mmd)``, ``spunet (epochs=2, seed=1)``."""
+        parts = [self.variant] if self.variant else []
+        if self.seed != 0:
+            parts.append(f"seed={self.seed}")
+        return f"{self.model} ({', '.join(parts)})" if parts else self.model
+
+    @property
+    def partial(self) -> bool:
+        """Whether the row has fewer folds than its protocol (a run with ``--fold``)."""
+        return self.folds < self.expected_folds
+
+    @property
+    def folds_label(self) -> str:
+        """``"3"`` for a complete row, ``"1/3"`` for a partial one."""
+        return f"{self.folds}/{self.expected_folds}" if self.partial else str(self.folds)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form: model, dataset, latent_dim, folds, <m>_mean, <m>_std (the ranked metrics and the
-        sample / annotator diversity), plus dataset_label, variant, preset, seed, config, n_test, best (the
-        metrics this row is best at) and p_vs_best."""
+        sample / annotator diversity), plus label (model with variant and seed), dataset_label, variant, preset,
+        seed, config (the full configuration hash), expected_folds, partial, n_test, best (the metrics this row is
+        best at) and p_vs_best."""
         out: dict[str, Any] = {
             "model": self.model, "dataset": self.dataset, "latent_dim": self.latent_dim, "folds": self.folds,
         }
         for key in [k for k, _, _ in RANKED_METRICS] + [k for k, _ in DIVERSITY_METRICS]:
             out[f"{key}_mean"] = self.mean[key] if math.isfinite(self.mean[key]) else None
             out[f"{key}_std"] = self.std[key]
-        out.update(dataset_label=self.dataset_label, variant=self.variant, preset=self.preset, seed=self.seed,
-                   config=self.config, n_test=self.n_test, best=sorted(self.best), p_vs_best=self.p_vs_best)
+        out.update(label=self.label, dataset_label=self.dataset_label, variant=self.variant, preset=self.preset,
+                   seed=self.seed, config=self.config, expected_folds=self.expected_folds, partial=self.partial,
+                   n_test=self.n_test, best=sorted(self.best), p_vs_best=self.p_vs_best)
         return out
 
 
@@ -120,20 +140,24 @@ def build_leaderboard(records: list[FoldRecord], test_metric: str = "ewd") -> li
         rows.append(LeaderboardRow(
             model=model, dataset=dataset, dataset_label=dataset_label(recs[0]), latent_dim=d,
             variant=recs[0].variant, preset=recs[0].preset, seed=recs[0].seed, config=config, folds=len(recs),
-            n_test=len(recs[0].test_ids), mean=mean, std=std, records=recs,
+            expected_folds=int(recs[0].protocol.get("n_folds", len(recs))), n_test=len(recs[0].test_ids),
+            mean=mean, std=std, records=recs,
         ))
     pools: dict[tuple[str, str], list[LeaderboardRow]] = {}
     for row in rows:
         pools.setdefault((row.dataset_label, row.preset), []).append(row)
     for pool in pools.values():
+        ranked = [row for row in pool if not row.partial] or pool  # partial rows only when nothing is complete
         for key, _, higher in RANKED_METRICS:
-            target = (max if higher else min)(row.mean[key] for row in pool)
-            for row in pool:
+            target = (max if higher else min)(row.mean[key] for row in ranked)
+            for row in ranked:
                 if math.isclose(row.mean[key], target, rel_tol=0, abs_tol=1e-12):
                     row.best.add(key)
-        best = next(row for row in pool if test_metric in row.best)
+        best = next(row for row in ranked if test_metric in row.best)
+        best_folds = {r.fold for r in best.records}
         paired = [row for row in pool if row is not best
-                  and {r.split_hash for r in row.records} == {r.split_hash for r in best.records}]
+                  and {r.split_hash for r in row.records} == {r.split_hash for r in best.records}
+                  and best_folds & {r.fold for r in row.records}]
         p_values = [paired_p_value(row.records, best.records, test_metric) for row in paired]
         for row, p in zip(paired, holm(p_values), strict=True):
             row.p_vs_best = p
@@ -204,7 +228,7 @@ def leaderboard_table(rows: list[LeaderboardRow], test_metric: str = "ewd",
     """The standard leaderboard layout. With ``reference``: after the EWD and ER columns, the published value
     ("EWD (paper)", mean ± std as printed) and the difference ("Δ EWD", measured − published, signed), empty
     for rows without a published value (:func:`match_reference`)."""
-    header = ["dataset", "model", "d", "preset", "folds", "test images"]
+    header = ["dataset", "model", "d", "preset", "config", "folds", "test images"]
     for key, label, higher in RANKED_METRICS:
         header.append(f"{label} {'↑' if higher else '↓'}")
         if reference is not None and key in DELTA_DECIMALS:
@@ -213,7 +237,8 @@ def leaderboard_table(rows: list[LeaderboardRow], test_metric: str = "ewd",
     header.append(f"p vs best ({test_metric})")
     body, bold = [], []
     for r in rows:
-        cells = [r.dataset_label, r.label, str(r.latent_dim), r.preset, str(r.folds), str(r.n_test)]
+        cells = [r.dataset_label, r.label, str(r.latent_dim), r.preset, r.config[:CONFIG_PREFIX], r.folds_label,
+                 str(r.n_test)]
         flags = [False] * len(cells)
         value = match_reference(r, reference)
         for key, _, _ in RANKED_METRICS:
@@ -238,6 +263,8 @@ def leaderboard_table(rows: list[LeaderboardRow], test_metric: str = "ewd",
                "mean 1 - IoU over distinct pairs of a test image's samples / annotations (not ranked); p: "
                "Wilcoxon signed-rank over test images vs. the best row, Holm-corrected")
     notes = reference.footnotes() if reference is not None else []
+    if any(r.partial for r in rows):
+        notes = [PARTIAL_NOTE, *notes]
     return Table("probseg-bench leaderboard", header, body, bold, caption, notes)
 
 
@@ -268,8 +295,9 @@ def pivot_table(rows: list[LeaderboardRow], metric: str = "ewd", extra: str = "e
         slot = cells.setdefault((r.dataset_label, r.preset, r.label), {})
         if r.latent_dim in slot:
             raise ProbsegError(
-                f"--pivot: {r.label} on {r.dataset_label} has several configurations at d={r.latent_dim}; "
-                "filter with --model / --preset"
+                f"--pivot: {r.label} on {r.dataset_label} has several configurations at d={r.latent_dim} (config "
+                f"{slot[r.latent_dim].config[:CONFIG_PREFIX]}, {r.config[:CONFIG_PREFIX]}): choose one with "
+                "--config-hash PREFIX"
             )
         slot[r.latent_dim] = r
     body, bold = [], []

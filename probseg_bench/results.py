@@ -241,3 +241,23 @@ class ResultsStore:
             rows = conn.execute(query).scalars().all()
         records = [FoldRecord(**json.loads(r)) for r in rows]
         return records if include_failed else [r for r in records if r.status == "ok"]
+
+
+def select_configurations(records: list[FoldRecord], config_hashes: Iterable[str] = (),
+                          presets: Iterable[str] = ()) -> list[FoldRecord]:
+    """The records whose configuration hash starts with one of ``config_hashes`` (prefixes, as the leaderboard's
+    config column shows them) and whose preset is one of ``presets``; an empty filter keeps everything.
+
+    Raises:
+        ProbsegError: a prefix that matches no stored configuration (the message lists the stored ones).
+    """
+    prefixes, wanted = [p.strip().lower() for p in config_hashes], set(presets)
+    kept = [r for r in records if not wanted or r.preset in wanted]
+    if not prefixes:
+        return kept
+    for prefix in prefixes:
+        if not prefix or not any(r.config_hash.startswith(prefix) for r in kept):
+            stored = sorted({(r.config_hash[:8], r.model, r.dataset, r.preset) for r in kept})
+            listing = "; ".join(f"{h} ({m} on {d}, {p})" for h, m, d, p in stored) or "none"
+            raise ProbsegError(f"--config-hash {prefix!r}: no stored configuration starts with it; stored: {listing}")
+    return [r for r in kept if any(r.config_hash.startswith(p) for p in prefixes)]

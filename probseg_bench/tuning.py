@@ -12,11 +12,16 @@ leaderboard (16 prior samples per image), or ``val_loss``. Every epoch the objec
 (``trial.report`` / ``trial.should_prune``). The test split is never used. All objectives are minimised.
 
 Studies live in the results storage (a SQLite file by default, any SQLAlchemy URL): rerunning the command
-resumes the study, and several processes or machines on one storage cooperate on one study.
+resumes the study, and several processes or machines on one storage cooperate on one study. A study is bound to
+the settings its trials were scored under (:func:`study_settings`: model, dataset and its parameters, latent dim,
+fold, seed, preset and protocol overrides, the resolved protocol, split, objective, fixed hyperparameters);
+resuming it with other settings is refused (:func:`bind_study`), and the parameters TOML carries them, so that
+``run --params`` trains under the protocol the parameters were tuned for.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -151,6 +156,87 @@ def _open_rdb_storage(optuna: Any, url: str, storage: str, engine_kwargs: dict[s
         raise ProbsegError(f"--storage {storage!r}: cannot open it for Optuna ({exc})") from None
 
 
+SETTINGS_ATTR = "probseg_settings"
+
+
+def study_settings(experiment: Experiment, objective: str, fixed: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything that changes a trial's score besides the searched values (JSON-able): model, dataset,
+    dataset_params (resolved), latent_dim, fold, seed, preset, protocol_overrides, protocol (resolved), split
+    (hash), objective and fixed (the ``--fix`` values, resolved)."""
+    r = experiment.request
+    model_hp, reg_hp = experiment.hyperparameters(fixed)
+    resolved = {**{k: v for hp in reg_hp.values() for k, v in hp.items()}, **model_hp}
+    return json.loads(json.dumps({
+        "model": r.model, "dataset": r.dataset, "dataset_params": experiment.dataset_params,
+        "latent_dim": r.latent_dims[0], "fold": (r.folds or (0,))[0], "seed": r.seed, "preset": r.preset,
+        "protocol_overrides": dict(r.protocol_overrides), "protocol": experiment.protocol_settings(),
+        "split": experiment.splits.split_hash, "objective": objective,
+        "fixed": {k: resolved[k] for k in sorted(fixed)},
+    }, default=str))
+
+
+def describe_settings(settings: Mapping[str, Any]) -> str:
+    """One line, e.g. ``punet on synthetic (n_images=40), d=2, fold 0, seed 0, preset quick (epochs=4), val_ewd,
+    fixed filters=4,8``."""
+    params = ", ".join(f"{k}={v}" for k, v in sorted(settings.get("dataset_params", {}).items()))
+    overrides = ", ".join(f"{k}={v}" for k, v in sorted(settings.get("protocol_overrides", {}).items()))
+    fixed = ", ".join(f"{k}={v}" for k, v in settings.get("fixed", {}).items())
+    return (f"{settings.get('model')} on {settings.get('dataset')}{f' ({params})' if params else ''}, "
+            f"d={settings.get('latent_dim')}, fold {settings.get('fold')}, seed {settings.get('seed')}, preset "
+            f"{settings.get('preset')}{f' ({overrides})' if overrides else ''}, {settings.get('objective')}"
+            f"{f', fixed {fixed}' if fixed else ''}")
+
+
+def _differences(old: Any, new: Any, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new)) for d in _differences(old.get(k), new.get(k), f"{path}{k}.")]
+    return [] if old == new else [f"{path.rstrip('.')} {old!r} -> {new!r}"]
+
+
+def bind_study(study: Any, settings: Mapping[str, Any]) -> None:
+    """Record ``settings`` in a new study; check a resumed study was made with the same ones.
+
+    A study of an older version without recorded settings is bound to ``settings`` now.
+
+    Raises:
+        ProbsegError: the study was made with other settings (the message names each difference).
+    """
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if stored is None:
+        study.set_user_attr(SETTINGS_ATTR, dict(settings))
+        return
+    changed = _differences(stored, dict(settings))
+    if changed:
+        raise ProbsegError(
+            f"study '{study.study_name}' was made under other settings ({'; '.join(changed)}); its trials would be "
+            "ranked with trials scored differently: rerun with the study's settings to resume it, or give "
+            "--study NAME for a new study"
+        )
+
+
+def study_verdict(study: Any, objective: str) -> str | None:
+    """A line when the study cannot name a best trial meaningfully: every trial failed or was pruned, or every
+    complete trial (at least two) scored the same; None otherwise (also for a study without trials)."""
+    import optuna
+
+    trials = study.get_trials(deepcopy=False)
+    state = optuna.trial.TrialState
+    done = [t for t in trials if t.state == state.COMPLETE]
+    failed = sum(t.state == state.FAIL for t in trials)
+    pruned = sum(t.state == state.PRUNED for t in trials)
+    if trials and not done:
+        if failed == len(trials):
+            return f"all {failed} trial(s) failed"
+        if pruned == len(trials):
+            return f"all {pruned} trial(s) were pruned"
+        return f"no trial completed ({failed} failed, {pruned} pruned)"
+    values = [t.value for t in done]
+    if len(done) >= 2 and max(values) - min(values) <= 1e-9 * max(1.0, abs(values[0])):
+        return (f"all {len(done)} complete trials scored {objective} {values[0]:.4f}: the study learned nothing "
+                "(the searched hyperparameters made no difference; e.g. train longer or widen the ranges)")
+    return None
+
+
 def make_objective(
     experiment: Experiment, space: Sequence[SearchParameter], fixed: Mapping[str, Any], objective: str,
     fold: int, latent_dim: int, on_trial: Callable[[int, dict[str, Any]], Any] | None = None,
@@ -214,17 +300,30 @@ class TuneJob:
     fixed: tuple[tuple[str, Any], ...] = ()
 
 
+def prepare_study(job: TuneJob, seed: int) -> tuple[Experiment, Any, list[SearchParameter]]:
+    """Prepare the experiment, check the search space and the fixed values, open the study and bind it to the
+    job's settings (:func:`bind_study`).
+
+    Raises:
+        ProbsegError: bad request, search space or fixed value; a study made under other settings.
+    """
+    experiment = Experiment.prepare(job.request)
+    fixed = dict(job.fixed)
+    space = search_space(experiment, job.ranges, fixed)
+    settings = study_settings(experiment, job.objective, fixed)  # a bad --fix value fails here
+    study = open_study(job.study, job.storage, seed)
+    bind_study(study, settings)
+    return experiment, study, space
+
+
 def optimize(job: TuneJob, trials: int, seed: int, on_trial: Callable[[int, dict[str, Any]], Any] | None = None,
              on_start: Callable[[Any, list[SearchParameter]], Any] | None = None) -> Any:
     """Prepare the experiment, open the study and run ``trials`` trials in this process; returns the study.
     Diverging trials are recorded as failed (their reason in the trial's ``failure`` attribute)."""
     from probseg_bench.training import TrainingDivergedError
 
-    experiment = Experiment.prepare(job.request)
+    experiment, study, space = prepare_study(job, seed)
     fixed = dict(job.fixed)
-    space = search_space(experiment, job.ranges, fixed)
-    experiment.hyperparameters(fixed)  # a bad --fix value fails before the first trial
-    study = open_study(job.study, job.storage, seed)
     if on_start is not None:
         on_start(study, space)
     fold, latent_dim = (job.request.folds or (0,))[0], job.request.latent_dims[0]
@@ -251,7 +350,7 @@ def optimize_on_ray(job: TuneJob, trials: int, seed: int, workers: int, address:
             torch.set_num_threads(1)
             return len(optimize(job, trials, seed).trials)
 
-    open_study(job.study, job.storage, seed)  # schema and study exist before the workers race to open them
+    prepare_study(job, seed)  # schema, study and its settings exist before the workers race to open them
     gpu = job.request.device.startswith("cuda")
     shares = [n for n in (trials // workers + (1 if i < trials % workers else 0) for i in range(workers)) if n]
     with ray_session(address):
@@ -264,23 +363,55 @@ def optimize_on_ray(job: TuneJob, trials: int, seed: int, workers: int, address:
     return trials
 
 
-def write_params(path: Path, model: str, dataset: str, study: str, objective: str, trial: Any) -> Path:
-    """Write a trial's parameters as the TOML that ``run --params`` reads (model, dataset, [hyperparameters])."""
+def write_params(path: Path, settings: Mapping[str, Any], study: str, trial: Any) -> Path:
+    """Write a trial's parameters as the TOML that ``run --params`` reads: model, dataset, study, the
+    [hyperparameters] (searched and fixed) and the [protocol] they were tuned under (preset, its overrides, the
+    dataset parameters, latent dim, fold, seed, objective)."""
+    objective = settings["objective"]
     lines = [
         f"# probseg-bench tune: study {study!r}, trial {trial.number}, {objective} = {trial.value:.6g}",
-        f'model = "{model}"', f'dataset = "{dataset}"', f'study = "{study}"', "", "[hyperparameters]",
+        f"# tuned under: {describe_settings(settings)}",
+        f"model = {_toml(settings['model'])}", f"dataset = {_toml(settings['dataset'])}", f"study = {_toml(study)}",
+        "", "[hyperparameters]",
     ]
-    for name, value in sorted(trial.params.items()):
-        lines.append(f'{name} = "{value}"' if isinstance(value, str) else f"{name} = {value!r}")
+    values = {**settings.get("fixed", {}), **trial.params}
+    lines += [f"{name} = {_toml(value)}" for name, value in sorted(values.items())]
+    lines += ["", "[protocol]", f"preset = {_toml(settings['preset'])}", f"latent_dim = {settings['latent_dim']}",
+              f"fold = {settings['fold']}", f"seed = {settings['seed']}", f"objective = {_toml(objective)}",
+              "", "[protocol.overrides]"]
+    lines += [f"{k} = {_toml(v)}" for k, v in sorted(settings.get("protocol_overrides", {}).items())]
+    lines += ["", "[protocol.dataset_params]"]
+    lines += [f"{k} = {_toml(v)}" for k, v in sorted(settings.get("dataset_params", {}).items())]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def read_params(path: Path) -> tuple[str | None, dict[str, Any]]:
-    """``run --params FILE``: (the model the file was tuned for, its hyperparameters).
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string
+
+
+@dataclass(frozen=True)
+class TunedParams:
+    """A ``tune`` parameters TOML: the model it was tuned for, its hyperparameters, and the protocol they were
+    tuned under (None for a file of an older version without a [protocol] table)."""
+
+    model: str | None
+    dataset: str | None
+    hyperparameters: dict[str, Any]
+    preset: str | None = None
+    protocol_overrides: dict[str, Any] | None = None
+    dataset_params: dict[str, Any] | None = None
+
+
+def read_params(path: Path) -> TunedParams:
+    """``run --params FILE``.
 
     Raises:
-        ProbsegError: unreadable TOML, or no [hyperparameters] table.
+        ProbsegError: unreadable TOML, no [hyperparameters] table, a malformed [protocol] table.
     """
     import tomllib
 
@@ -293,8 +424,19 @@ def read_params(path: Path) -> tuple[str | None, dict[str, Any]]:
     params = raw.get("hyperparameters")
     if not isinstance(params, dict) or not params:
         raise ProbsegError(f"{path}: expected a [hyperparameters] table")
-    return raw.get("model"), dict(params)
+    protocol = raw.get("protocol")
+    if protocol is None:
+        return TunedParams(raw.get("model"), raw.get("dataset"), dict(params))
+    overrides = protocol.get("overrides", {}) if isinstance(protocol, dict) else None
+    dataset_params = protocol.get("dataset_params", {}) if isinstance(protocol, dict) else None
+    if (not isinstance(protocol, dict) or not isinstance(protocol.get("preset"), str)
+            or not isinstance(overrides, dict) or not isinstance(dataset_params, dict)):
+        raise ProbsegError(f"{path}: [protocol] expects preset = \"NAME\" and the tables [protocol.overrides], "
+                           "[protocol.dataset_params]")
+    return TunedParams(raw.get("model"), raw.get("dataset"), dict(params), protocol["preset"], dict(overrides),
+                       dict(dataset_params))
 
 
-__all__ = ["OBJECTIVES", "RunRequest", "SearchParameter", "TuneJob", "default_study_name", "make_objective",
-           "open_study", "optimize", "optimize_on_ray", "parse_range", "read_params", "search_space", "write_params"]
+__all__ = ["OBJECTIVES", "RunRequest", "SearchParameter", "TuneJob", "TunedParams", "bind_study", "default_study_name",
+           "describe_settings", "make_objective", "open_study", "optimize", "optimize_on_ray", "parse_range",
+           "prepare_study", "read_params", "search_space", "study_settings", "study_verdict", "write_params"]

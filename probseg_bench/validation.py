@@ -293,7 +293,7 @@ def _model_row(request: RunRequest, records: list[FoldRecord]) -> ModelValidatio
         values = [r.metrics.get(k) for r in records]
         finite = [float(v) for v in values if v is not None and np.isfinite(v)]
         metrics[k] = float(np.mean(finite)) if finite else float("nan")
-    label = request.variant()
+    label = request.variant(with_protocol=False)  # the report's title names the protocol overrides
     return ModelValidation(
         model=request.model, label=f"{request.model} ({label})" if label else request.model,
         folds=sorted(r.fold for r in records), metrics=metrics, ewd_ratio=float("nan"), ged_ratio=float("nan"),

@@ -21,21 +21,39 @@ class LoadedRun:
     device: Any
 
 
-def find_record(store: ResultsStore, model: str, dataset: str, latent_dim: int | None, fold: int | None) -> FoldRecord:
-    """The most recent stored record of (model, dataset[, latent dim][, fold]).
+def find_record(store: ResultsStore, model: str, dataset: str, latent_dim: int | None, fold: int | None,
+                config_hash: str | None = None) -> FoldRecord:
+    """The stored record of (model, dataset[, latent dim][, fold][, configuration hash prefix]).
+
+    The latent dim and the configuration must be unambiguous (one (d, configuration) among the matching
+    records); without ``fold``, the lowest stored fold of that configuration.
 
     Raises:
-        ProbsegError: no such record (the message lists what is stored for the model and dataset).
+        ProbsegError: no such record (the message lists what is stored for the model and dataset), or several
+            configurations / latent dims match (the message lists them with their hashes).
     """
     records = store.records([model], [dataset])
+    prefix = (config_hash or "").strip().lower()
     matching = [r for r in records if (latent_dim is None or r.latent_dim == latent_dim)
-                and (fold is None or r.fold == fold)]
+                and (fold is None or r.fold == fold) and r.config_hash.startswith(prefix)]
     if not matching:
-        have = sorted({(r.latent_dim, r.fold) for r in records})
-        listing = ", ".join(f"d={d} fold {f}" for d, f in have) or "nothing"
-        raise ProbsegError(f"no stored run of {model} on {dataset} with latent dim {latent_dim} and fold {fold} "
-                           f"in {store.url}; stored: {listing}")
-    return max(matching, key=lambda r: r.created_at)
+        have = sorted({(r.latent_dim, r.fold, r.config_hash[:8]) for r in records})
+        listing = ", ".join(f"d={d} fold {f} config {h}" for d, f, h in have) or "nothing"
+        wanted = f"latent dim {latent_dim}, fold {fold}" + (f", config {prefix}" if prefix else "")
+        raise ProbsegError(f"no stored run of {model} on {dataset} with {wanted} in {store.url}; stored: {listing}")
+    configs = sorted({(r.latent_dim, r.config_hash) for r in matching})
+    if len(configs) > 1:
+        listing = "; ".join(f"d={d} config {h[:8]} ({_describe(matching, d, h)})" for d, h in configs)
+        raise ProbsegError(f"{model} on {dataset}: several stored runs match: {listing}; choose one with "
+                           "--latent-dim and --config-hash PREFIX")
+    return min(matching, key=lambda r: r.fold)
+
+
+def _describe(records: list[FoldRecord], d: int, config: str) -> str:
+    recs = [r for r in records if r.latent_dim == d and r.config_hash == config]
+    first = recs[0]
+    return ", ".join(x for x in (first.preset, first.variant, f"seed {first.seed}" if first.seed else "",
+                                 "folds " + ",".join(str(r.fold) for r in sorted(recs, key=lambda r: r.fold))) if x)
 
 
 def load_run(record: FoldRecord, data_root: Path | None, device_name: str = "auto") -> LoadedRun:

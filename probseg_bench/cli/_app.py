@@ -25,3 +25,4 @@ STORAGE_HELP = (
     f"[default: {DEFAULT_STORAGE}]"
 )
 FORMAT_HELP = "Output format: table, markdown, csv, json or latex."
+CONFIG_HASH_HELP = "Only configurations whose hash starts with this (the leaderboard's config column); repeatable."

@@ -15,8 +15,12 @@ from probseg_bench.results import DEFAULT_STORAGE, ResultsStore
 def analyze(
     model: str = typer.Option(..., "--model", "-m", help="Model of the stored run."),
     dataset: str = typer.Option(..., "--dataset", help="Dataset of the stored run."),
-    latent_dim: int | None = typer.Option(None, "--latent-dim", "-d", help="Latent dim [default: latest run]."),
-    fold: int | None = typer.Option(None, "--fold", help="Fold [default: latest run]."),
+    latent_dim: int | None = typer.Option(
+        None, "--latent-dim", "-d", help="Latent dim (needed when the store holds several for the model)."),
+    fold: int | None = typer.Option(None, "--fold", help="Fold (default: the configuration's lowest stored fold)."),
+    config_hash: str | None = typer.Option(
+        None, "--config-hash", help="The configuration (hash prefix, the leaderboard's config column), needed when "
+        "the store holds several for the model, dataset and latent dim."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder, for plugins that need one."),
     storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP, show_default=False),
     output: Path = typer.Option(Path("probseg-analysis"), "--output", help="Parent folder of the report."),
@@ -29,13 +33,15 @@ def analyze(
     from probseg_bench.analysis.analyze import analyze as run_analysis
     from probseg_bench.analysis.loading import find_record, load_run
 
-    record = find_record(ResultsStore(storage), model, dataset, latent_dim, fold)
-    err_console.print(f"analysing {record.model} on {record.dataset}, d={record.latent_dim}, fold {record.fold} "
-                      f"(config {record.config_hash}, {record.preset})", highlight=False)
+    record = find_record(ResultsStore(storage), model, dataset, latent_dim, fold, config_hash)
+    variant = f" ({record.variant})" if record.variant else ""
+    err_console.print(f"analysing {record.model}{variant} on {record.dataset}, d={record.latent_dim}, fold "
+                      f"{record.fold} (config {record.config_hash[:8]}, {record.preset})", highlight=False,
+                      markup=False)
     run = load_run(record, data_root, device)
     folder = output / f"{record.model}-{record.dataset}-d{record.latent_dim}-fold{record.fold}-{record.config_hash}"
     args = ["analyze", "--model", model, "--dataset", dataset, "--latent-dim", str(record.latent_dim), "--fold",
-            str(record.fold)]
+            str(record.fold), "--config-hash", record.config_hash[:8]]
     for flag, value in (("--data-root", data_root), ("--storage", None if storage == DEFAULT_STORAGE else storage),
                         ("--samples", samples)):
         if value is not None:

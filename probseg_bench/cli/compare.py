@@ -8,28 +8,47 @@ from dataclasses import asdict
 import typer
 from rich.table import Table
 
-from probseg_bench.cli._app import STORAGE_HELP, app, console
+from probseg_bench.cli._app import CONFIG_HASH_HELP, STORAGE_HELP, app, console
 from probseg_bench.comparison import TEST_NAME, compare_pair, holm
 from probseg_bench.errors import ProbsegError
-from probseg_bench.leaderboard import LeaderboardRow, build_leaderboard
-from probseg_bench.results import DEFAULT_STORAGE, ResultsStore
+from probseg_bench.leaderboard import CONFIG_PREFIX, LeaderboardRow, build_leaderboard
+from probseg_bench.results import DEFAULT_STORAGE, ResultsStore, select_configurations
 
 
 def _select(rows: list[LeaderboardRow], name: str, d: int) -> LeaderboardRow | None:
-    found = [r for r in rows if (r.label == name or r.model == name) and r.latent_dim == d]
+    """The row that ``name`` selects at latent dim ``d``: a model, a leaderboard label (``spunet (beta=50)``) or
+    ``MODEL@HASH`` (a configuration hash prefix, as the leaderboard's config column shows it).
+
+    Raises:
+        ProbsegError: several configurations match (the message lists them with their hashes).
+    """
+    model, _, prefix = name.partition("@")
+    found = [r for r in rows if (r.label == model or r.model == model) and r.latent_dim == d
+             and r.config.startswith(prefix.strip().lower())]
     if len(found) > 1:
-        configs = "; ".join(f"{r.label} [{r.preset}, config {r.config}]" for r in found)
-        raise ProbsegError(f"'{name}' has several configurations at d={d} ({configs}): filter with --preset")
+        configs = "; ".join(f"{r.model}@{r.config[:CONFIG_PREFIX]} = {r.label} [{r.preset}, {r.folds_label} folds]"
+                            for r in found)
+        raise ProbsegError(f"'{name}' has several configurations at d={d}: {configs}; choose with MODEL@HASH or "
+                           "--config-hash")
     return found[0] if found else None
+
+
+def _name(row: LeaderboardRow, selected: list[LeaderboardRow | None]) -> str:
+    """The row's label, with its configuration hash when another selected row has the same label."""
+    same = [s for s in selected if s is not None and s.label == row.label and s.config != row.config]
+    return f"{row.label} @{row.config[:CONFIG_PREFIX]}" if same else row.label
 
 
 @app.command()
 def compare(
-    models: list[str] = typer.Argument(..., help="MODEL_A MODEL_B [...]: A is compared with each other model."),
+    models: list[str] = typer.Argument(
+        ..., help="MODEL_A MODEL_B [...]: A is compared with each other one. Each is a model, a leaderboard label "
+        "('spunet (beta=50)') or MODEL@HASH (a configuration hash prefix from the leaderboard's config column)."),
     dataset: str = typer.Option(..., "--dataset", help="Dataset of the records to compare."),
     metric: str = typer.Option("ewd", "--metric", help="Per-image metric (ewd, hm_iou, ged, ncc, ece, ...)."),
     latent_dim: list[int] = typer.Option([], "--latent-dim", help="Only these latent dims [default: all shared]."),
     preset: str | None = typer.Option(None, "--preset", help="Only records of this preset."),
+    config_hash: list[str] = typer.Option([], "--config-hash", help=CONFIG_HASH_HELP),
     storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP, show_default=False),
     bootstrap: int = typer.Option(10_000, "--bootstrap", help="Bootstrap resamples for the CI."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
@@ -43,7 +62,8 @@ def compare(
         raise ProbsegError(f"--format: expected table or json, got {fmt!r}")
     if bootstrap < 1:
         raise ProbsegError(f"--bootstrap: expected >= 1, got {bootstrap}")
-    records = [r for r in ResultsStore(storage).records(datasets=[dataset]) if preset is None or r.preset == preset]
+    records = select_configurations(ResultsStore(storage).records(datasets=[dataset]), config_hash,
+                                    [preset] if preset else [])
     rows = build_leaderboard(records)
     dims = sorted(set(latent_dim) or {r.latent_dim for r in rows})
     results = []
@@ -58,7 +78,8 @@ def compare(
         assert ref is not None
         for other in selected[1:]:
             assert other is not None
-            results.append(compare_pair(ref.records, other.records, metric, ref.label, other.label, bootstrap, seed))
+            results.append(compare_pair(ref.records, other.records, metric, _name(ref, selected),
+                                        _name(other, selected), bootstrap, seed))
     if not results:
         raise ProbsegError(f"no latent dimension at which all of {', '.join(models)} have records on {dataset}")
     for r, p in zip(results, holm([r.p_value for r in results]), strict=True):

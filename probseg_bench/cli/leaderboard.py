@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from probseg_bench.cli._app import FORMAT_HELP, STORAGE_HELP, app, console, err_console
+from probseg_bench.cli._app import CONFIG_HASH_HELP, FORMAT_HELP, STORAGE_HELP, app, console, err_console
 from probseg_bench.diagnostics import collapse_warning
 from probseg_bench.errors import ProbsegError
 from probseg_bench.leaderboard import FORMATS, LeaderboardRow, build_leaderboard, reference_gap, render
 from probseg_bench.references import REFERENCES, ReferenceTable, get_reference
-from probseg_bench.results import DEFAULT_STORAGE, ResultsStore
+from probseg_bench.results import DEFAULT_STORAGE, ResultsStore, select_configurations
 
 REFERENCE_HELP = (
     f"Show published values ({', '.join(REFERENCES)}: the seed paper's Table II) beside the measured ones, with "
@@ -67,15 +67,19 @@ def leaderboard(
     dataset: list[str] = typer.Option([], "--dataset", help="Only these datasets (repeatable)."),
     model: list[str] = typer.Option([], "--model", help="Only these models (repeatable)."),
     latent_dim: list[int] = typer.Option([], "--latent-dim", help="Only these latent dimensions (repeatable)."),
+    preset: list[str] = typer.Option([], "--preset", help="Only records of these presets (repeatable)."),
+    config_hash: list[str] = typer.Option([], "--config-hash", help=CONFIG_HASH_HELP),
     pivot: bool = typer.Option(False, "--pivot", help="The paper's Table II layout: latent dims as columns."),
     test_metric: str = typer.Option("ewd", "--test-metric", help="Metric of the p-value column (vs. the best)."),
     reference: str | None = typer.Option(None, "--reference", help=REFERENCE_HELP),
 ) -> None:
-    """Mean ± std over folds of GED, HM-IoU, EWD and ER per (model, dataset, latent dim); best in bold; a
+    """Mean ± std over folds of GED, HM-IoU, EWD and ER per (model, dataset, latent dim, configuration: the
+    model label names what differs from the defaults, the config column starts its hash); best in bold; a
     paired Wilcoxon p-value against the best row of each dataset; with --reference paper, the paper's Table II
     values and the differences beside them."""
     if fmt not in FORMATS:
         raise ProbsegError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     table = resolve_reference(reference)
-    records = ResultsStore(storage).records(model or None, dataset or None, latent_dim or None)
+    records = select_configurations(ResultsStore(storage).records(model or None, dataset or None, latent_dim or None),
+                                    config_hash, preset)
     print_rows(build_leaderboard(records, test_metric), fmt, pivot, test_metric, table)

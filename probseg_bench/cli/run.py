@@ -19,7 +19,7 @@ from probseg_bench.presets import PRESETS, get_preset
 from probseg_bench.protocol import RunRequest, run_protocol
 from probseg_bench.references import ReferenceTable
 from probseg_bench.results import DEFAULT_STORAGE, FoldKey, FoldRecord, ResultsStore
-from probseg_bench.tuning import read_params
+from probseg_bench.tuning import TunedParams, read_params
 
 
 def parse_hp(items: list[str], option: str = "--hp") -> dict[str, str]:
@@ -89,10 +89,13 @@ def run(
     model: str | None = typer.Option(None, "--model", "-m", help="Model plugin (see `probseg-bench list`)."),
     dataset: str | None = typer.Option(None, "--dataset", help="Dataset plugin (see `probseg-bench list`)."),
     config: Path | None = typer.Option(None, "--config", help="A grid (TOML) of models x datasets x latent dims."),
-    latent_dim: list[int] = typer.Option([6], "--latent-dim", "-d", help="Latent dimension; repeat for a grid."),
+    latent_dim: list[int] = typer.Option(
+        [], "--latent-dim", "-d", help="Latent dimension; repeat for a grid (default: 6)."),
     fold: list[int] = typer.Option([], "--fold", help="Only these CV folds (repeatable) [default: all]."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation and sampling."),
-    preset: str = typer.Option("paper", "--preset", help=f"Protocol preset: {', '.join(PRESETS)}."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed of the split, initialisation and sampling (default: 0)."),
+    preset: str | None = typer.Option(
+        None, "--preset", help=f"Protocol preset: {', '.join(PRESETS)} (default: paper, or the --params file's)."),
     epochs: int | None = typer.Option(
         None, "--epochs", help="Replace the preset's epochs (e.g. a smoke test); with --config, in every cell."
     ),
@@ -103,7 +106,9 @@ def run(
     dataset_param: list[str] = typer.Option([], "--dataset-param", help="Dataset parameter NAME=VALUE (repeatable)."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling the dataset's files."),
     hp: list[str] = typer.Option([], "--hp", help="Hyperparameter override NAME=VALUE (repeatable)."),
-    params: Path | None = typer.Option(None, "--params", help="Hyperparameters from a TOML (tune's output)."),
+    params: Path | None = typer.Option(
+        None, "--params", help="Hyperparameters from tune's TOML, with the preset, protocol overrides (--epochs) and "
+        "dataset parameters they were tuned under (options given here take precedence, with a note)."),
     regularizer: str | None = typer.Option(
         None, "--regularizer", help="Regularizer plugin in the model's swappable term (spunet: sinkhorn -> mmd)."
     ),
@@ -127,8 +132,14 @@ def run(
         raise ProbsegError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     table = resolve_reference(reference)  # an unknown name fails before any training
     if config is not None:
-        if model or dataset:
-            raise ProbsegError("--config runs the grid of the file: give it without --model / --dataset")
+        given = [flag for flag, value in (
+            ("--model", model), ("--dataset", dataset), ("--latent-dim", latent_dim), ("--fold", fold),
+            ("--seed", seed), ("--preset", preset), ("--data-root", data_root), ("--dataset-param", dataset_param),
+            ("--trust-pickle", trust_pickle), ("--hp", hp), ("--params", params), ("--regularizer", regularizer),
+            ("--flow", flow)) if value]
+        if given or seed is not None:
+            raise ProbsegError(f"--config runs the grid of the file, which sets {', '.join(given or ['--seed'])}: "
+                               "give those in the file (only --epochs and --device apply to every cell)")
         grid = load_grid(config)
         requests, preset = grid.requests(run_dir), grid.preset
         # --epochs and --device apply to every cell; the grid's own [protocol] epochs / device are replaced
@@ -141,24 +152,29 @@ def run(
     else:
         overrides: dict[str, Any] = {}
         variant_name = None
+        protocol_overrides: dict[str, Any] = {"epochs": epochs} if epochs is not None else {}
+        dataset_params = parse_hp(dataset_param, "--dataset-param")
         if params is not None:
-            tuned_for, values = read_params(params)
-            if tuned_for is not None and tuned_for != model:
-                raise ProbsegError(f"{params}: parameters of model '{tuned_for}', not '{model}'")
-            overrides.update(values)
+            tuned = read_params(params)
+            if tuned.model is not None and tuned.model != model:
+                raise ProbsegError(f"{params}: parameters of model '{tuned.model}', not '{model}'")
+            overrides.update(tuned.hyperparameters)
             variant_name = f"params={params.name}"
+            preset, protocol_overrides, dataset_params = _tuned_protocol(
+                params, tuned, dataset, preset, protocol_overrides, dataset_params)
+        preset = preset or "paper"
         overrides.update(parse_hp(hp))
         if flow is not None:
             if "flow" in overrides:
                 raise ProbsegError("--flow and --hp flow=... both given: use one")
             overrides["flow"] = flow
         requests = [RunRequest(
-            model=model, dataset=dataset, latent_dims=tuple(latent_dim), folds=tuple(fold) or None, seed=seed,
-            preset=preset, device=device or "auto", data_root=data_root, hyperparameters=overrides,
-            regularizer=regularizer, dataset_params=parse_hp(dataset_param, "--dataset-param"),
+            model=model, dataset=dataset, latent_dims=tuple(latent_dim or [6]), folds=tuple(fold) or None,
+            seed=seed or 0, preset=preset, device=device or "auto", data_root=data_root, hyperparameters=overrides,
+            regularizer=regularizer, dataset_params=dataset_params,
             trust_pickle=trust_pickle, run_dir=run_dir,
             variant_name=variant_name if variant_name and not hp and not regularizer and flow is None else None,
-            protocol_overrides={"epochs": epochs} if epochs is not None else {},
+            protocol_overrides=protocol_overrides,
         )]
     chosen = get_preset(preset)
     if preset == "quick":
@@ -185,6 +201,36 @@ def run(
             )
             raise typer.Exit(130) from None
     print_rows(build_leaderboard(records), fmt, pivot, reference=table)
+
+
+def _tuned_protocol(path: Path, tuned: TunedParams, dataset: str, preset: str | None,
+                    protocol_overrides: dict[str, Any], dataset_params: dict[str, Any],
+                    ) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
+    """(preset, protocol overrides, dataset parameters) of a ``run --params FILE``: the file's, each replaced by
+    what the command line gives, with one note per setting that then differs from the tuning's."""
+    if tuned.preset is None:  # a file of an older version: nothing to apply
+        return preset, protocol_overrides, dataset_params
+    notes = []
+    if tuned.dataset is not None and tuned.dataset != dataset:
+        notes.append(f"tuned on dataset {tuned.dataset}, run on {dataset}")
+    if preset is not None and preset != tuned.preset:
+        notes.append(f"tuned under preset {tuned.preset}, run under {preset}")
+    file_overrides = tuned.protocol_overrides or {}
+    if protocol_overrides and protocol_overrides != file_overrides:
+        notes.append(f"tuned with {_kv(file_overrides) or 'no protocol overrides'}, run with {_kv(protocol_overrides)}")
+    file_params = tuned.dataset_params or {} if tuned.dataset in (None, dataset) else {}
+    merged_params = {**file_params, **dataset_params}
+    if any(str(file_params.get(k)) != str(v) for k, v in dataset_params.items()):
+        notes.append(f"tuned with dataset parameters {_kv(file_params) or 'the defaults'}, run with "
+                     f"{_kv(merged_params)}")
+    for note in notes:
+        err_console.print(f"note: {path}: {note} (as the command line asks)", highlight=False, markup=False,
+                          soft_wrap=True)
+    return preset or tuned.preset, protocol_overrides or dict(file_overrides), merged_params
+
+
+def _kv(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
 
 
 def _run_distributed(requests: list[RunRequest], store: ResultsStore, executor: str, jobs: int,

@@ -13,10 +13,11 @@ from probseg_bench.cli.run import parse_hp
 from probseg_bench.errors import ProbsegError
 from probseg_bench.presets import PRESETS
 from probseg_bench.results import DEFAULT_STORAGE
-from probseg_bench.tuning import OBJECTIVES
+from probseg_bench.tuning import OBJECTIVES, SETTINGS_ATTR, describe_settings, study_verdict
 
 
-def _show(study: Any, top: int) -> None:
+def _show(study: Any, top: int, verdict_line: bool = True) -> None:
+    """The study's trials (best first), its settings, failed trials' reasons, and a line when it is degenerate."""
     import optuna
 
     trials = study.get_trials(deepcopy=False)
@@ -32,10 +33,16 @@ def _show(study: Any, top: int) -> None:
                  for n in names]
         table.add_row(str(t.number), f"{t.value:.4f}", *cells, str(t.user_attrs.get("best_epoch", "")))
     console.print(table)
+    settings = study.user_attrs.get(SETTINGS_ATTR)
+    if settings is not None:
+        console.print(f"tuned under: {describe_settings(settings)}", markup=False, highlight=False, soft_wrap=True)
     for t in trials:
         if t.state == optuna.trial.TrialState.FAIL:
             reason = t.user_attrs.get("failure") or t.system_attrs.get("fail_reason", "failed")
             err_console.print(f"trial {t.number} failed: {reason}", markup=False, highlight=False)
+    verdict = study_verdict(study, settings["objective"] if settings else "the objective")
+    if verdict is not None and verdict_line:
+        err_console.print(f"study {study.study_name}: {verdict}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -87,18 +94,34 @@ def tune(
     elif executor == "local":
         def start(study: Any, space: list[Any]) -> None:
             err_console.print(f"study {name}: searching {', '.join(p.name for p in space)} on fold {fold}'s "
-                              f"validation split ({objective}); {len(study.trials)} trials so far", highlight=False)
+                              f"validation split ({objective}); {len(study.trials)} trials so far; tuned under: "
+                              f"{describe_settings(study.user_attrs[SETTINGS_ATTR])}", highlight=False,
+                              markup=False, soft_wrap=True)
 
         opened = optimize(job, trials, seed, on_start=start,
                           on_trial=lambda n, v: err_console.print(f"trial {n}: {v}", highlight=False))
     else:
         raise ProbsegError(f"--executor: expected local or ray, got {executor!r}")
-    _show(opened, top)
-    try:
-        best = opened.best_trial
-    except ValueError:
-        raise ProbsegError(f"study {name}: no trial completed (see the failures above)") from None
-    path = write_params(output or Path(f"{name}.toml"), model, dataset, name, objective, best)
-    console.print(f"best trial {best.number}: {objective} {best.value:.4f}; parameters written to {path}; "
-                  f"use: probseg-bench run --model {model} --dataset {dataset} --params {path}", highlight=False)
+    _show(opened, top, verdict_line=False)
+    verdict = study_verdict(opened, objective)
+    if verdict is not None:
+        raise ProbsegError(f"study {name}: no best parameters to write ({verdict})")
+    best = opened.best_trial
+    settings = opened.user_attrs[SETTINGS_ATTR]
+    path = write_params(output or Path(f"{name}.toml"), settings, name, best)
+    console.print(f"best trial {best.number}: {objective} {best.value:.4f}; parameters and protocol written to "
+                  f"{path}; use: {follow_up_command(settings, path)}", highlight=False, markup=False, soft_wrap=True)
 
+
+def follow_up_command(settings: dict[str, Any], path: Path) -> str:
+    """The ``run`` command that trains the full protocol with a study's best parameters under its settings."""
+    import shlex
+
+    args = ["probseg-bench", "run", "--model", settings["model"], "--dataset", settings["dataset"],
+            "--preset", settings["preset"]]
+    for key, value in sorted(settings.get("protocol_overrides", {}).items()):
+        args += [f"--{key.replace('_', '-')}", str(value)] if key == "epochs" else []
+    for key, value in sorted(settings.get("dataset_params", {}).items()):
+        args += ["--dataset-param", f"{key}={value}"]
+    args += ["--params", str(path)]
+    return " ".join(shlex.quote(a) for a in args)

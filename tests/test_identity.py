@@ -1,0 +1,159 @@
+"""A result is identified by every setting that changed it (issue 15): protocol overrides and the seed name the
+leaderboard row, partial rows are marked and never outrank complete ones, a configuration can be chosen by its
+hash in leaderboard / compare / analyze, and a tune study is bound to the protocol its trials were scored under."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+
+from probseg_bench.analysis.loading import find_record
+from probseg_bench.errors import ProbsegError
+from probseg_bench.leaderboard import PARTIAL_NOTE, build_leaderboard, render
+from probseg_bench.results import FoldRecord, ResultsStore
+from probseg_bench.training import TrainingDivergedError
+
+SYNTH = ["--dataset", "synthetic", "--dataset-param", "n_images=40", "--dataset-param", "size=32", "-d", "2"]
+SMALL = ["--hp", "filters=4,8", "--hp", "convs_per_block=1"]
+SMALL_LABEL = "convs_per_block=1, filters=4,8"
+
+
+def record(model: str, fold: int, ewd: float, config: str, n_folds: int = 3) -> FoldRecord:
+    return FoldRecord(
+        model=model, dataset="lidc", latent_dim=6, fold=fold, seed=0, preset="paper", config_hash=config,
+        split_hash="s", hyperparameters={}, protocol={"epochs": 1, "n_folds": n_folds},
+        metrics={"ged": 2 * ewd, "hm_iou": 1 - ewd, "ewd": ewd, "er": 2.0},
+        per_image={"ewd": [ewd + 0.01 * i for i in range(6)]}, test_ids=[str(i) for i in range(6)],
+        timings={}, versions={},
+    )
+
+
+def test_a_partial_row_is_marked_and_never_outranks_a_complete_one():
+    complete = [record("punet", f, 0.5, "c0mplete") for f in range(3)]
+    partial = [record("spunet", 0, 0.1, "partial0")]  # better, but one fold of three
+    rows = {r.model: r for r in build_leaderboard(complete + partial)}
+    assert rows["punet"].best == {"ged", "hm_iou", "ewd", "er"} and not rows["spunet"].best
+    assert rows["spunet"].partial and rows["spunet"].folds_label == "1/3" and rows["punet"].folds_label == "3"
+    assert rows["spunet"].p_vs_best is not None  # paired on the fold they share
+    table = render(list(rows.values()), "markdown")
+    assert "| 1/3 |" in table and PARTIAL_NOTE in table and "**0.100" not in table
+    # with no complete row the partial rows are ranked among themselves, still marked 1/3
+    alone = build_leaderboard([*partial, record("punet", 1, 0.3, "other000")])
+    assert {r.model: r.best for r in alone}["spunet"] >= {"ewd"}
+    # rows that share no fold with the best one get no p-value instead of an error
+    assert {r.model: r.p_vs_best for r in alone}["punet"] is None
+
+
+def test_overrides_and_seed_name_the_row_and_a_hash_prefix_selects_it(run_main, tmp_path, monkeypatch, tiny_preset):
+    monkeypatch.chdir(tmp_path)
+    base = ["run", "--model", "punet", *SYNTH, *SMALL, "--preset", tiny_preset, "--fold", "0", "--format", "json"]
+    for extra in ([], ["--epochs", "2"], ["--seed", "1"]):
+        code, _, err = run_main(*base, *extra)
+        assert code == 0, err
+    code, out, _ = run_main("leaderboard", "--format", "json")
+    rows = {r["label"]: r for r in json.loads(out)}
+    assert set(rows) == {f"punet ({SMALL_LABEL})", f"punet ({SMALL_LABEL}, epochs=2)",
+                         f"punet ({SMALL_LABEL}, seed=1)"}
+    assert all(r["partial"] and r["folds"] == 1 and r["expected_folds"] == 3 for r in rows.values())
+    short, longer = rows[f"punet ({SMALL_LABEL})"]["config"], rows[f"punet ({SMALL_LABEL}, epochs=2)"]["config"]
+
+    code, out, _ = run_main("leaderboard", "--config-hash", longer[:6], "--format", "json")
+    assert [r["config"] for r in json.loads(out)] == [longer]
+    code, out, _ = run_main("leaderboard")
+    assert longer[:8] in out and "1/3" in out
+    code, _, err = run_main("leaderboard", "--config-hash", "zzzz")
+    assert code == 2 and "--config-hash 'zzzz': no stored configuration starts with it" in err
+
+    code, _, err = run_main("compare", "punet", "punet", "--dataset", "synthetic")
+    assert code == 2 and "several configurations" in err and f"punet@{short[:8]}" in err and "MODEL@HASH" in err
+    code, out, err = run_main("compare", f"punet@{longer[:8]}", f"punet@{short[:8]}", "--dataset", "synthetic",
+                              "--format", "json")
+    assert code == 0, err
+    (result,) = json.loads(out)
+    assert (result["a"], result["b"]) == (f"punet ({SMALL_LABEL}, epochs=2)", f"punet ({SMALL_LABEL})")
+
+    store = ResultsStore()
+    with pytest.raises(ProbsegError, match=r"several stored runs match: .*config .*epochs=2.*--config-hash"):
+        find_record(store, "punet", "synthetic", None, None)
+    assert find_record(store, "punet", "synthetic", 2, None, longer[:5]).config_hash == longer
+
+
+def test_a_grid_run_refuses_options_the_grid_would_ignore(run_main, tmp_path):
+    grid = tmp_path / "g.toml"
+    grid.write_text('models = ["punet"]\ndatasets = ["synthetic"]\n')
+    for extra in (["--seed", "1"], ["--seed", "0"], ["--fold", "0"], ["--preset", "quick"], ["--hp", "beta=2"]):
+        code, _, err = run_main("run", "--config", str(grid), "--storage", str(tmp_path / "r.db"), *extra)
+        assert code == 2 and extra[0] in err and "give those in the file" in err, (extra, err)
+
+
+TUNE = ["tune", "--model", "punet", *SYNTH, "--fix", "filters=4,8", "--fix", "convs_per_block=1",
+        "--objective", "val_loss", "--trials", "1"]
+
+
+def test_a_study_is_bound_to_its_protocol_and_run_params_applies_it(run_main, tmp_path, monkeypatch, tiny_preset):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(*TUNE, "--preset", tiny_preset, "--epochs", "2")
+    assert code == 0, err
+    assert ("tuned under: punet on synthetic (annotators=4, levels=3, n_images=40, seed=0, size=32, structures=3), "
+            "d=2, fold 0, seed 0, preset tiny (epochs=2), val_loss, fixed convs_per_block=1, filters=4,8") in err
+    toml = tmp_path / "punet-synthetic-val_loss.toml"
+    params = tomllib.loads(toml.read_text())
+    assert params["protocol"]["preset"] == tiny_preset and params["protocol"]["overrides"] == {"epochs": 2}
+    assert params["protocol"]["dataset_params"] == {"annotators": 4, "levels": 3, "n_images": 40, "seed": 0,
+                                                   "size": 32, "structures": 3}
+    assert params["hyperparameters"]["filters"] == "4,8" and "beta" in params["hyperparameters"]
+
+    # resuming the same study under other settings is refused in one line, naming what differs
+    for extra in (["--preset", tiny_preset], ["--preset", tiny_preset, "--epochs", "2", "--seed", "1"]):
+        code, _, err = run_main(*TUNE, *extra)
+        assert code == 2 and "was made under other settings" in err and "--study NAME" in err
+        assert len(err.strip().splitlines()) == 1
+    assert "protocol_overrides.epochs 2 -> None" in run_main(*TUNE, "--preset", tiny_preset)[2]
+    code, _, err = run_main(*TUNE, "--preset", tiny_preset, "--epochs", "2")  # the same settings resume it
+    assert code == 0, err
+    code, out, _ = run_main("tune", "--model", "punet", "--dataset", "synthetic", "--objective", "val_loss", "--show")
+    assert "2 trials" in out and "preset tiny (epochs=2)" in out
+
+    # run --params takes the preset, the epochs and the dataset parameters the parameters were tuned under
+    code, _, err = run_main("run", "--model", "punet", "--dataset", "synthetic", "-d", "2", "--fold", "0",
+                            "--params", str(toml), "--format", "json")
+    assert code == 0, err
+    (rec,) = ResultsStore().records()
+    assert rec.preset == tiny_preset and rec.protocol["epochs"] == 2 and rec.dataset_params["size"] == 32
+    assert rec.variant == f"params={toml.name}, epochs=2"
+    # a setting given on the command line wins, with a note
+    code, _, err = run_main("run", "--model", "punet", "--dataset", "synthetic", "-d", "2", "--fold", "0",
+                            "--params", str(toml), "--epochs", "1", "--format", "json")
+    assert code == 0, err
+    assert "tuned with epochs=2, run with epochs=1 (as the command line asks)" in err
+
+
+def constant_objective(experiment, space, fixed, objective, fold, latent_dim, on_trial=None):
+    def run_trial(trial):
+        for p in space:
+            p.suggest(trial)
+        return 1.0
+    return run_trial
+
+
+def diverging_objective(experiment, space, fixed, objective, fold, latent_dim, on_trial=None):
+    def run_trial(trial):
+        raise TrainingDivergedError("non-finite loss at epoch 1, step 1 (term: kl)")
+    return run_trial
+
+
+@pytest.mark.parametrize(("objective", "message"), [
+    (constant_objective, "all 3 complete trials scored val_loss 1.0000: the study learned nothing"),
+    (diverging_objective, "all 3 trial(s) failed"),
+])
+def test_a_degenerate_study_says_so_and_writes_no_parameters(run_main, tmp_path, monkeypatch, tiny_preset,
+                                                             objective, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("probseg_bench.tuning.make_objective", objective)
+    code, out, err = run_main(*TUNE[:-1], "3", "--preset", tiny_preset)
+    assert code == 2 and message in err and "no best parameters to write" in err
+    assert "best trial" not in out and not (tmp_path / "punet-synthetic-val_loss.toml").exists()
+    code, _, err = run_main("tune", "--model", "punet", "--dataset", "synthetic", "--objective", "val_loss", "--show")
+    assert code == 0 and message in err
