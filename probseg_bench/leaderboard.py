@@ -180,9 +180,9 @@ def match_reference(row: LeaderboardRow, reference: ReferenceTable | None) -> Re
     """The published value comparable with ``row``, or None.
 
     A row matches a reference cell when its dataset name, model and latent dim are those of the cell, its
-    dataset has no non-default dataset parameters (``dataset_label == dataset``), it uses the model's
-    default hyperparameters (``variant == ""``) and it was run under the reference's preset (``paper``): a
-    quick-preset row is not comparable with a published value and gets none.
+    dataset has no non-default dataset parameters (``dataset_label == dataset``), it has no variant (``variant == ""``:
+    the model's default hyperparameters and no protocol override such as ``--epochs``) and it was run under the
+    reference's preset (``paper``): a quick-preset row is not comparable with a published value and gets none.
     """
     if reference is None or row.variant or row.dataset_label != row.dataset:
         return None
