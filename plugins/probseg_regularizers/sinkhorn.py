@@ -58,7 +58,20 @@ class SinkhornDivergence:
         self.prior_samples = int(sinkhorn_prior_samples)
         self.prior_gradient = bool(sinkhorn_prior_gradient)
         self.correction = sinkhorn_correction
-        self.loss = SamplesLoss("sinkhorn", p=sinkhorn_p, blur=self.blur, scaling=sinkhorn_scaling, debias=True)
+        self.p, self.scaling = sinkhorn_p, float(sinkhorn_scaling)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """geomloss's batched S_eps(x[b], y[b]) -> [B]. The diameter of epsilon-scaling is given to geomloss: its
+        own estimate (the bounding-box diagonal of all points), or the blur when that is 0. geomloss's default
+        fails with "Maximum allowed size exceeded" when every point coincides (diameter 0, e.g. a model whose
+        latents are all equal), where the divergence is simply 0. Non-finite points give NaN, which training reports as a
+        divergence."""
+        points = torch.cat([x, y], dim=1).detach().reshape(-1, x.shape[-1])
+        if not bool(torch.isfinite(points).all()):
+            return torch.full(x.shape[:1], float("nan"), dtype=x.dtype, device=x.device) + 0 * (x.sum() + y.sum())
+        diameter = float((points.max(0).values - points.min(0).values).norm()) or self.blur
+        return SamplesLoss("sinkhorn", p=self.p, blur=self.blur, scaling=self.scaling, debias=True,
+                           diameter=diameter)(x, y)
 
     def prior_points(self, out: TrainOutput) -> torch.Tensor:
         """The prior point set [B, M, d] this term compares the posterior samples with."""
