@@ -64,8 +64,8 @@ class SinkhornDivergence:
         """geomloss's batched S_eps(x[b], y[b]) -> [B]. The diameter of epsilon-scaling is given to geomloss: its
         own estimate (the bounding-box diagonal of all points), or the blur when that is 0. geomloss's default
         fails with "Maximum allowed size exceeded" when every point coincides (diameter 0, e.g. a model whose
-        latents are all equal), where the divergence is simply 0. Non-finite points give NaN, which training reports as a
-        divergence."""
+        latents are all equal), where the divergence is simply 0. Non-finite points give NaN, which training
+        reports as a divergence."""
         points = torch.cat([x, y], dim=1).detach().reshape(-1, x.shape[-1])
         if not bool(torch.isfinite(points).all()):
             return torch.full(x.shape[:1], float("nan"), dtype=x.dtype, device=x.device) + 0 * (x.sum() + y.sum())
