@@ -76,8 +76,9 @@ class RunRequest:
         return ", ".join(parts)
 
 
-def resolve_device(name: str) -> Any:
-    """``auto`` | ``cpu`` | ``cuda`` (or ``cuda:N``) -> torch.device.
+def resolve_device(name: str, check_available: bool = True) -> Any:
+    """``auto`` | ``cpu`` | ``cuda`` (or ``cuda:N``) -> torch.device. ``check_available`` False: only the name is
+    checked (for cells that run on other machines; ``auto`` then stays ``auto``, a str).
 
     Raises:
         ProbsegError: unknown name, or CUDA asked for but not available.
@@ -85,11 +86,13 @@ def resolve_device(name: str) -> Any:
     import torch
 
     if name == "auto":
+        if not check_available:
+            return name
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
     if name.startswith("cuda"):
-        if not torch.cuda.is_available():
+        if check_available and not torch.cuda.is_available():
             raise ProbsegError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
         return torch.device(name)
     raise ProbsegError(f"--device: expected auto, cpu or cuda, got {name!r}")
@@ -233,6 +236,28 @@ class Experiment:
         from probseg_bench.data.splits import grouped_splits
 
         plugins = plugins or get_plugins()
+        model_spec, dataset_spec, preset, terms, params, device, folds = cls.check(request, plugins)
+        data = load_dataset(dataset_spec, request.data_root, params, request.trust_pickle)
+        data.validate(f"dataset '{request.dataset}'")
+        crop = preset.crop(dataset_spec.protocol)
+        if crop is not None:  # the preset crops to the dataset's region of interest (quick)
+            data = center_crop(data, crop)
+        splits = grouped_splits(data.groups, preset.n_folds, preset.test_fraction, request.seed)
+        return cls(request, plugins, model_spec, dataset_spec, preset, terms, params, data, splits, device, folds)
+
+    @staticmethod
+    def check(request: RunRequest, plugins: Plugins | None = None, check_device: bool = True) -> tuple[
+        ModelSpec, DatasetSpec, Preset, tuple[ObjectiveTerm, ...], dict[str, HyperValue], Any, tuple[int, ...]
+    ]:
+        """The checks of :meth:`prepare` that need no data (so that a command can make them all before it writes
+        anything): -> (model spec, dataset spec, preset with the protocol overrides, objective terms, dataset
+        parameters, device, folds). ``check_device`` False: the device's name only (see :func:`resolve_device`).
+
+        Raises:
+            ProbsegError: unknown plugin / preset / fold / regularizer / hyperparameter / dataset parameter, bad
+                latent dims, no device.
+        """
+        plugins = plugins or get_plugins()
         model_spec = plugins.models.get(request.model)
         dataset_spec = plugins.datasets.get(request.dataset)
         preset = apply_protocol_overrides(get_preset(request.preset), request.protocol_overrides)
@@ -244,15 +269,9 @@ class Experiment:
             raise ProbsegError(f"--fold: expected values in 0..{preset.n_folds - 1}, got {bad[0]}")
         terms = objective_terms(model_spec, plugins, request.regularizer)
         resolve_run_hyperparameters(model_spec, plugins, request.hyperparameters, terms)  # fail before loading
-        device = resolve_device(request.device)
+        device = resolve_device(request.device, check_available=check_device)
         params = dataset_parameters(dataset_spec, request.dataset_params)
-        data = load_dataset(dataset_spec, request.data_root, params, request.trust_pickle)
-        data.validate(f"dataset '{request.dataset}'")
-        crop = preset.crop(dataset_spec.protocol)
-        if crop is not None:  # the preset crops to the dataset's region of interest (quick)
-            data = center_crop(data, crop)
-        splits = grouped_splits(data.groups, preset.n_folds, preset.test_fraction, request.seed)
-        return cls(request, plugins, model_spec, dataset_spec, preset, terms, params, data, splits, device, folds)
+        return model_spec, dataset_spec, preset, terms, params, device, folds
 
     @property
     def train_items(self) -> float:

@@ -30,10 +30,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class Reporter(Protocol):
-    """Progress callbacks (the CLI renders them with rich; the core prints nothing)."""
+    """Progress callbacks (the CLI renders them with rich; the core prints nothing).
 
-    def fold_started(self, key: FoldKey, epochs: int) -> None: ...
-    def epoch_finished(self, key: FoldKey, epoch: int, train_loss: float, val_loss: float) -> None: ...
+    ``run_started``: once per request, after every check and before the first fold (the plan says what will run);
+    ``fold_started``: ``resumed_from`` is the epoch the fold's training state was written at (0: a fresh start);
+    ``epoch_finished``: after each epoch, with its losses (``log.train_terms``: reconstruction and each
+    regularizer, unweighted)."""
+
+    def run_started(self, plan: RunPlan, store: ResultsStore) -> None: ...
+    def fold_started(self, key: FoldKey, epochs: int, resumed_from: int) -> None: ...
+    def epoch_finished(self, key: FoldKey, log: EpochLog) -> None: ...
     def fold_finished(self, record: FoldRecord) -> None: ...
     def fold_failed(self, record: FoldRecord) -> None: ...
     def fold_skipped(self, key: FoldKey) -> None: ...
@@ -42,8 +48,9 @@ class Reporter(Protocol):
 class SilentReporter:
     """A reporter that reports nothing."""
 
-    def fold_started(self, key: FoldKey, epochs: int) -> None: ...
-    def epoch_finished(self, key: FoldKey, epoch: int, train_loss: float, val_loss: float) -> None: ...
+    def run_started(self, plan: RunPlan, store: ResultsStore) -> None: ...
+    def fold_started(self, key: FoldKey, epochs: int, resumed_from: int) -> None: ...
+    def epoch_finished(self, key: FoldKey, log: EpochLog) -> None: ...
     def fold_finished(self, record: FoldRecord) -> None: ...
     def fold_failed(self, record: FoldRecord) -> None: ...
     def fold_skipped(self, key: FoldKey) -> None: ...
@@ -88,12 +95,22 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def partial_report(reporter: Reporter, key: FoldKey) -> Callable[[EpochLog], None]:
-    """An ``on_epoch`` callback forwarding the epoch's losses to ``reporter``."""
-    return partial(_report_epoch, reporter, key)
+    """An ``on_epoch`` callback forwarding the epoch's log to ``reporter``."""
+    return partial(reporter.epoch_finished, key)
 
 
-def _report_epoch(reporter: Reporter, key: FoldKey, log: EpochLog) -> None:
-    reporter.epoch_finished(key, log.epoch, log.train_loss, log.val_loss)
+def resumed_epoch(partial_state: Path, key: dict[str, Any]) -> int:
+    """The epoch a fold's training state at ``partial_state`` was written at (training resumes after it); 0 when
+    there is none.
+
+    Raises:
+        ProbsegError: unreadable, or the state of another run (as training would).
+    """
+    from probseg_bench.training import load_training_state
+
+    if not partial_state.is_file():
+        return 0
+    return int(load_training_state(partial_state, key)["epoch"])
 
 
 @dataclass
@@ -171,7 +188,7 @@ def record_failure(request: RunRequest, store: ResultsStore, reason: str, plugin
 
 def run_protocol(
     request: RunRequest,
-    store: ResultsStore,
+    store: ResultsStore | str,
     reporter: Reporter | None = None,
     plugins: Plugins | None = None,
     retry_failed: bool = False,
@@ -183,6 +200,8 @@ def run_protocol(
     record is written in one transaction when the fold is
     evaluated. A fold whose training diverges (non-finite loss or gradient) is recorded as failed with the reason
     (its best checkpoint so far kept) and the other folds go on; reruns skip it unless ``retry_failed``.
+    ``store``: the results store, or its URL / file path, then opened only once the request is prepared (its
+    plugins, hyperparameters and data checked), so that a request that fails its checks writes no results file.
 
     Returns:
         The successful records of every requested fold (newly computed, or already stored).
@@ -195,6 +214,9 @@ def run_protocol(
 
     reporter = reporter or SilentReporter()
     plan = RunPlan.prepare(request, plugins)
+    if isinstance(store, str):
+        store = ResultsStore(store)
+    reporter.run_started(plan, store)
     exp, model_hp = plan.exp, plan.model_hp
     epochs, _ = exp.schedule
     records: list[FoldRecord] = []
@@ -210,10 +232,10 @@ def run_protocol(
                 if stored.status == "ok":
                     records.append(stored)
                 continue
-            reporter.fold_started(key, epochs)
             checkpoint, partial = plan.folder(d) / f"fold{fold}.pt", plan.folder(d) / f"fold{fold}.partial.pt"
             identity = {"model": request.model, "dataset": request.dataset, "latent_dim": d, "fold": fold,
                         "config_hash": plan.config_hash}
+            reporter.fold_started(key, epochs, resumed_epoch(partial, identity))
             try:
                 model, result = exp.train(d, fold, model_hp, plan.reg_hp, on_epoch=partial_report(reporter, key),
                                           checkpoint=partial, checkpoint_key=identity)
@@ -245,4 +267,6 @@ def run_protocol(
     return records
 
 
-__all__: Sequence[str] = ["Reporter", "RunPlan", "RunRequest", "SilentReporter", "record_failure", "run_protocol"]
+__all__: Sequence[str] = [
+    "Reporter", "RunPlan", "RunRequest", "SilentReporter", "record_failure", "resumed_epoch", "run_protocol",
+]

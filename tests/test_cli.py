@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -35,6 +36,7 @@ SMALL = ["--hp", "filters=4,8", "--hp", "convs_per_block=1"]
          "expected one of ['none', 'split']"),
         (["run", "--model", "punet", "--dataset", "lidc-sample", "--preset", "fast"], "unknown preset 'fast'"),
         (["run", "--model", "punet", "--dataset", "lidc-sample", "--fold", "3"], "--fold"),
+        (["run", "--model", "nosuch", "--dataset", "lidc-sample", "--preset", "quick"], "unknown model"),
         (["leaderboard", "--format", "xml"], "--format"),
     ],
 )
@@ -139,3 +141,80 @@ def test_bad_dataset_files_exit_2_with_one_line_and_store_nothing(monkeypatch, r
     assert ResultsStore().records() == []
     code, _, err = run_main("data", "verify", "folder", *args[5:])
     assert code == 2 and message in err
+
+
+SYNTH_SMALL = ["--dataset", "synthetic", "--dataset-param", "n_images=40", "--dataset-param", "size=32", "-d", "2",
+               "--fold", "0", *SMALL]
+
+
+def test_a_piped_run_says_what_it_runs_then_prints_epoch_lines_and_a_summary(monkeypatch, run_main, tmp_path,
+                                                                             tiny_preset):
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", "punet", *SYNTH_SMALL, "--preset", tiny_preset, "--epochs", "20", "--device", "cpu",
+            "--storage", "r.db", "--format", "csv"]
+    code, _, err = run_main(*args)
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    # what will run, after the checks: model, dataset, latent dim, folds, resolved epochs, preset, device, store
+    assert lines[0] == ("run punet (convs_per_block=1, filters=4,8) on synthetic: d=2, fold 0, 20 epochs, preset tiny "
+                        "(epochs=20), device cpu; results in sqlite:///r.db, checkpoints under probseg-runs")
+    epochs = [line for line in lines if ": epoch " in line]
+    assert [line.split(": epoch ")[1].split()[0] for line in epochs] == [f"{e}/20" for e in range(2, 21, 2)]
+    assert all(line.startswith("punet/synthetic d=2 fold 0: epoch ") for line in epochs)
+    number = r"[-+\d.e]+"
+    assert re.search(rf"epoch 2/20  train {number} \(rec {number}, kl {number}\)  val {number}  ETA \d+s$", epochs[0])
+    assert "GED" in lines[lines.index(epochs[-1]) + 1]  # then the fold's result line
+    assert re.fullmatch(r"done in \d+s: 1 fold\(s\) trained, 0 skipped \(already stored\), 0 failed; results in "
+                        r"sqlite:///r\.db, checkpoints under probseg-runs", lines[-1])
+    code, _, err = run_main(*args)
+    assert code == 0 and ": epoch " not in err
+    assert "0 fold(s) trained, 1 skipped (already stored), 0 failed" in err.strip().splitlines()[-1]
+
+
+def test_a_resumed_fold_says_from_which_epoch(monkeypatch, run_main, tmp_path, tiny_preset):
+    import probseg_bench.training as training
+
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", "punet", *SYNTH_SMALL, "--preset", tiny_preset, "--epochs", "4", "--storage", "r.db"]
+    save = training.save_training_state
+
+    def save_then_interrupt(path, state):  # Ctrl-C right after the state of epoch 1 is written
+        save(path, state)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "save_training_state", save_then_interrupt)
+        code, _, err = run_main(*args)
+    assert code == 130 and "interrupted" in err and "resumed" not in err
+    assert len(list(tmp_path.rglob("fold0.partial.pt"))) == 1
+    code, _, err = run_main(*args)
+    assert code == 0, err
+    assert "punet/synthetic d=2 fold 0: resumed from epoch 1/4 (its saved training state)" in err
+    assert "epoch 2/4" in err and "1 fold(s) trained" in err
+
+
+def write_grid(path, models: str) -> None:
+    path.write_text(f"models = {models}\ndatasets = [\"synthetic\"]\nlatent_dims = [2]\nfolds = [0]\n"
+                    "[dataset_params.synthetic]\nn_images = 40\nsize = 32\n[protocol]\nepochs = 1\n")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--model", "nosuch", "--dataset", "synthetic"],
+        ["--model", "punet", "--dataset", "synthetic", "--hp", "beta=abc"],
+        ["--model", "punet", "--dataset", "synthetic", "--fold", "3"],
+        ["--model", "punet", "--dataset", "synthetic", "--dataset-param", "sise=64"],
+        ["--model", "punet", "--dataset", "folder"],  # needs --data-root: the data is checked before the store too
+        ["--model", "nosuch", "--dataset", "synthetic", "--jobs", "2"],
+        ["--model", "nosuch", "--dataset", "synthetic", "--executor", "ray"],
+        ["--config", "grid.toml"],  # its second cell names an unknown model
+    ],
+)
+def test_failing_checks_create_no_results_file(monkeypatch, run_main, tmp_path, args):
+    monkeypatch.chdir(tmp_path)
+    write_grid(tmp_path / "grid.toml", '["punet", "nosuch"]')
+    code, _, err = run_main("run", *args, "--storage", "x.db")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x.db").exists()
+    assert not (tmp_path / "probseg-runs").exists()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -13,13 +15,19 @@ from probseg_bench.cli._app import FORMAT_HELP, STORAGE_HELP, app, err_console
 from probseg_bench.cli.leaderboard import REFERENCE_HELP, print_rows, resolve_reference
 from probseg_bench.errors import ProbsegError
 from probseg_bench.executors import EXECUTORS
+from probseg_bench.experiment import Experiment
 from probseg_bench.grid import load_grid
 from probseg_bench.leaderboard import FORMATS, build_leaderboard
-from probseg_bench.presets import PRESETS, get_preset
+from probseg_bench.presets import PRESETS, Preset, get_preset
 from probseg_bench.protocol import RunRequest, run_protocol
 from probseg_bench.references import ReferenceTable
-from probseg_bench.results import DEFAULT_STORAGE, FoldKey, FoldRecord, ResultsStore
+from probseg_bench.results import DEFAULT_STORAGE, FoldKey, FoldRecord, ResultsStore, normalize_url
 from probseg_bench.tuning import TunedParams, read_params
+
+if TYPE_CHECKING:  # pragma: no cover
+    from probseg_bench.api import DatasetSpec
+    from probseg_bench.protocol import RunPlan
+    from probseg_bench.training import EpochLog
 
 
 def parse_hp(items: list[str], option: str = "--hp") -> dict[str, str]:
@@ -33,18 +41,68 @@ def parse_hp(items: list[str], option: str = "--hp") -> dict[str, str]:
     return out
 
 
-class RichReporter:
-    """Fold/epoch progress bars on a terminal; one line per fold otherwise (stderr either way)."""
+def duration(seconds: float) -> str:
+    """``42s``, ``3m10s``, ``1h02m``."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
-    def __init__(self, total_folds: int) -> None:
+
+TERM_ABBREVIATIONS = {"reconstruction": "rec"}
+
+
+def loss_text(value: float) -> str:
+    """A loss for a progress line: one decimal from 100 on, else 3 significant digits (a KL of 0.0312)."""
+    return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def describe_run(request: RunRequest, preset: Preset, folds: Sequence[int], epochs: str, device: object,
+                 store_url: str) -> str:
+    """One line saying what a request will run (printed after every check), e.g. ``run punet on lidc-sample:
+    d=6, folds 0 1 2, 400 epochs, preset quick (not paper numbers), device cpu; results in sqlite:///..., checkpoints
+    under probseg-runs``."""
+    variant = request.variant(with_protocol=False)  # the preset part names the overrides
+    model = f"{request.model} ({variant})" if variant else request.model
+    overrides = [f"{k}={v}" for k, v in request.protocol_overrides.items()]
+    if preset.name == "quick":
+        overrides.append("not paper numbers")
+    preset_text = f"preset {preset.name}" + (f" ({'; '.join(overrides)})" if overrides else "")
+    dims = ", ".join(str(d) for d in request.latent_dims)
+    return (f"run {model} on {request.dataset}: d={dims}, fold{'s' if len(folds) > 1 else ''} "
+            f"{' '.join(map(str, folds))}, {epochs}, {preset_text}, device {device}; results in {store_url}, "
+            f"checkpoints under {request.run_dir}")
+
+
+def planned_epochs(preset: Preset, dataset: DatasetSpec) -> str:
+    """The training length of a request whose data is not loaded here (distributed cells): epochs, or the
+    preset's step budget."""
+    if preset.steps is not None:
+        return f"{preset.steps} steps of batch {preset.batch_size}"
+    return f"{preset.schedule(dataset.protocol)[0]} epochs"
+
+
+class RichReporter:
+    """What a run does, on stderr: a line per request saying what will run; per fold, a progress bar (epoch, loss
+    terms, validation loss, ETA) on a terminal, else one plain line every ~tenth of the fold's epochs (and at
+    least every ``plain_interval_s`` seconds); a line per finished / failed / skipped fold; :meth:`summary`."""
+
+    def __init__(self, total_folds: int, plain_interval_s: float = 60.0) -> None:
         self.live = err_console.is_terminal
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[status]}"), console=err_console, disable=not self.live,
         )
         self.folds = self.progress.add_task("folds", total=total_folds, status="")
         self.epochs: Any = None
-        self.finished = 0
+        self.plain_interval_s = plain_interval_s
+        self.started = time.monotonic()
+        self.finished = self.skipped = self.failed = 0
+        self.run_dirs: list[Path] = []
+        self._fold: tuple[float, int, int] = (0.0, 0, 0)  # (start time, resumed from, epochs) of the current fold
+        self._last_line = 0.0
 
     def __enter__(self) -> RichReporter:
         self.progress.start()
@@ -56,13 +114,45 @@ class RichReporter:
     def _label(self, key: FoldKey) -> str:
         return f"{key.model}/{key.dataset} d={key.latent_dim} fold {key.fold}"
 
-    def fold_started(self, key: FoldKey, epochs: int) -> None:
+    def _print(self, text: str) -> None:
+        err_console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def run_started(self, plan: RunPlan, store: ResultsStore) -> None:
+        if plan.request.run_dir not in self.run_dirs:
+            self.run_dirs.append(plan.request.run_dir)
+        exp = plan.exp
+        self._print(describe_run(plan.request, exp.preset, exp.folds, f"{exp.schedule[0]} epochs", exp.device,
+                                 store.url))
+
+    def fold_started(self, key: FoldKey, epochs: int, resumed_from: int) -> None:
+        now = time.monotonic()
+        self._fold, self._last_line = (now, resumed_from, epochs), now
+        if resumed_from:
+            self._print(f"{self._label(key)}: resumed from epoch {resumed_from}/{epochs} (its saved training state)")
+        elif not self.live:
+            self._print(f"{self._label(key)}: training {epochs} epochs")
         if self.epochs is not None:
             self.progress.remove_task(self.epochs)
-        self.epochs = self.progress.add_task(f"  {self._label(key)}", total=epochs, status="")
+        self.epochs = self.progress.add_task(f"  {self._label(key)}", total=epochs, completed=resumed_from,
+                                             status="")
 
-    def epoch_finished(self, key: FoldKey, epoch: int, train_loss: float, val_loss: float) -> None:
-        self.progress.update(self.epochs, completed=epoch, status=f"train {train_loss:.1f} val {val_loss:.1f}")
+    def epoch_finished(self, key: FoldKey, log: EpochLog) -> None:
+        now = time.monotonic()
+        start, resumed_from, epochs = self._fold
+        done = log.epoch - resumed_from
+        eta = (now - start) / done * (epochs - log.epoch) if done > 0 else 0.0
+        terms = ", ".join(f"{TERM_ABBREVIATIONS.get(k, k)} {loss_text(v)}" for k, v in log.train_terms.items())
+        status = (f"train {loss_text(log.train_loss)}" + (f" ({terms})" if terms else "")
+                  + f"  val {loss_text(log.val_loss)}")
+        if log.epoch < epochs:
+            status += f"  ETA {duration(eta)}"
+        if self.live:
+            self.progress.update(self.epochs, completed=log.epoch, status=status)
+            return
+        every = max(1, epochs // 10)
+        if log.epoch % every == 0 or log.epoch == epochs or now - self._last_line >= self.plain_interval_s:
+            self._last_line = now
+            self._print(f"{self._label(key)}: epoch {log.epoch}/{epochs}  {status}")
 
     def fold_finished(self, record: FoldRecord) -> None:
         self.finished += 1
@@ -75,13 +165,23 @@ class RichReporter:
         )
 
     def fold_failed(self, record: FoldRecord) -> None:
+        self.failed += 1
         self.progress.advance(self.folds)
         err_console.print(f"{self._label(record.key)}: FAILED, recorded as failed: {record.failure}",
                           highlight=False, markup=False, soft_wrap=True)
 
     def fold_skipped(self, key: FoldKey) -> None:
+        self.skipped += 1
         self.progress.advance(self.folds)
         err_console.print(f"{self._label(key)}: already in the results store, skipped", highlight=False)
+
+    def summary(self, store_url: str) -> str:
+        """``done in 3m10s: 2 fold(s) trained, 1 skipped (already stored), 0 failed; results in URL, checkpoints
+        under DIR``."""
+        dirs = ", ".join(str(d) for d in self.run_dirs) or "-"
+        return (f"done in {duration(time.monotonic() - self.started)}: {self.finished} fold(s) trained, "
+                f"{self.skipped} skipped (already stored), {self.failed} failed; results in {store_url}, "
+                f"checkpoints under {dirs}")
 
 
 @app.command()
@@ -176,31 +276,34 @@ def run(
             variant_name=variant_name if variant_name and not hp and not regularizer and flow is None else None,
             protocol_overrides=protocol_overrides,
         )]
-    chosen = get_preset(preset)
-    if preset == "quick":
-        err_console.print(f"preset quick: {chosen.description}", highlight=False)
-    store = ResultsStore(storage)
     if executor not in EXECUTORS:
         raise ProbsegError(f"--executor: expected one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if jobs < 1:
+        raise ProbsegError(f"--jobs: expected >= 1, got {jobs}")
+    # every check that needs no data, for every request (grid cell), before anything is written; a Ray cell's
+    # device is the cluster's, so only its name is checked here
+    checked = [Experiment.check(r, check_device=executor != "ray") for r in requests]
     if executor == "ray" or jobs > 1:
-        _run_distributed(requests, store, executor, jobs, address, retries, fmt, pivot, table)
+        _run_distributed(requests, checked, storage, executor, jobs, address, retries, fmt, pivot, table)
         return
-    n_folds = sum(len(r.folds or range(chosen.n_folds)) * len(r.latent_dims) for r in requests)
+    n_folds = sum(len(folds) * len(r.latent_dims) for r, (*_, folds) in zip(requests, checked, strict=True))
+    store_url = normalize_url(storage)
     records: list[FoldRecord] = []
     with RichReporter(n_folds) as reporter:
         try:
-            for request in requests:
-                records += run_protocol(request, store, reporter, retry_failed=retry_failed)
+            for request in requests:  # the store is opened once the request's data is loaded and checked
+                records += run_protocol(request, storage, reporter, retry_failed=retry_failed)
         except KeyboardInterrupt:
             reporter.progress.stop()
             err_console.print(
-                f"interrupted: {reporter.finished} fold(s) finished in this run are stored in {store.url}; the fold "
+                f"interrupted: {reporter.finished} fold(s) finished in this run are stored in {store_url}; the fold "
                 f"in progress is saved at its last written epoch (at most ~30 s old) under {run_dir}; rerun the same "
                 "command to resume",
                 highlight=False, markup=False, soft_wrap=True,
             )
             raise typer.Exit(130) from None
     print_rows(build_leaderboard(records), fmt, pivot, reference=table)
+    err_console.print(reporter.summary(store_url), highlight=False, markup=False, soft_wrap=True)
 
 
 def _tuned_protocol(path: Path, tuned: TunedParams, dataset: str, preset: str | None,
@@ -233,18 +336,27 @@ def _kv(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
 
 
-def _run_distributed(requests: list[RunRequest], store: ResultsStore, executor: str, jobs: int,
-                     address: str | None, retries: int, fmt: str, pivot: bool = False,
+def _run_distributed(requests: list[RunRequest], checked: Sequence[tuple[Any, ...]], storage: str, executor: str,
+                     jobs: int, address: str | None, retries: int, fmt: str, pivot: bool = False,
                      reference: ReferenceTable | None = None) -> None:
-    """One task per (model, dataset, latent dim, fold) cell on the chosen executor; progress per cell."""
+    """One task per (model, dataset, latent dim, fold) cell on the chosen executor; progress per cell.
+    ``checked``: :meth:`Experiment.check` of each request."""
     from probseg_bench.executors import CellResult, cells, run_local, run_ray
 
+    store_url = normalize_url(storage)
+    for r, (_, dataset_spec, chosen, _, _, device, folds) in zip(requests, checked, strict=True):
+        err_console.print(describe_run(r, chosen, folds, planned_epochs(chosen, dataset_spec), device, store_url),
+                          highlight=False, markup=False, soft_wrap=True)
+    ResultsStore(storage)  # the schema, once, before the cells write to it
     todo = cells(requests, lambda r: get_preset(r.preset).n_folds)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, disable=not err_console.is_terminal)
     task = progress.add_task(f"cells ({executor})", total=len(todo))
+    started = time.monotonic()
+    failures = 0
 
     def report(result: CellResult) -> None:
+        nonlocal failures
         r = result.request
         label = f"{r.model}/{r.dataset} d={r.latent_dims[0]} fold {r.folds[0] if r.folds else 0}"
         progress.advance(task)
@@ -252,12 +364,17 @@ def _run_distributed(requests: list[RunRequest], store: ResultsStore, executor: 
         failed = [x for x in result.records if x.get("status") == "failed"]
         if failed:
             status = f"FAILED, recorded as failed: {failed[0]['failure']}"
+        failures += status.startswith("FAILED")
         err_console.print(f"{label}: {status}", highlight=False, markup=False, soft_wrap=True)
 
     with progress:
         if executor == "ray":
-            results = run_ray(todo, store.url, address, retries, on_result=report)
+            results = run_ray(todo, store_url, address, retries, on_result=report)
         else:
-            results = run_local(todo, store.url, jobs, on_result=report)
+            results = run_local(todo, store_url, jobs, on_result=report)
     records = [FoldRecord(**d) for result in results for d in result.records if d.get("status") == "ok"]
     print_rows(build_leaderboard(records), fmt, pivot, reference=reference)
+    dirs = ", ".join(dict.fromkeys(str(r.run_dir) for r in requests))
+    err_console.print(f"done in {duration(time.monotonic() - started)}: {len(results) - failures} cell(s) done "
+                      f"(trained or already stored), {failures} failed; results in {store_url}, checkpoints under "
+                      f"{dirs}", highlight=False, markup=False, soft_wrap=True)
