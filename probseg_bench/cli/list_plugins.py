@@ -124,7 +124,8 @@ def _print_details(plugins: Plugins, info: PluginInfo) -> None:
     lines = [f"provided by: {info.distribution} (entry point `{info.entry_point}`)"]
     if isinstance(spec, ModelSpec):
         lines.append(f"objective: {_objective(spec)}")
-        regs = [t.regularizer for t in spec.objective]
+        regs = [t.regularizer for t in spec.objective if t.regularizer in plugins.regularizers.names()
+                and plugins.regularizers.get(t.regularizer).hyperparameters]
         if regs:
             lines.append(f"its regularizers' hyperparameters are set with --hp too: probseg-bench list "
                          f"{' / '.join(regs)}")
