@@ -334,8 +334,10 @@ class ObjectiveTerm:
 class ModelSpec:
     """A model plugin.
 
-    ``factory(latent_dim=d, **hyperparameters)`` builds a ``torch.nn.Module`` implementing
-    :class:`LatentSegmentationModel`. The training objective is
+    ``factory(latent_dim=d, in_channels=C, **hyperparameters)`` builds a ``torch.nn.Module`` implementing
+    :class:`LatentSegmentationModel` (every declared hyperparameter is passed: its default, a preset's
+    ``model_defaults``, ``--hp``; the suite checks the module's outputs on two images before training, see
+    :mod:`probseg_bench.plugin_check`). The training objective is
     ``reconstruction + sum(hyperparameters[t.weight] * regularizer_t(out) for t in objective)``, with the
     reconstruction the binary cross-entropy summed over pixels, each term a per-image value, averaged over the
     batch. ``grad_clip`` names the hyperparameter holding the gradient-norm clip (0 = none), if any.
