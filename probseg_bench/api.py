@@ -9,6 +9,8 @@ n samples per image, K output channels (1 for a binary foreground mask: logits >
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -332,8 +334,10 @@ class ObjectiveTerm:
 class ModelSpec:
     """A model plugin.
 
-    ``factory(latent_dim=d, **hyperparameters)`` builds a ``torch.nn.Module`` implementing
-    :class:`LatentSegmentationModel`. The training objective is
+    ``factory(latent_dim=d, in_channels=C, **hyperparameters)`` builds a ``torch.nn.Module`` implementing
+    :class:`LatentSegmentationModel` (every declared hyperparameter is passed: its default, a preset's
+    ``model_defaults``, ``--hp``; the suite checks the module's outputs on two images before training, see
+    :mod:`probseg_bench.plugin_check`). The training objective is
     ``reconstruction + sum(hyperparameters[t.weight] * regularizer_t(out) for t in objective)``, with the
     reconstruction the binary cross-entropy summed over pixels, each term a per-image value, averaged over the
     batch. ``grad_clip`` names the hyperparameter holding the gradient-norm clip (0 = none), if any.
@@ -382,10 +386,63 @@ class PluginInfo:
     entry_point: str  # the entry point it was loaded through
 
 
+_GENERIC_TOKENS = frozenset({"probseg", "bench", "plugin", "plugins", "model", "models", "dataset", "datasets",
+                             "regularizer", "regularizers", "py", "python"})
+
+
+def _tokens(text: str) -> set[str]:
+    return {t for t in re.split(r"[^a-z0-9]+", text.lower()) if len(t) > 1 and t not in _GENERIC_TOKENS}
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin entry point that could not be loaded, or whose registration hook raised.
+
+    ``entry_point``: ``"name = module"``; ``distribution``: ``"name version"``; ``error``: ``"Type: message"``;
+    ``kind``: the registry whose hook raised, or None when the module failed to import (it may have provided
+    plugins of any kind).
+    """
+
+    entry_point: str
+    distribution: str
+    error: str
+    kind: str | None = None
+
+    def plausibly_provides(self, name: str) -> bool:
+        """Whether the unknown plugin ``name`` plausibly came from this entry point: its name, module or
+        distribution equals, contains or resembles ``name``, or they share a distinctive word (``my-model`` and
+        ``my_models.plugin``; not ``probseg``, ``plugin``, ``model``, ...)."""
+        ep_name, _, ep_value = self.entry_point.partition("=")
+        module = ep_value.split(":")[0].strip()
+        candidates = [ep_name.strip(), module, *module.split("."), self.distribution.rsplit(" ", 1)[0]]
+
+        def squash(text: str) -> str:
+            return re.sub(r"[^a-z0-9]", "", text.lower())
+
+        wanted = squash(name)
+        if not wanted:
+            return False
+        for candidate in map(squash, candidates):
+            if candidate in _GENERIC_TOKENS:
+                continue
+            if len(candidate) > 2 and (candidate in wanted or wanted in candidate):
+                return True
+            if candidate and difflib.SequenceMatcher(None, wanted, candidate).ratio() >= 0.75:
+                return True
+        return bool(_tokens(name) & set().union(*(_tokens(c) for c in candidates)))
+
+    def describe(self) -> str:
+        """One line: ``plugin entry point `NAME = MODULE` (DIST VERSION) failed to load: ERROR``."""
+        return (f"plugin entry point `{self.entry_point}` ({self.distribution}) failed to load: "
+                f"{' '.join(self.error.split())}")
+
+
 class Registry:
     """A typed registry passed into a registration hook: ``registry.add(spec)``.
 
     One registry per plugin kind. Adding a name twice raises :class:`ProbsegError` naming both providers.
+    ``failures``: the plugin entry points that failed to load and may have provided plugins of this kind (set
+    by the plugin manager); a lookup of an unknown name names them.
     """
 
     def __init__(self, kind: str, spec_type: type[Any]) -> None:
@@ -394,6 +451,7 @@ class Registry:
         self._items: dict[str, Any] = {}
         self._info: dict[str, PluginInfo] = {}
         self._provider: tuple[str, str] = ("unknown", "unknown")
+        self.failures: list[PluginFailure] = []
 
     def set_provider(self, distribution: str, entry_point: str) -> None:
         """Attribute the specs added next to ``distribution`` (loaded through ``entry_point``)."""
@@ -422,13 +480,31 @@ class Registry:
         """The spec registered as ``name``.
 
         Raises:
-            ProbsegError: unknown name; the message lists the known names and the closest one.
+            ProbsegError: unknown name; the message lists the known names and the closest one, and names the
+                plugin entry points that failed to load (with their errors when one plausibly provides ``name``).
         """
         if name not in self._items:
             known = ", ".join(self.names()) or "none"
             hint = did_you_mean(name, self._items)
-            raise ProbsegError(f"unknown {self.kind} '{name}'{hint}; known {self.kind}s: {known}")
+            raise ProbsegError(f"unknown {self.kind} '{name}'{hint}; known {self.kind}s: {known}"
+                               f"{self.failure_note(name)}")
         return self._items[name]
+
+    def failure_note(self, name: str) -> str:
+        """See :func:`failure_note` (with this registry's failures)."""
+        return failure_note(name, self.failures)
 
     def info(self, name: str) -> PluginInfo:
         return self._info[name]
+
+
+def failure_note(name: str, failures: Sequence[PluginFailure]) -> str:
+    """``"; note: ..."`` for an unknown plugin ``name``: the failed entry points that plausibly provide it, with
+    why they failed, else the failed ones by name only; ``""`` when none failed."""
+    matching = [f for f in failures if f.plausibly_provides(name)]
+    if matching:
+        return "".join(f"; note: {f.describe()}" for f in matching)
+    if not failures:
+        return ""
+    listed = ", ".join(f"`{f.entry_point}` ({f.distribution})" for f in failures)
+    return f"; note: plugin entry points that failed to load (`probseg-bench list` shows why): {listed}"

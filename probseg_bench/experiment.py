@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from probseg_bench.api import (
     DatasetSpec,
     HyperValue,
-    LatentSegmentationModel,
     ModelSpec,
     MultiRaterData,
     ObjectiveTerm,
@@ -306,24 +305,26 @@ class Experiment:
         model_hook: Callable[[torch.nn.Module], Any] | None = None,
         checkpoint: Path | None = None, checkpoint_key: dict[str, Any] | None = None,
     ) -> tuple[torch.nn.Module, FoldTrainingResult]:
-        """Build the model (seeded with :func:`fold_seed`), train it on the fold's training split, select the
+        """Build the model (seeded with :func:`fold_seed`), check its outputs on two training images
+        (:func:`probseg_bench.plugin_check.check_model`), train it on the fold's training split, select the
         lowest validation loss; returns the model with the best weights loaded, and the training result.
         ``model_hook`` receives the model before training (e.g. for per-epoch evaluations in ``on_epoch``);
         ``checkpoint`` / ``checkpoint_key``: the per-epoch training state to resume from (see ``train_fold``)."""
         import torch
 
         from probseg_bench.data.augment import AffineAugmentation
+        from probseg_bench.plugin_check import check_model
         from probseg_bench.training import TrainConfig, train_fold
 
         train_idx, val_idx = self.splits.train_val(fold)
+        train_data = self.data.subset(train_idx)
         seed = fold_seed(self.request.seed, latent_dim, fold)
         torch.manual_seed(seed)
         model = self.model_spec.factory(latent_dim=latent_dim, in_channels=self.data.images.shape[1], **model_hp)
-        if not isinstance(model, torch.nn.Module) or not isinstance(model, LatentSegmentationModel):
-            raise ProbsegError(
-                f"model plugin '{self.model_spec.name}': factory returned {type(model).__name__}, expected a "
-                "torch.nn.Module with forward/sample/prior/decode (probseg_bench.api.LatentSegmentationModel)"
-            )
+        # the plugin's outputs on two training images, before any training (draws no random numbers of the run)
+        check_model(self.model_spec.name, model, latent_dim,
+                    torch.as_tensor(train_data.images[:2], device=self.device).float(),
+                    torch.as_tensor(train_data.masks[:2], device=self.device))
         if model_hook is not None:
             model_hook(model)
         epochs, warmup = self.schedule
@@ -337,7 +338,7 @@ class Experiment:
             seed=seed, amp=self.device.type == "cuda", channels_last=True,
         )
         objective = build_objective(self.model_spec, self.plugins, model_hp, reg_hp, self.terms)
-        result = train_fold(model, objective, self.data.subset(train_idx), self.data.subset(val_idx), config,
+        result = train_fold(model, objective, train_data, self.data.subset(val_idx), config,
                             self.device, on_epoch=on_epoch, checkpoint=checkpoint, checkpoint_key=checkpoint_key)
         model.load_state_dict(result.best_state)
         return model, result

@@ -28,8 +28,9 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 def probseg_bench_register_models(registry: Registry) -> None:
     """Add :class:`probseg_bench.api.ModelSpec` objects with ``registry.add(spec)``.
 
-    The spec's ``factory(latent_dim=..., **hyperparameters)`` must build a ``torch.nn.Module`` implementing
-    :class:`probseg_bench.api.LatentSegmentationModel`. Import torch inside the factory, not at module level.
+    The spec's ``factory(latent_dim=..., in_channels=..., **hyperparameters)`` must build a ``torch.nn.Module``
+    implementing :class:`probseg_bench.api.LatentSegmentationModel`. Import torch inside the factory, not at module
+    level.
     """
 
 

@@ -2,7 +2,8 @@
 
 Plugins come ONLY from the entry-point group ``probseg_bench`` (the built-ins too). A plugin module that fails
 to import, or whose registration hook raises, is recorded in :attr:`Plugins.failures` and does not stop the
-others from loading. Lookups raise :class:`ProbsegError` with the known names and a did-you-mean.
+others from loading. Lookups raise :class:`ProbsegError` with the known names and a did-you-mean, and name the
+failed entry points (with their errors when one plausibly provides the name asked for).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from probseg_bench import PROJECT, hookspecs
 from probseg_bench.api import (
     DatasetSpec,
     ModelSpec,
+    PluginFailure,
     PluginInfo,
     Registry,
     RegularizerSpec,
@@ -30,15 +32,6 @@ _KINDS: dict[str, tuple[str, type]] = {
     "regularizer": ("probseg_bench_register_regularizers", RegularizerSpec),
     "dataset": ("probseg_bench_register_datasets", DatasetSpec),
 }
-
-
-@dataclass(frozen=True)
-class PluginFailure:
-    """A plugin that could not be loaded or registered: its entry point, distribution and the error."""
-
-    entry_point: str
-    distribution: str
-    error: str
 
 
 @dataclass
@@ -100,8 +93,10 @@ def load_plugins() -> Plugins:
             except Exception as exc:
                 failures.append(
                     PluginFailure(providers[impl.plugin_name][1], providers[impl.plugin_name][0],
-                                  f"{hook_name} failed: {type(exc).__name__}: {exc}")
+                                  f"{hook_name} failed: {type(exc).__name__}: {exc}", kind)
                 )
+    for kind, registry in registries.items():  # a lookup of an unknown name names these
+        registry.failures = [f for f in failures if f.kind in (None, kind)]
     return Plugins(
         models=registries["model"],
         regularizers=registries["regularizer"],

@@ -35,12 +35,15 @@ class FakeDistribution(importlib_metadata.Distribution):
 
 
 def install_fake_distribution(
-    monkeypatch: pytest.MonkeyPatch, dist_name: str, modules: dict[str, types.ModuleType | None]
+    monkeypatch: pytest.MonkeyPatch, dist_name: str, modules: dict[str, types.ModuleType | None],
+    entry_point_names: dict[str, str] | None = None,
 ) -> None:
-    """Add a fake distribution whose entry points name ``modules`` (None = a module that fails to import)."""
+    """Add a fake distribution whose entry points name ``modules`` (None = a module that is not put into
+    ``sys.modules``: it is imported from ``sys.path``, or fails to import). An entry point is named after its
+    module unless ``entry_point_names`` (module -> entry point name) says otherwise."""
     eps = {}
     for mod_name, module in modules.items():
-        eps[mod_name] = mod_name
+        eps[(entry_point_names or {}).get(mod_name, mod_name)] = mod_name
         if module is not None:
             monkeypatch.setitem(sys.modules, mod_name, module)
     real = importlib_metadata.distributions

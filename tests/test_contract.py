@@ -9,6 +9,7 @@ from torch.distributions import Normal
 from probseg_bench.api import LatentSegmentationModel, MultiRaterData, TrainOutput
 from probseg_bench.errors import ProbsegError
 from probseg_bench.experiment import build_objective
+from probseg_bench.plugin_check import check_model
 from probseg_bench.plugins import get_plugins
 
 PLUGINS = get_plugins()
@@ -29,6 +30,7 @@ def test_model_contract(name):
     assert isinstance(model, torch.nn.Module) and isinstance(model, LatentSegmentationModel)
     x = torch.rand(2, 1, 32, 32)
     y = (torch.rand(2, 3, 32, 32) > 0.6).to(torch.uint8)
+    check_model(name, model, 3, x, y)  # the suite's pre-training check passes
     out = model(x, y)
     assert isinstance(out, TrainOutput)
     assert out.logits.shape == out.target.shape == (2, 1, 32, 32)

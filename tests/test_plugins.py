@@ -84,3 +84,127 @@ def test_a_broken_plugin_is_reported_and_the_others_still_load(monkeypatch):
 def test_unknown_names_suggest_the_closest():
     with pytest.raises(ProbsegError, match=r"unknown model 'spunt' \(did you mean 'spunet'\?\); known models: .*punet"):
         get_plugins().models.get("spunt")
+
+
+# ------------------------------------------------------------------------------------- list: hyperparameters
+def test_list_details_shows_every_plugins_hyperparameters_and_dataset_parameters(run_main):
+    code, out, _ = run_main("list", "--details")
+    assert code == 0
+    text = " ".join(out.split())
+    # (descriptions may wrap in the table: the rows are compared up to the description)
+    assert "model spunet │ alpha │ 10 │ 0.1 .. 100 │ yes │ yes │ weight" in text
+    assert "│ grad_clip │ 1 │ │ │ no │ gradient-norm" in text
+    assert "│ flow │ planar │ planar | radial | maf │ │ no │ posterior flow" in text
+    assert "regularizer sinkhorn │ epsilon │" in text
+    assert "dataset synthetic │ n_images │ 240 │ 40 .. 4000 │" in text
+
+
+def test_list_name_shows_one_plugin_in_detail(run_main):
+    code, out, _ = run_main("list", "punet")
+    assert code == 0
+    text = " ".join(out.split())
+    assert text.startswith("model punet: Probabilistic U-Net")
+    assert "provided by: probseg-bench " in text and "objective: reconstruction (BCE) + beta * kl" in text
+    assert "│ beta │ 1 │ 0.01 .. 100 │ yes │ yes │ weight of the KL" in text
+    assert "│ filters │ 32,64,128,192 │" in text
+    code, out, _ = run_main("list", "qubiq-brain-tumor")
+    text = " ".join(out.split())
+    assert "parameters (--dataset-param NAME=VALUE)" in text and "│ task │ 1 │ 1 | 2 | 3 │" in text
+    assert "tunable" not in text  # dataset parameters are not searched
+    code, _, err = run_main("list", "spunt")
+    assert code == 2 and "no plugin named 'spunt' (did you mean 'spunet'?)" in err
+
+
+def test_list_json_includes_hyperparameters_and_parameters(monkeypatch):
+    install_fake_distribution(monkeypatch, "probseg-fake-plugin", {"fake_probseg_plugin": make_model_plugin_module()})
+    result = CliRunner().invoke(app, ["list", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    listed = {(p["kind"], p["name"]): p for p in json.loads(result.output)["plugins"]}
+    beta = {hp["name"]: hp for hp in listed[("model", "tiny-fake")]["hyperparameters"]}["beta"]
+    assert beta == {"name": "beta", "type": "float", "default": 1.0, "low": 0.1, "high": 10.0, "log": True,
+                    "choices": None, "tunable": True, "description": "KL weight"}
+    assert listed[("model", "spunet")]["objective"][1] == {"regularizer": "sinkhorn", "weight": "beta",
+                                                           "swappable": True}
+    flow = {hp["name"]: hp for hp in listed[("model", "punet-nf")]["hyperparameters"]}["flow"]
+    assert flow["choices"] == ["planar", "radial", "maf"] and flow["tunable"] is False
+    synthetic = listed[("dataset", "synthetic")]
+    assert {p["name"] for p in synthetic["parameters"]} >= {"n_images", "size", "seed"}
+    assert synthetic["known_distribution"] is True and synthetic["protocol"]["epochs"] > 0
+    assert [hp["name"] for hp in listed[("regularizer", "kl")]["hyperparameters"]] == []
+    one = json.loads(CliRunner().invoke(app, ["list", "tiny-fake", "--format", "json"]).output)["plugins"]
+    assert [(p["kind"], p["name"]) for p in one] == [("model", "tiny-fake")]
+
+
+# --------------------------------------------------------------------------- a plugin that fails to load
+def _failing_package(tmp_path, monkeypatch):
+    """A package ``my_pkg`` on sys.path whose ``plugin`` module fails to import (a missing dependency)."""
+    pkg = tmp_path / "my_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "plugin.py").write_text("import torchvision_missing_xyz  # a dependency that is not installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_unknown_model_names_the_plugin_that_failed_to_load(monkeypatch, tmp_path, run_main):
+    _failing_package(tmp_path, monkeypatch)
+    install_fake_distribution(monkeypatch, "my-pkg", {"my_pkg.plugin": None}, {"my_pkg.plugin": "my-model"})
+    code, _, err = run_main("run", "--model", "my-model", "--dataset", "lidc-sample", "--preset", "quick",
+                            "--storage", str(tmp_path / "r.db"), "--run-dir", str(tmp_path / "runs"))
+    assert code == 2
+    text = " ".join(err.split())
+    assert "unknown model 'my-model'" in text
+    assert ("note: plugin entry point `my-model = my_pkg.plugin` (my-pkg 1.2.3) failed to load: "
+            "ModuleNotFoundError: No module named 'torchvision_missing_xyz'") in text
+    code, _, err = run_main("list", "my-model")
+    assert code == 2 and "`my-model = my_pkg.plugin` (my-pkg 1.2.3) failed to load" in " ".join(err.split())
+
+
+def test_failure_notes_match_plausible_names_only(monkeypatch, tmp_path):
+    _failing_package(tmp_path, monkeypatch)
+    install_fake_distribution(monkeypatch, "acme-seg", {"my_pkg.plugin": None}, {"my_pkg.plugin": "models"})
+    plugins = load_plugins()
+    with pytest.raises(ProbsegError, match=r"unknown model 'acme-unet'.*; note: plugin entry point "
+                                           r"`models = my_pkg.plugin` \(acme-seg 1\.2\.3\) failed to load: "
+                                           r"ModuleNotFoundError"):
+        plugins.models.get("acme-unet")  # shares "acme" with the distribution
+    with pytest.raises(ProbsegError) as info:
+        plugins.models.get("spunt")  # a typo of a built-in: the failure is listed, without its error
+    message = str(info.value)
+    assert "; note: plugin entry points that failed to load (`probseg-bench list` shows why): " in message
+    assert "`models = my_pkg.plugin` (acme-seg 1.2.3)" in message and "torchvision_missing_xyz" not in message
+
+
+@pytest.mark.parametrize(("name", "entry_point", "distribution", "plausible"), [
+    ("my-model", "my-model = my_pkg.plugin", "my-pkg 0.1", True),
+    ("example-punet", "example = probseg_example_plugin", "probseg-example-plugin 0.1.0", True),
+    ("acme-unet", "models = acme_seg.plugin", "acme-seg 1.0", True),
+    ("spunt", "models = acme_seg.plugin", "acme-seg 1.0", False),
+    ("my-model", "models = probseg_extra.plugins", "probseg-extra 1.0", False),
+])
+def test_plausibly_provides(name, entry_point, distribution, plausible):
+    from probseg_bench.api import PluginFailure
+
+    assert PluginFailure(entry_point, distribution, "ImportError: x").plausibly_provides(name) is plausible
+
+
+def test_a_failing_registration_hook_is_noted_for_its_kind_only(monkeypatch):
+    import types
+
+    from probseg_bench import hookimpl
+
+    module = types.ModuleType("fake_half_broken")
+
+    @hookimpl
+    def probseg_bench_register_datasets(registry):
+        raise RuntimeError("cannot find my data files")
+
+    module.probseg_bench_register_datasets = probseg_bench_register_datasets  # type: ignore[attr-defined]
+    install_fake_distribution(monkeypatch, "probseg-half", {"fake_half_broken": module})
+    plugins = load_plugins()
+    with pytest.raises(ProbsegError) as info:
+        plugins.datasets.get("half-data")
+    assert ("note: plugin entry point `fake_half_broken = fake_half_broken` (probseg-half 1.2.3) failed to load: "
+            "probseg_bench_register_datasets failed: RuntimeError: cannot find my data files") in str(info.value)
+    with pytest.raises(ProbsegError) as info:
+        plugins.models.get("half-model")
+    assert "fake_half_broken" not in str(info.value)
