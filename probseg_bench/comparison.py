@@ -97,9 +97,15 @@ def paired_differences(
     return np.array([va[t] - vb[t] for t in ids]), folds
 
 
-def paired_p_value(a: Sequence[FoldRecord], b: Sequence[FoldRecord], metric: str) -> float:
-    """The two-sided Wilcoxon signed-rank p-value of A vs. B over the test images (see the module docstring)."""
-    return _wilcoxon(paired_differences(a, b, metric, "A", "B")[0])[1]
+def paired_p_value(a: Sequence[FoldRecord], b: Sequence[FoldRecord], metric: str, label_a: str,
+                   label_b: str) -> float:
+    """The two-sided Wilcoxon signed-rank p-value of A vs. B over the test images (see the module docstring);
+    the labels name the two configurations in errors.
+
+    Raises:
+        ProbsegError: see :func:`paired_differences`.
+    """
+    return _wilcoxon(paired_differences(a, b, metric, label_a, label_b)[0])[1]
 
 
 def compare_pair(

@@ -68,6 +68,7 @@ class LeaderboardRow:
     std: dict[str, float | None]
     best: set[str] = field(default_factory=set)
     p_vs_best: float | None = None
+    unpaired: str | None = None  # why a row that is not the best has no p_vs_best (another split, no common fold)
     records: list[FoldRecord] = field(default_factory=list, repr=False)
 
     @property
@@ -93,7 +94,7 @@ class LeaderboardRow:
         """The JSON form: model, dataset, latent_dim, folds, <m>_mean, <m>_std (the ranked metrics and the
         sample / annotator diversity), plus label (model with variant and seed), dataset_label, variant, preset,
         seed, config (the full configuration hash), expected_folds, partial, n_test, best (the metrics this row is
-        best at) and p_vs_best."""
+        best at), p_vs_best and unpaired (why p_vs_best is null for a row that is not the best, else null)."""
         out: dict[str, Any] = {
             "model": self.model, "dataset": self.dataset, "latent_dim": self.latent_dim, "folds": self.folds,
         }
@@ -102,7 +103,7 @@ class LeaderboardRow:
             out[f"{key}_std"] = self.std[key]
         out.update(label=self.label, dataset_label=self.dataset_label, variant=self.variant, preset=self.preset,
                    seed=self.seed, config=self.config, expected_folds=self.expected_folds, partial=self.partial,
-                   n_test=self.n_test, best=sorted(self.best), p_vs_best=self.p_vs_best)
+                   n_test=self.n_test, best=sorted(self.best), p_vs_best=self.p_vs_best, unpaired=self.unpaired)
         return out
 
 
@@ -158,7 +159,18 @@ def build_leaderboard(records: list[FoldRecord], test_metric: str = "ewd") -> li
         paired = [row for row in pool if row is not best
                   and {r.split_hash for r in row.records} == {r.split_hash for r in best.records}
                   and best_folds & {r.fold for r in row.records}]
-        p_values = [paired_p_value(row.records, best.records, test_metric) for row in paired]
+        for row in pool:
+            if row is not best and row not in paired:
+                same_split = {r.split_hash for r in row.records} == {r.split_hash for r in best.records}
+                row.unpaired = ("no fold in common with the best row" if same_split
+                                else "another split than the best row")
+        p_values: list[float] = []
+        for row in list(paired):
+            try:
+                p_values.append(paired_p_value(row.records, best.records, test_metric, row.label, best.label))
+            except ProbsegError as exc:  # e.g. no test image with the metric defined in both
+                paired.remove(row)
+                row.unpaired = str(exc)
         for row, p in zip(paired, holm(p_values), strict=True):
             row.p_vs_best = p
     return rows
@@ -265,6 +277,9 @@ def leaderboard_table(rows: list[LeaderboardRow], test_metric: str = "ewd",
     notes = reference.footnotes() if reference is not None else []
     if any(r.partial for r in rows):
         notes = [PARTIAL_NOTE, *notes]
+    unpaired = sorted({f"{r.label} on {r.dataset_label}, d={r.latent_dim}: {r.unpaired}" for r in rows if r.unpaired})
+    if unpaired:
+        notes = [f"p empty (not paired with the best row): {'; '.join(unpaired)}", *notes]
     return Table("probseg-bench leaderboard", header, body, bold, caption, notes)
 
 

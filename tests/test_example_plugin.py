@@ -67,3 +67,16 @@ def test_the_installed_example_runs_to_a_leaderboard_row(installed, run_main):
     assert [(r["model"], r["dataset"], r["latent_dim"], r["folds"]) for r in rows] == [
         ("example-punet", "example-blobs", 6, 1)]
     assert rows[0]["n_test"] >= 1 and 0.0 <= rows[0]["hm_iou_mean"] <= 1.0
+
+
+def test_the_default_suite_does_not_depend_on_which_plugins_are_installed(installed):
+    """Issue 16: with one third-party plugin installed, test_bad_arguments_give_one_line_and_exit_2 failed (its
+    expected message listed the built-in models only). The tests that list plugins pass with the example installed."""
+    tests = Path(__file__).resolve().parent
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests / "test_cli.py"),
+         str(tests / "test_plugins.py"), "-k", "bad_arguments or list or unknown or plugin"],
+        env=installed["env"], cwd=installed["root"], capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout

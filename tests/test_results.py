@@ -218,3 +218,21 @@ def test_leaderboard_shows_sample_and_annotator_diversity_and_warns_on_a_collaps
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "spunet" in warnings[0] and "0.008" in warnings[0]
     json.loads(result.stdout)  # stdout stays machine-readable
+
+
+def test_models_run_on_different_folds_all_show_with_an_empty_p_and_a_footnote(tmp_path, run_main):
+    """Issue 16: punet with --fold 0 and spunet with --fold 1 in one store printed no leaderboard at all ("A and B
+    have no fold in common", exit 2)."""
+    store = ResultsStore(str(tmp_path / "r.db"))
+    store.add(per_image_record("punet", 0, [0.5, 0.6, 0.7]))
+    store.add(per_image_record("spunet", 1, [0.2, 0.3, 0.4]))
+    code, out, err = run_main("leaderboard", "--storage", str(tmp_path / "r.db"), "--format", "json")
+    assert code == 0, err
+    rows = {r["model"]: r for r in json.loads(out)}
+    assert set(rows) == {"punet", "spunet"} and rows["punet"]["p_vs_best"] is None
+    assert rows["punet"]["unpaired"] == "no fold in common with the best row" and rows["spunet"]["unpaired"] is None
+    code, out, _ = run_main("leaderboard", "--storage", str(tmp_path / "r.db"), "--format", "markdown")
+    assert "p empty (not paired with the best row): punet on lidc-sample, d=6: no fold in common" in out
+    code, _, err = run_main("compare", "spunet", "punet", "--dataset", "lidc-sample", "--storage",
+                            str(tmp_path / "r.db"))
+    assert code == 2 and "spunet and punet have no fold in common" in err
