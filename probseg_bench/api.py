@@ -44,8 +44,9 @@ class HyperParameter:
     choices: tuple[HyperValue, ...] | None = None
     tunable: bool = True
 
-    def coerce(self, value: Any) -> HyperValue:
-        """Convert ``value`` (e.g. a CLI string) to the type of the default.
+    def coerce(self, value: Any, noun: str = "hyperparameter") -> HyperValue:
+        """Convert ``value`` (e.g. a CLI string) to the type of the default; errors call it a ``noun`` (a dataset
+        plugin's parameters are ``HyperParameter`` too, named "dataset parameter" in its messages).
 
         Raises:
             ProbsegError: when the value cannot be converted or lies outside ``choices``.
@@ -60,33 +61,35 @@ class HyperParameter:
                 out = kind(value)
         except (TypeError, ValueError):
             raise ProbsegError(
-                f"hyperparameter '{self.name}': expected {'an' if kind.__name__[0] in 'aeiou' else 'a'} "
+                f"{noun} '{self.name}': expected {'an' if kind.__name__[0] in 'aeiou' else 'a'} "
                 f"{kind.__name__}, got {value!r}"
             ) from None
         if isinstance(out, float) and not np.isfinite(out):
-            raise ProbsegError(f"hyperparameter '{self.name}': expected a finite number, got {value!r}")
+            raise ProbsegError(f"{noun} '{self.name}': expected a finite number, got {value!r}")
         if self.choices is not None and out not in self.choices:
-            raise ProbsegError(f"hyperparameter '{self.name}': expected one of {list(self.choices)}, got {value!r}")
+            raise ProbsegError(f"{noun} '{self.name}': expected one of {list(self.choices)}, got {value!r}")
         return out
 
 
 def resolve_hyperparameters(
-    owner: str, declared: Sequence[HyperParameter], overrides: Mapping[str, Any]
+    owner: str, declared: Sequence[HyperParameter], overrides: Mapping[str, Any], noun: str = "hyperparameter"
 ) -> dict[str, HyperValue]:
-    """Defaults of ``declared`` updated with ``overrides`` (coerced to the declared types).
+    """Defaults of ``declared`` updated with ``overrides`` (coerced to the declared types); the messages call a
+    declared name a ``noun`` ("dataset parameter" for a dataset plugin's).
 
     Raises:
-        ProbsegError: for an override that ``owner`` does not declare, or a value of the wrong type.
+        ProbsegError: for an override that ``owner`` does not declare (with the closest declared name), or a
+            value of the wrong type.
     """
     by_name = {hp.name: hp for hp in declared}
     unknown = [k for k in overrides if k not in by_name]
     if unknown:
         raise ProbsegError(
-            f"{owner} has no hyperparameter '{unknown[0]}'{did_you_mean(unknown[0], by_name)}; "
+            f"{owner} has no {noun} '{unknown[0]}'{did_you_mean(unknown[0], by_name)}; "
             f"it has: {', '.join(sorted(by_name)) or 'none'}"
         )
     out = {hp.name: hp.default for hp in declared}
-    out.update({k: by_name[k].coerce(v) for k, v in overrides.items()})
+    out.update({k: by_name[k].coerce(v, noun) for k, v in overrides.items()})
     return out
 
 

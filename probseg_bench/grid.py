@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from probseg_bench.errors import ProbsegError
+from probseg_bench.errors import ProbsegError, did_you_mean
 from probseg_bench.protocol import RunRequest
 
 _KEYS = {"models", "datasets", "latent_dims", "folds", "preset", "seed", "device", "data_roots", "dataset_params",
@@ -89,12 +89,33 @@ def _tables(path: Path, raw: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
+def _check_dataset_params(path: Path, datasets: tuple[str, ...], params: dict[str, Any]) -> None:
+    """Each ``[dataset_params.NAME]`` table belongs to one of the grid's datasets and names only parameters that
+    dataset declares, with values of their types: checked before any cell trains, the message naming the file
+    and the table. (An unknown dataset plugin is left to the run, which says so with the known names.)"""
+    from probseg_bench.data.loading import dataset_parameters
+    from probseg_bench.plugins import get_plugins
+
+    registry = get_plugins().datasets
+    for name, table in params.items():
+        where = f"{path}: [dataset_params.{name}]"
+        if name not in datasets:
+            raise ProbsegError(f"{where}: '{name}' is not one of the grid's datasets{did_you_mean(name, datasets)}; "
+                               f"they are: {', '.join(datasets)}")
+        if name in registry.names():
+            try:
+                dataset_parameters(registry.get(name), table)
+            except ProbsegError as exc:
+                raise ProbsegError(f"{where}: {exc}") from None
+
+
 def load_grid(path: Path) -> GridConfig:
     """Parse a grid file.
 
     Raises:
         ProbsegError: unreadable TOML, an unknown key, a value of the wrong type (the message names the file and
-            the key).
+            the key), a ``[dataset_params.NAME]`` table of a dataset not in the grid or with a parameter that the
+            dataset does not declare.
     """
     path = Path(path)
     try:
@@ -117,7 +138,7 @@ def load_grid(path: Path) -> GridConfig:
     for key, table in (("dataset_params", params), ("hyperparameters", hps)):
         if not all(isinstance(v, dict) for v in table.values()):
             raise ProbsegError(f"{path}: '{key}' must hold one table per name ([{key}.NAME])")
-    return GridConfig(
+    grid = GridConfig(
         models=_names(path, raw, "models", True),
         datasets=_names(path, raw, "datasets", True),
         latent_dims=_ints(path, raw, "latent_dims") or (6,),
@@ -130,3 +151,5 @@ def load_grid(path: Path) -> GridConfig:
         hyperparameters={k: dict(v) for k, v in hps.items()},
         protocol=dict(protocol),
     )
+    _check_dataset_params(path, grid.datasets, params)
+    return grid

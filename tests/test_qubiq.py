@@ -309,9 +309,9 @@ def test_task_not_in_the_folder(tmp_path):
     write_case(root, "case01", np.zeros((H, W, 4)), {(t, a): box((H, W), 1, 1) for t in (1, 2) for a in (1, 2)})
     with pytest.raises(ProbsegError, match=r"no task03_segYY\.nii\.gz files for task 3; tasks present: 1, 2"):
         load_qubiq(root, "qubiq-brain-tumor", task=3)
-    with pytest.raises(ProbsegError, match=r"hyperparameter 'task': expected one of \[1\]"):
+    with pytest.raises(ProbsegError, match=r"dataset parameter 'task': expected one of \[1\]"):
         load_qubiq(root, "qubiq-kidney", task=2)  # kidney has one task
-    with pytest.raises(ProbsegError, match="hyperparameter 'crop': expected one of"):
+    with pytest.raises(ProbsegError, match="dataset parameter 'crop': expected one of"):
         load_qubiq(root, "qubiq-brain-tumor", crop="middle")
 
 

@@ -396,7 +396,8 @@ def load_qubiq(
         raise ProbsegError(f"unknown QUBIQ dataset '{dataset}'; known: {', '.join(QUBIQ_DATASETS)}")
     info = QUBIQ_DATASETS[dataset]
     params = resolve_hyperparameters(
-        f"dataset '{dataset}'", dataset_parameters(info), {"task": task, "crop": crop, "size": size}
+        f"dataset '{dataset}'", dataset_parameters(info), {"task": task, "crop": crop, "size": size},
+        "dataset parameter",
     )
     task, crop, size = int(params["task"]), str(params["crop"]), int(params["size"])
     if size < 1:

@@ -11,6 +11,7 @@ from probseg_bench.analysis import figures as F
 from probseg_bench.analysis import latent
 from probseg_bench.analysis.loading import LoadedRun
 from probseg_bench.analysis.report import write_report
+from probseg_bench.api import MultiRaterData
 from probseg_bench.diagnostics import collapse_warning
 from probseg_bench.experiment import fold_seed
 
@@ -25,6 +26,32 @@ class Analysis:
     freezing_order: np.ndarray | None = None
     freezing_ewd: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
+
+
+_ITEM_NAMES = ("case", "name", "key")
+"""Metadata columns that name a dataset's item (the first one present is used), beside its group."""
+
+
+def _short(text: str, width: int = 24) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def label_test_image(test: MultiRaterData, index: int) -> str:
+    """Fig. 3's name of test item ``index``: its number in the fold's test set (1-based) and, on a second line,
+    its case: the group (patient / case) with the item's own name where the dataset records one that the group
+    does not already contain, and its slice in a volume. Long ids keep their last characters.
+
+    E.g. "test image 3 of 9" over "case testing/12" (lidc-sample: its source folder testing/, patient 12),
+    "case p0002, img00009" (synthetic), "case Training/case01, slice 14" (QUBIQ).
+    """
+    group = str(test.groups[index])
+    parts = [group]
+    name = next((str(test.metadata[k][index]) for k in _ITEM_NAMES if k in test.metadata), None)
+    if name is not None and name not in group:
+        parts = [name] if group in name else [group, name]
+    if "slice" in test.metadata and int(test.metadata["slice"][index]) >= 0:
+        parts.append(f"slice {int(test.metadata['slice'][index])}")
+    return f"test image {index + 1} of {len(test)}\ncase {', '.join(_short(p) for p in parts)}"
 
 
 def analyze(run: LoadedRun, out_dir: Path, command: str, n_samples: int | None = None, rows: int = 3) -> Analysis:
@@ -50,17 +77,19 @@ def analyze(run: LoadedRun, out_dir: Path, command: str, n_samples: int | None =
     # Fig. 3: the images with the most annotated foreground first, so that there is something to see
     order = np.argsort(-test.masks.reshape(len(test), -1).sum(1), kind="stable")[:rows]
     pred_mean, pred_std = latent.mean_predictions(model, test, device, n, seed, batch)
-    ids = [str(g) for g in test.groups]
     keep(F.samples_figure(test.images[order, 0].astype(np.float32), test.masks[order], pred_mean[order],
-                          pred_std[order], [ids[i] for i in order], f"Fig. 3 - samples: {label}"),
+                          pred_std[order], [label_test_image(test, int(i)) for i in order],
+                          f"Fig. 3 - samples: {label}"),
          "fig3_samples", "Fig. 3: samples", f"Annotations and their mean/std next to the mean/std of {n} samples "
-         "drawn from the prior, for the test images with the most annotated foreground.")
+         "drawn from the prior, for the test images with the most annotated foreground; each row is named by "
+         "the image's number in this fold's test set and by the dataset's case.")
     stats = latent.prior_statistics(model, test, device, batch)
     keep(F.prior_figure(stats.mean, stats.std, f"Fig. 4 - prior statistics: {label}"), "fig4_prior",
          "Fig. 4: prior statistics", "Prior means and standard deviations per latent dimension across the test "
          "images; a sparse latent space shows few dimensions with large sigma.")
     probs, offsets = latent.traversal(model, test.images[order[0]], device)
-    keep(F.traversal_figure(probs, offsets, f"Fig. 5 - latent traversal (image {ids[order[0]]}): {label}"),
+    first = label_test_image(test, int(order[0])).replace("\n", ", ")
+    keep(F.traversal_figure(probs, offsets, f"Fig. 5 - latent traversal ({first}): {label}"),
          "fig5_traversal", "Fig. 5: latent traversal", "Decoded foreground probability as each latent axis moves "
          "from -2 to +2 prior standard deviations with the others at the prior mean.")
     variances = (stats.std**2).mean(0)

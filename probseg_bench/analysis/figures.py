@@ -34,16 +34,19 @@ def _image(ax: Any, data: np.ndarray, title: str, cmap: str = "gray", vmin: floa
 
 
 def samples_figure(images: np.ndarray, masks: np.ndarray, pred_mean: np.ndarray, pred_std: np.ndarray,
-                   ids: list[str], title: str) -> Any:
+                   labels: list[str], title: str) -> Any:
     """Fig. 3: per row one test image, its annotations, annotator mean and std, predicted mean and std.
 
     Args:
         images: [R, H, W]; masks: [R, A, H, W]; pred_mean, pred_std: [R, H, W] over the binary samples.
+        labels: [R] the row's name, left of it (e.g. ``analyze.label_test_image``: "test image 3 of 9" and the
+            case); a newline splits it into lines.
     """
     rows, a = masks.shape[:2]
     fig, axes = plt.subplots(rows, a + 5, figsize=(2.1 * (a + 5), 2.0 * rows), squeeze=False)
     for r in range(rows):
-        _image(axes[r, 0], images[r], f"image {ids[r]} (intensity)", colorbar=True)
+        _image(axes[r, 0], images[r], "image (intensity)", colorbar=True)
+        axes[r, 0].set_ylabel(labels[r], fontsize=8)
         for j in range(a):
             _image(axes[r, 1 + j], masks[r, j], f"annotator {j + 1}", colorbar=False)
         ann = masks[r].astype(np.float64)
@@ -128,7 +131,10 @@ def entropy_figure(annotator: np.ndarray, predicted: np.ndarray, pearson: float,
     h = ax.hist2d(annotator.ravel(), predicted.ravel(), bins=40, range=[[0, np.log(2)], [0, np.log(2)]],
                   cmap="viridis", norm=matplotlib.colors.LogNorm())
     fig.colorbar(h[3], ax=ax, label="pixels")
-    ax.plot([0, np.log(2)], [0, np.log(2)], color="white", linewidth=0.8)
+    # dashed black on every background: white on the empty bins, dark on the sparse ones, yellow on the dense
+    ax.plot([0, np.log(2)], [0, np.log(2)], color="black", linestyle="--", linewidth=1.0,
+            label="identity (predicted = annotator entropy)")
+    ax.legend(loc="upper left", fontsize=7)
     ax.set_xlabel("annotator entropy H(ȳ) (nats)")
     ax.set_ylabel("predicted entropy H(p̄) (nats)")
     ax.set_title(f"{title}\nper-image mean Pearson {pearson:.3f}, Spearman {spearman:.3f}", fontsize=9)

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
 
 from probseg_bench.results import DEFAULT_STORAGE
 
+# Settings of every Typer app of the CLI (the root and its command groups, such as ``data``). ``--help`` is
+# click's plain layout, not typer's Rich panels: Rich markup would parse every help string, so that bracketed
+# text such as "[default: all]" vanished, and the panels give each flag a type column ("--pivot <bool>") as if
+# it took a value. Plain help prints help strings verbatim and flags without a type, for any help text to come.
+APP_SETTINGS: dict[str, Any] = {"rich_markup_mode": None, "no_args_is_help": True}
+
 app = typer.Typer(
     name="probseg-bench",
     help="Benchmark probabilistic segmentation models (PU-Net, PU-Net+NF, SPU-Net, plugins) on "
     "multi-annotator data under one cross-validation protocol.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"max_content_width": 120},  # help as wide as the terminal, up to 120 columns
+    **APP_SETTINGS,
 )
 console = Console() if sys.stdout.isatty() else Console(width=160)
 err_console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=160)

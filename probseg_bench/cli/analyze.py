@@ -27,9 +27,9 @@ def analyze(
     samples: int | None = typer.Option(None, "--samples", help="Samples per image [default: the run's, 16]."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
-    """Samples (Fig. 3), prior statistics (4), latent traversal (5), freezing (6), effective rank over training
-    (7) and entropy calibration (8) of a stored run's checkpoint, as PNG + PDF and one self-contained HTML
-    report; prints the report's path."""
+    """The seed paper's Figures 3-8 for a stored run's checkpoint: samples (3), prior statistics (4), latent
+    traversal (5), freezing (6), effective rank over training (7) and entropy calibration (8), as PNG + PDF and
+    one self-contained HTML report; prints the report's path."""
     from probseg_bench.analysis.analyze import analyze as run_analysis
     from probseg_bench.analysis.loading import find_record, load_run
 

@@ -9,14 +9,14 @@ import typer
 from rich.table import Table
 
 from probseg_bench.api import DatasetSpec, HyperValue, MultiRaterData
-from probseg_bench.cli._app import app, console
+from probseg_bench.cli._app import APP_SETTINGS, app, console
 from probseg_bench.cli.run import parse_hp
 from probseg_bench.data.converted import write_converted
 from probseg_bench.data.loading import dataset_parameters, load_dataset
 from probseg_bench.errors import ProbsegError
 from probseg_bench.plugins import get_plugins
 
-data_app = typer.Typer(help="Inspect, verify and convert datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect, verify and convert datasets.", **APP_SETTINGS)
 app.add_typer(data_app, name="data")
 
 DATA_ROOT = typer.Option(None, "--data-root", help="Dataset folder, for plugins that need one.")

@@ -25,7 +25,7 @@ def dataset_parameters(spec: DatasetSpec, overrides: Mapping[str, Any]) -> dict[
     if TRUST_PICKLE in overrides:
         raise ProbsegError("trust_pickle is not a dataset parameter: use --trust-pickle")
     declared = tuple(p for p in spec.parameters if p.name != TRUST_PICKLE)
-    return resolve_hyperparameters(f"dataset '{spec.name}'", declared, overrides)
+    return resolve_hyperparameters(f"dataset '{spec.name}'", declared, overrides, "dataset parameter")
 
 
 def load_dataset(
