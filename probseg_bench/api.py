@@ -57,9 +57,21 @@ class HyperParameter:
                 if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
                     raise ValueError(value)
                 out: HyperValue = value.lower() in {"true", "1", "yes"}
+            elif kind is bool:
+                # a file's true/false, or 0/1; no other number is silently a bool
+                if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+                    out = bool(value)
+                else:
+                    raise ValueError(value)
+            elif isinstance(value, bool) and kind is not str:
+                raise ValueError(value)  # TOML's true is not the number 1
+            elif kind is int and isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError(value)  # 2.7 is not silently 2
+                out = int(value)
             else:
                 out = kind(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ProbsegError(
                 f"{noun} '{self.name}': expected {'an' if kind.__name__[0] in 'aeiou' else 'a'} "
                 f"{kind.__name__}, got {value!r}"

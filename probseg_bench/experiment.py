@@ -188,16 +188,21 @@ def apply_protocol_overrides(preset: Preset, overrides: Mapping[str, Any]) -> Pr
         current = getattr(preset, k)
         kind = bool if isinstance(current, bool) else float if isinstance(current, float) else int
         if (kind is bool) != isinstance(v, bool):
-            raise ProbsegError(f"protocol setting '{k}': expected a {kind.__name__}, got {v!r}")
+            raise ProbsegError(f"protocol setting '{k}': expected {'an' if kind is int else 'a'} {kind.__name__}, got {v!r}")
         try:
             values[k] = kind(v)
         except (TypeError, ValueError):
-            raise ProbsegError(f"protocol setting '{k}': expected a {kind.__name__}, got {v!r}") from None
+            raise ProbsegError(f"protocol setting '{k}': expected {'an' if kind is int else 'a'} {kind.__name__}, got {v!r}") from None
         if kind is not bool and values[k] <= 0:
             raise ProbsegError(f"protocol setting '{k}': expected a positive value, got {v!r}")
     if "epochs" in values:
         values["steps"] = None
     return replace(preset, **values)
+
+
+def _is_int(value: Any) -> bool:
+    """An integer that is not a bool (a file's ``true`` is not a latent dimension, a fold or a seed)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def fold_seed(seed: int, latent_dim: int, fold: int) -> int:
@@ -260,10 +265,12 @@ class Experiment:
         model_spec = plugins.models.get(request.model)
         dataset_spec = plugins.datasets.get(request.dataset)
         preset = apply_protocol_overrides(get_preset(request.preset), request.protocol_overrides)
-        if not request.latent_dims or min(request.latent_dims) < 1:
+        if not request.latent_dims or any(not _is_int(d) or d < 1 for d in request.latent_dims):
             raise ProbsegError(f"--latent-dim: expected integers >= 1, got {list(request.latent_dims)}")
+        if not _is_int(request.seed) or request.seed < 0:
+            raise ProbsegError(f"--seed: expected an integer >= 0, got {request.seed!r}")
         folds = tuple(range(preset.n_folds)) if request.folds is None else tuple(request.folds)
-        bad = [f for f in folds if not 0 <= f < preset.n_folds]
+        bad = [f for f in folds if not _is_int(f) or not 0 <= f < preset.n_folds]
         if bad:
             raise ProbsegError(f"--fold: expected values in 0..{preset.n_folds - 1}, got {bad[0]}")
         terms = objective_terms(model_spec, plugins, request.regularizer)

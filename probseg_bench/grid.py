@@ -73,13 +73,18 @@ def _names(path: Path, raw: dict[str, Any], key: str, required: bool) -> tuple[s
     return tuple(value)
 
 
-def _ints(path: Path, raw: dict[str, Any], key: str) -> tuple[int, ...] | None:
+def _ints(path: Path, raw: dict[str, Any], key: str, minimum: int) -> tuple[int, ...] | None:
     value = raw.get(key)
     if value is None:
         return None
-    if not isinstance(value, list) or not value or not all(isinstance(v, int) for v in value):
-        raise ProbsegError(f"{path}: '{key}' must be a non-empty list of integers")
+    if not isinstance(value, list) or not value or not all(_is_int(v) and v >= minimum for v in value):
+        raise ProbsegError(f"{path}: '{key}' must be a non-empty list of integers >= {minimum}, got {value!r}")
     return tuple(value)
+
+
+def _is_int(value: Any) -> bool:
+    """An integer that is not a bool (TOML's ``true`` is not a latent dimension)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _tables(path: Path, raw: dict[str, Any], key: str) -> dict[str, Any]:
@@ -89,33 +94,65 @@ def _tables(path: Path, raw: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
-def _check_dataset_params(path: Path, datasets: tuple[str, ...], params: dict[str, Any]) -> None:
-    """Each ``[dataset_params.NAME]`` table belongs to one of the grid's datasets and names only parameters that
-    dataset declares, with values of their types: checked before any cell trains, the message naming the file
-    and the table. (An unknown dataset plugin is left to the run, which says so with the known names.)"""
-    from probseg_bench.data.loading import dataset_parameters
-    from probseg_bench.plugins import get_plugins
+def _check_grid(path: Path, grid: GridConfig) -> None:
+    """Every name and value of a grid, before any cell trains; the message names the file and the key.
 
-    registry = get_plugins().datasets
-    for name, table in params.items():
-        where = f"{path}: [dataset_params.{name}]"
-        if name not in datasets:
-            raise ProbsegError(f"{where}: '{name}' is not one of the grid's datasets{did_you_mean(name, datasets)}; "
-                               f"they are: {', '.join(datasets)}")
-        if name in registry.names():
+    Models, datasets, the preset and the device must exist; each ``[hyperparameters.NAME]``,
+    ``[dataset_params.NAME]`` and ``[data_roots.NAME]`` table must belong to one of the grid's models / datasets and
+    name only what that plugin (or the model's regularizers) declares, with values of the declared types; the
+    ``[protocol]`` settings must be preset settings of the right type; folds must exist in the preset.
+    """
+    from probseg_bench.data.loading import dataset_parameters
+    from probseg_bench.experiment import apply_protocol_overrides, resolve_device, resolve_run_hyperparameters
+    from probseg_bench.plugins import get_plugins
+    from probseg_bench.presets import get_preset
+
+    plugins = get_plugins()
+    for key, names, registry in (("models", grid.models, plugins.models), ("datasets", grid.datasets,
+                                                                            plugins.datasets)):
+        for name in names:
             try:
-                dataset_parameters(registry.get(name), table)
+                registry.get(name)
             except ProbsegError as exc:
-                raise ProbsegError(f"{where}: {exc}") from None
+                raise ProbsegError(f"{path}: '{key}': {exc}") from None
+    try:
+        preset = apply_protocol_overrides(get_preset(grid.preset), grid.protocol)
+    except ProbsegError as exc:
+        raise ProbsegError(f"{path}: {'[protocol]' if grid.protocol else 'preset'}: {exc}") from None
+    try:
+        resolve_device(grid.device, check_available=False)
+    except ProbsegError as exc:
+        raise ProbsegError(f"{path}: 'device': {exc}") from None
+    if grid.folds is not None and any(not 0 <= f < preset.n_folds for f in grid.folds):
+        raise ProbsegError(f"{path}: 'folds': expected values in 0..{preset.n_folds - 1}, got {list(grid.folds)}")
+    for key, tables, owners in (("hyperparameters", grid.hyperparameters, grid.models),
+                                ("dataset_params", grid.dataset_params, grid.datasets),
+                                ("data_roots", grid.data_roots, grid.datasets)):
+        for name in tables:
+            if name not in owners:
+                what = "models" if key == "hyperparameters" else "datasets"
+                raise ProbsegError(f"{path}: [{key}.{name}]: '{name}' is not one of the grid's {what}"
+                                   f"{did_you_mean(name, owners)}; they are: {', '.join(owners)}")
+    for name, table in grid.hyperparameters.items():
+        try:
+            resolve_run_hyperparameters(plugins.models.get(name), plugins, table)
+        except ProbsegError as exc:
+            raise ProbsegError(f"{path}: [hyperparameters.{name}]: {exc}") from None
+    for name, table in grid.dataset_params.items():
+        try:
+            dataset_parameters(plugins.datasets.get(name), table)
+        except ProbsegError as exc:
+            raise ProbsegError(f"{path}: [dataset_params.{name}]: {exc}") from None
 
 
 def load_grid(path: Path) -> GridConfig:
     """Parse a grid file.
 
     Raises:
-        ProbsegError: unreadable TOML, an unknown key, a value of the wrong type (the message names the file and
-            the key), a ``[dataset_params.NAME]`` table of a dataset not in the grid or with a parameter that the
-            dataset does not declare.
+        ProbsegError: unreadable TOML, an unknown key, a value of the wrong type or out of range, an unknown
+            plugin / preset / device, a table of a model or dataset not in the grid, a hyperparameter, dataset
+            parameter or protocol setting that is not declared or has a bad value (see :func:`_check_grid`; the
+            message names the file and the key).
     """
     path = Path(path)
     try:
@@ -128,8 +165,11 @@ def load_grid(path: Path) -> GridConfig:
     if unknown:
         raise ProbsegError(f"{path}: unknown key '{unknown[0]}'; expected some of {', '.join(sorted(_KEYS))}")
     for key, kind in (("preset", str), ("seed", int), ("device", str)):
-        if key in raw and not isinstance(raw[key], kind):
-            raise ProbsegError(f"{path}: '{key}' must be a {kind.__name__}")
+        if key in raw and (not isinstance(raw[key], kind) or isinstance(raw[key], bool)):
+            raise ProbsegError(f"{path}: '{key}' must be a{'n' if kind is int else ''} {kind.__name__}, "
+                               f"got {raw[key]!r}")
+    if "seed" in raw and raw["seed"] < 0:
+        raise ProbsegError(f"{path}: 'seed' must be >= 0, got {raw['seed']}")
     roots = _tables(path, raw, "data_roots")
     if not all(isinstance(v, str) for v in roots.values()):
         raise ProbsegError(f"{path}: 'data_roots' values must be paths (strings)")
@@ -141,8 +181,8 @@ def load_grid(path: Path) -> GridConfig:
     grid = GridConfig(
         models=_names(path, raw, "models", True),
         datasets=_names(path, raw, "datasets", True),
-        latent_dims=_ints(path, raw, "latent_dims") or (6,),
-        folds=_ints(path, raw, "folds"),
+        latent_dims=_ints(path, raw, "latent_dims", 1) or (6,),
+        folds=_ints(path, raw, "folds", 0),
         preset=raw.get("preset", "paper"),
         seed=raw.get("seed", 0),
         device=raw.get("device", "auto"),
@@ -151,5 +191,5 @@ def load_grid(path: Path) -> GridConfig:
         hyperparameters={k: dict(v) for k, v in hps.items()},
         protocol=dict(protocol),
     )
-    _check_dataset_params(path, grid.datasets, params)
+    _check_grid(path, grid)
     return grid

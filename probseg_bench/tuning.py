@@ -97,6 +97,13 @@ def search_space(
         if name not in declared:
             raise ProbsegError(f"--param {name}: not a hyperparameter of this model or its regularizers"
                                f"{did_you_mean(name, declared)}; tunable: {', '.join(sorted(tunable))}")
+        hp = declared[name]
+        if hp.choices is not None or not isinstance(hp.default, int | float) or isinstance(hp.default, bool):
+            what = f"one of {list(hp.choices)}" if hp.choices is not None else f"a {type(hp.default).__name__}"
+            raise ProbsegError(f"--param {text!r}: '{name}' is {what}, not a number: a range does not apply "
+                               f"(fix it with --fix {name}=VALUE)")
+        if isinstance(hp.default, int) and not (low.is_integer() and high.is_integer()):
+            raise ProbsegError(f"--param {text!r}: '{name}' is an integer: expected integer bounds")
         overrides[name] = (low, high, log)
     for name in fixed:
         if name not in declared:

@@ -30,7 +30,7 @@ def test_the_shipped_grids_parse():
     ("models = ['punet']\ndatasets = ['x']\nlatent_dim = [4]", "unknown key 'latent_dim'"),
     ("models = ['punet']\ndatasets = ['x']\nlatent_dims = ['4']", "'latent_dims' must be a non-empty list of int"),
     ("models = ['punet'\n", "not valid TOML"),
-    ("models = ['punet']\ndatasets = ['x']\nseed = 'zero'", "'seed' must be a int"),
+    ("models = ['punet']\ndatasets = ['x']\nseed = 'zero'", "'seed' must be an int, got 'zero'"),
 ])
 def test_bad_grid_files_name_the_file_and_key(tmp_path, text, message):
     path = tmp_path / "grid.toml"
