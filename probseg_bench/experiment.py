@@ -187,12 +187,13 @@ def apply_protocol_overrides(preset: Preset, overrides: Mapping[str, Any]) -> Pr
     for k, v in overrides.items():
         current = getattr(preset, k)
         kind = bool if isinstance(current, bool) else float if isinstance(current, float) else int
-        if (kind is bool) != isinstance(v, bool):
-            raise ProbsegError(f"protocol setting '{k}': expected {'an' if kind is int else 'a'} {kind.__name__}, got {v!r}")
+        expected = f"protocol setting '{k}': expected {'an' if kind is int else 'a'} {kind.__name__}, got {v!r}"
+        if (kind is bool) != isinstance(v, bool) or (kind is int and isinstance(v, float) and not v.is_integer()):
+            raise ProbsegError(expected)  # no bool as a number, no 2.5 epochs as 2
         try:
             values[k] = kind(v)
-        except (TypeError, ValueError):
-            raise ProbsegError(f"protocol setting '{k}': expected {'an' if kind is int else 'a'} {kind.__name__}, got {v!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ProbsegError(expected) from None
         if kind is not bool and values[k] <= 0:
             raise ProbsegError(f"protocol setting '{k}': expected a positive value, got {v!r}")
     if "epochs" in values:

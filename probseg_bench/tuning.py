@@ -17,12 +17,20 @@ the settings its trials were scored under (:func:`study_settings`: model, datase
 fold, seed, preset and protocol overrides, the resolved protocol, split, objective, fixed hyperparameters);
 resuming it with other settings is refused (:func:`bind_study`), and the parameters TOML carries them, so that
 ``run --params`` trains under the protocol the parameters were tuned for.
+
+A worker sends a heartbeat for its running trial every :data:`HEARTBEAT_INTERVAL_S` seconds (Optuna's RDB
+heartbeat, on the database's clock: SQLite, PostgreSQL, local processes and Ray actors alike). A running trial
+whose worker has sent none for :data:`GRACE_PERIOD_S` seconds belongs to a dead worker (killed, its machine or
+connection lost): opening the study (a resumed ``tune``, a worker's next trial, ``tune --show``) marks it failed,
+with the reason in its ``failure`` attribute. A running trial without any heartbeat (started by a version without
+them) cannot be judged and stays running.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +42,14 @@ from probseg_bench.experiment import Experiment, RunRequest, fold_seed
 from probseg_bench.results import normalize_url, retry_schema_race
 
 OBJECTIVES = ("val_ewd", "val_ged", "val_loss")
+
+#: Seconds between two heartbeats of a running trial. Each is one small write; 30 s costs nothing even on SQLite.
+HEARTBEAT_INTERVAL_S = 30
+#: Seconds without a heartbeat after which a running trial is a dead worker's and is marked failed. Four intervals:
+#: a live worker would have to miss three heartbeats in a row, and one heartbeat delayed by SQLite's 60 s lock
+#: wait still arrives in time; a dead worker's trial is failed two minutes after its death.
+GRACE_PERIOD_S = 120
+FAILURE_ATTR = "failure"
 
 
 @dataclass(frozen=True)
@@ -130,10 +146,12 @@ def default_study_name(model: str, dataset: str, objective: str) -> str:
 
 
 def open_study(name: str, storage: str, seed: int, create: bool = True) -> Any:
-    """Load (or create) the named study in ``storage`` with a TPE sampler and a median pruner.
+    """Load (or create) the named study in ``storage`` with a TPE sampler and a median pruner, and mark the trials
+    of dead workers failed (:func:`fail_stale_trials`).
 
     The sampler is seeded with ``seed`` + the number of trials already in the study, so that a fresh study is
-    reproducible and a resumed one does not replay the proposals of its first run.
+    reproducible and a resumed one does not replay the proposals of its first run. Trials record a heartbeat every
+    :data:`HEARTBEAT_INTERVAL_S` seconds while they run.
 
     Raises:
         ProbsegError: the study does not exist (``create=False``), or the storage is unusable.
@@ -151,16 +169,96 @@ def open_study(name: str, storage: str, seed: int, create: bool = True) -> Any:
         raise ProbsegError(f"no study named '{name}' in {storage}")
     study = optuna.create_study(study_name=name, storage=rdb, pruner=pruner, direction="minimize",
                                 load_if_exists=True)
+    fail_stale_trials(study)
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials), n_startup_trials=4)
     return study
 
 
 def _open_rdb_storage(optuna: Any, url: str, storage: str, engine_kwargs: dict[str, Any]) -> Any:
-    """Open Optuna's RDB storage; workers started together on a fresh storage race to create its schema."""
+    """Open Optuna's RDB storage with heartbeats; workers started together on a fresh storage race to create its
+    schema."""
+    def create() -> Any:
+        with warnings.catch_warnings():  # heartbeat_interval is an "experimental" argument
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _heartbeat_storage_class(optuna.storages.RDBStorage)(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=GRACE_PERIOD_S)
+
     try:
-        return retry_schema_race(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs))
+        return retry_schema_race(create)
     except Exception as exc:
         raise ProbsegError(f"--storage {storage!r}: cannot open it for Optuna ({exc})") from None
+
+
+def stale_reason(grace_period: int) -> str:
+    """The ``failure`` of a trial marked failed because its worker went silent."""
+    return (f"its worker stopped sending heartbeats (killed, or its machine or connection lost): none for over "
+            f"{grace_period} s")
+
+
+def _heartbeat_storage_class(base: type) -> type:
+    """``base`` (Optuna's RDBStorage) that records why a stale trial fails, and reports heartbeat ages.
+
+    Optuna fails a stale trial (at the start of each trial of ``study.optimize``, and in ``fail_stale_trials``)
+    without a reason, and a failed trial's attributes can no longer be set: the reason is recorded in the trial's
+    ``failure`` attribute as it is found stale, while it is still running.
+    """
+    import optuna
+
+    class HeartbeatStorage(base):
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            stale = []
+            for trial_id in super()._get_stale_trial_ids(study_id):
+                try:
+                    self.set_trial_user_attr(trial_id, FAILURE_ATTR, stale_reason(self.grace_period))
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    continue  # it finished meanwhile (or another worker failed it)
+                stale.append(trial_id)
+            return stale
+
+        def heartbeat_ages(self, study_id: int) -> dict[int, float | None]:
+            """Running trial number -> seconds since its last heartbeat (database clock); None: no heartbeat."""
+            import sqlalchemy
+            from optuna.storages._rdb import models
+            from sqlalchemy.orm import Session
+
+            with Session(self.engine) as session:
+                now = session.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
+                running = (session.query(models.TrialModel)
+                           .filter(models.TrialModel.study_id == study_id,
+                                   models.TrialModel.state == optuna.trial.TrialState.RUNNING).all())
+                ages: dict[int, float | None] = {}
+                for trial in running:
+                    beats = trial.heartbeats
+                    ages[int(trial.number)] = (None if not beats or now is None else max(0.0, (
+                        now.replace(tzinfo=None) - beats[0].heartbeat.replace(tzinfo=None)).total_seconds()))
+                return ages
+
+    return HeartbeatStorage
+
+
+def fail_stale_trials(study: Any) -> None:
+    """Mark failed the running trials whose worker has sent no heartbeat for :data:`GRACE_PERIOD_S` seconds (the
+    reason in their ``failure`` attribute). Trials without any heartbeat are left alone: they cannot be judged."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def heartbeat_ages(study: Any) -> dict[int, float | None]:
+    """The study's running trials: number -> seconds since the last heartbeat, None for a trial without any (or a
+    storage that cannot tell)."""
+    import optuna
+
+    storage = getattr(study._storage, "_backend", study._storage)
+    if hasattr(storage, "heartbeat_ages"):
+        try:
+            return dict(storage.heartbeat_ages(study._study_id))
+        except Exception:  # a display aid only: never fail --show for it
+            pass
+    return {t.number: None for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
 
 
 SETTINGS_ATTR = "probseg_settings"
@@ -287,7 +385,7 @@ def make_objective(
             model, result = experiment.train(latent_dim, fold, model_hp, reg_hp, on_epoch=report,
                                              model_hook=lambda m: holder.__setitem__("model", m))
         except TrainingDivergedError as exc:
-            trial.set_user_attr("failure", str(exc))
+            trial.set_user_attr(FAILURE_ATTR, str(exc))
             raise
         trial.set_user_attr("best_epoch", result.best_epoch)
         return score(model, result.best_val_loss)
@@ -444,6 +542,7 @@ def read_params(path: Path) -> TunedParams:
                        dict(dataset_params))
 
 
-__all__ = ["OBJECTIVES", "RunRequest", "SearchParameter", "TuneJob", "TunedParams", "bind_study", "default_study_name",
-           "describe_settings", "make_objective", "open_study", "optimize", "optimize_on_ray", "parse_range",
+__all__ = ["FAILURE_ATTR", "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "OBJECTIVES", "RunRequest", "SearchParameter",
+           "TuneJob", "TunedParams", "bind_study", "default_study_name", "describe_settings", "fail_stale_trials",
+           "heartbeat_ages", "make_objective", "open_study", "optimize", "optimize_on_ray", "parse_range",
            "prepare_study", "read_params", "search_space", "study_settings", "study_verdict", "write_params"]

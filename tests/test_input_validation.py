@@ -22,6 +22,7 @@ GRID = 'models = ["punet"]\ndatasets = ["synthetic"]\n'
     ("device = \"gpu\"\n", "'device': --device: expected auto, cpu or cuda"),
     ("preset = \"quik\"\n", "preset: unknown preset 'quik' (did you mean 'quick'?)"),
     ("[protocol]\nepochs = true\n", "[protocol]: protocol setting 'epochs': expected an int, got True"),
+    ("[protocol]\nepochs = 2.5\n", "[protocol]: protocol setting 'epochs': expected an int, got 2.5"),
     ("[protocol]\nepoch = 2\n", "[protocol]: protocol setting 'epoch' (did you mean 'epochs'?)"),
     ("[hyperparameters.spunte]\nbeta = 50\n", "[hyperparameters.spunte]: 'spunte' is not one of the grid's models"),
     ("[hyperparameters.punet]\nbetta = 50\n", "[hyperparameters.punet]: model 'punet' and its regularizers have no "

@@ -220,11 +220,133 @@ def test_open_study_does_not_retry_a_broken_storage(monkeypatch, tmp_path):
 
     calls = []
 
-    def broken(url, **kwargs):
-        calls.append(url)
-        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("unable to open database file"))
+    class BrokenStorage(optuna.storages.RDBStorage):
+        def __init__(self, url, **kwargs):
+            calls.append(url)
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("unable to open database file"))
 
-    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", BrokenStorage)
     with pytest.raises(ProbsegError, match="unable to open database file"):
         open_study("s", str(tmp_path / "x.db"), seed=0)
     assert len(calls) == 1
+
+
+# A `tune` killed during a trial (SIGKILL, OOM killer, a lost machine) leaves the trial RUNNING. Its worker's
+# heartbeats stop: a resumed study marks it failed, with the reason, once the grace period has passed.
+KILLED_CHILD = (
+    "import sys, time\n"
+    "from probseg_bench.presets import PRESETS, Preset\n"
+    "PRESETS['tiny'] = Preset(name='tiny', description='test preset', epochs=1, warmup_epochs=1, batch_size=4,"
+    " augment=True, n_eval_samples=4)\n"
+    "from probseg_bench.experiment import Experiment\n"
+    "Experiment.train = lambda *args, **kwargs: time.sleep(600)  # a trial that runs until the process is killed\n"
+    "from probseg_bench.cli import main\n"
+    "sys.argv = ['probseg-bench'] + sys.argv[1:]\n"
+    "main()\n"
+)
+
+
+def short_heartbeats(monkeypatch) -> None:
+    from probseg_bench import tuning
+
+    monkeypatch.setattr(tuning, "HEARTBEAT_INTERVAL_S", 1)
+    monkeypatch.setattr(tuning, "GRACE_PERIOD_S", 1)
+
+
+def wait_for_running_trial(db: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until the child's trial runs and has sent its first heartbeat (at most 10 s after it started)."""
+    import sqlite3
+    import time
+
+    deadline, started = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            with sqlite3.connect(db) as conn:
+                running = conn.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+                if started is None and running:
+                    started = time.monotonic()
+                if started is not None and (conn.execute("SELECT count(*) FROM trial_heartbeats").fetchone()[0]
+                                            or time.monotonic() > started + 10):
+                    return
+        except sqlite3.OperationalError:  # no schema yet
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the child's trial never started")
+
+
+def test_a_killed_tune_leaves_no_trial_running_for_good(monkeypatch, tmp_path, tiny_preset):
+    import signal
+    import time
+
+    import optuna
+
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "killed.db"
+    args = [*TUNE, "--model", "punet", "--preset", tiny_preset, "--trials", "1", "--objective", "val_loss",
+            "--storage", str(db), "--study", "killed"]
+    show = ["tune", "--model", "punet", "--dataset", "synthetic", "--storage", str(db), "--study", "killed", "--show"]
+    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_running_trial(db, child)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=60)
+    settings = open_study("killed", str(db), 0, create=False).user_attrs["probseg_settings"]
+
+    # within the grace period the trial may be a live worker's: --show leaves it running and says so
+    shown = CliRunner().invoke(app, show)
+    assert shown.exit_code == 0, shown.output
+    assert "1 running: trial 0 (last heartbeat" in shown.output and "without one for 120 s" in shown.output
+    assert open_study("killed", str(db), 0, create=False).trials[0].state == optuna.trial.TrialState.RUNNING
+
+    short_heartbeats(monkeypatch)
+    time.sleep(2.5)  # > the 1 s grace period on the database's clock (SQLite: whole seconds)
+    resumed = CliRunner().invoke(app, args)
+    assert resumed.exit_code == 0, resumed.output
+    assert "trial 0 failed: its worker stopped sending heartbeats" in resumed.output
+    study = open_study("killed", str(db), 0, create=False)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert "none for over 1 s" in study.trials[0].user_attrs["failure"]
+    assert study.user_attrs["probseg_settings"] == settings  # the study's bound settings are untouched
+    shown = CliRunner().invoke(app, show)
+    assert shown.exit_code == 0, shown.output
+    title = " ".join(shown.output.split())  # the table title wraps
+    assert "2 trials (1 complete, 1 fail)" in title and "running" not in shown.output
+    assert "trial 0 failed: its worker stopped sending heartbeats (killed" in shown.output
+
+
+def test_a_dead_worker_s_trial_is_failed_between_two_trials_of_a_live_one(monkeypatch, tmp_path):
+    """Optuna's own stale check at the start of each trial (a long optimize loop, a Ray worker) records the
+    reason too."""
+    import time
+
+    import optuna
+
+    short_heartbeats(monkeypatch)
+    db = str(tmp_path / "s.db")
+    with pytest.warns(UserWarning, match="Heartbeat of storage is supposed to be used with Study.optimize"):
+        dead = open_study("s", db, 0).ask()
+    dead.study._storage.record_heartbeat(dead._trial_id)  # ... and then its worker died
+    live = open_study("s", db, 0)
+    time.sleep(2.5)
+    live.optimize(lambda trial: 1.0, n_trials=1)
+    first, second = open_study("s", db, 0, create=False).trials
+    assert first.state == optuna.trial.TrialState.FAIL and second.state == optuna.trial.TrialState.COMPLETE
+    assert first.user_attrs["failure"].startswith("its worker stopped sending heartbeats")
+
+
+def test_a_running_trial_without_heartbeat_cannot_be_judged(monkeypatch, tmp_path):
+    import optuna
+
+    short_heartbeats(monkeypatch)
+    db = str(tmp_path / "old.db")
+    open_study("old", db, 0)
+    old = optuna.load_study(study_name="old", storage=f"sqlite:///{db}")  # a worker of a version without heartbeat
+    old.ask()
+    shown = CliRunner().invoke(app, ["tune", "--model", "punet", "--dataset", "synthetic", "--storage", db,
+                                     "--study", "old", "--show"])
+    assert shown.exit_code == 0, shown.output
+    assert "1 running: trial 0 (no heartbeat)" in shown.output and "cannot be told" in shown.output
+    assert open_study("old", db, 0, create=False).trials[0].state == optuna.trial.TrialState.RUNNING

@@ -13,12 +13,15 @@ from probseg_bench.cli.run import parse_hp
 from probseg_bench.errors import ProbsegError
 from probseg_bench.presets import PRESETS
 from probseg_bench.results import DEFAULT_STORAGE
-from probseg_bench.tuning import OBJECTIVES, SETTINGS_ATTR, describe_settings, study_verdict
+from probseg_bench.tuning import FAILURE_ATTR, OBJECTIVES, SETTINGS_ATTR, describe_settings, study_verdict
 
 
 def _show(study: Any, top: int, verdict_line: bool = True) -> None:
-    """The study's trials (best first), its settings, failed trials' reasons, and a line when it is degenerate."""
+    """The study's trials (best first), its settings, failed trials' reasons, running trials' heartbeats, and a line
+    when it is degenerate."""
     import optuna
+
+    from probseg_bench import tuning
 
     trials = study.get_trials(deepcopy=False)
     done = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: t.value)
@@ -38,11 +41,29 @@ def _show(study: Any, top: int, verdict_line: bool = True) -> None:
         console.print(f"tuned under: {describe_settings(settings)}", markup=False, highlight=False, soft_wrap=True)
     for t in trials:
         if t.state == optuna.trial.TrialState.FAIL:
-            reason = t.user_attrs.get("failure") or t.system_attrs.get("fail_reason", "failed")
+            reason = t.user_attrs.get(FAILURE_ATTR) or t.system_attrs.get("fail_reason", "failed")
             err_console.print(f"trial {t.number} failed: {reason}", markup=False, highlight=False)
+    running = tuning.heartbeat_ages(study)
+    if running:
+        err_console.print(_running_line(running), markup=False, highlight=False, soft_wrap=True)
     verdict = study_verdict(study, settings["objective"] if settings else "the objective")
     if verdict is not None and verdict_line:
         err_console.print(f"study {study.study_name}: {verdict}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _running_line(ages: dict[int, float | None]) -> str:
+    """What is known of the running trials: their workers' last heartbeats, and when a silent one is failed."""
+    from probseg_bench.tuning import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S
+
+    trials = ", ".join(f"trial {n} (" + ("no heartbeat" if age is None else f"last heartbeat {age:.0f} s ago") + ")"
+                       for n, age in sorted(ages.items()))
+    line = (f"{len(ages)} running: {trials}. A live worker sends a heartbeat every {HEARTBEAT_INTERVAL_S} s; a trial "
+            f"without one for {GRACE_PERIOD_S} s is a dead worker's and is marked failed by the next tune or "
+            "tune --show of this study")
+    if None in ages.values():
+        line += (". A trial with no heartbeat at all was started by a version without heartbeats: whether its worker "
+                 "is alive cannot be told, so it stays running (it does not count in the ranking)")
+    return line
 
 
 @app.command()
