@@ -129,6 +129,9 @@ def test_validate_command_writes_the_report_and_reuses_stored_folds(tmp_path, ti
     (["--model", "punet", "--model", "punet"], "given twice"),
     (["--model", "pnuet"], "did you mean 'punet'"),
     (["--format", "xml"], "--format"),
+    (["--fold", "7"], "--fold: expected values in 0..2, got 7"),
+    (["--latent-dim", "0"], "--latent-dim: expected integers >= 1"),
+    (["--seed", "-2"], "--seed: expected an integer >= 0"),
 ])
 def test_bad_validate_arguments_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, expected):
     import sys

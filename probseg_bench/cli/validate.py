@@ -13,6 +13,7 @@ from probseg_bench.cli.run import RichReporter, parse_hp
 from probseg_bench.comparison import TEST_NAME
 from probseg_bench.diagnostics import collapse_warning
 from probseg_bench.errors import ProbsegError
+from probseg_bench.experiment import Experiment
 from probseg_bench.protocol import config_hash
 from probseg_bench.results import DEFAULT_STORAGE, ResultsStore
 from probseg_bench.validation import ValidationReport, validate, validation_requests, write_report
@@ -133,6 +134,8 @@ def validate_command(
         model, dataset, parse_hp(dataset_param, "--dataset-param"), preset, latent_dim, fold, seed,
         {"epochs": epochs} if epochs is not None else {}, device, run_dir,
     )
+    for request in requests:  # every check that needs no data, before the store file is written
+        Experiment.check(request)
     store = ResultsStore(storage)
     err_console.print(f"validate: {', '.join(model)} on {dataset} "
                       f"({', '.join(f'{k}={v}' for k, v in requests[0].dataset_params.items())}), "
