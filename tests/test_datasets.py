@@ -77,6 +77,18 @@ def test_reader_refuses_a_missing_annotator(tmp_path):
         read_cimd_folder(tmp_path)
 
 
+def test_reader_drops_a_case_with_fewer_annotators_when_most_have_them_all(tmp_path):
+    from probseg_bench.data.loading import DatasetWarning
+
+    for case in ("0", "1", "2"):
+        write_case(tmp_path, "training", case, [0, 1, 2])
+    write_case(tmp_path, "testing", "3", [0, 2])
+    with pytest.warns(DatasetWarning, match=r": dropped case testing/3: 2 label files where the other 3 cases have 3 "
+                      r"\(missing label1_\.jpg\)"):
+        _, masks, ids, _ = read_cimd_folder(tmp_path)
+    assert list(ids) == ["training/0", "training/1", "training/2"] and masks.shape == (3, 3, 16, 16)
+
+
 def test_reader_refuses_a_corrupt_file(tmp_path):
     write_case(tmp_path, "testing", "5", [0, 1])
     (tmp_path / "testing" / "5" / "label1_.jpg").write_bytes(b"\xff\xd8 not really a jpeg")

@@ -181,6 +181,25 @@ def test_groups_csv_assigns_patients(good):
     assert list(data.groups) == ["p1", "p1", "p7"] and list(data.metadata["case"]) == ["c1", "c2", "c3"]
 
 
+def test_a_case_with_fewer_or_other_masks_is_dropped_with_one_warning_line(good):
+    from probseg_bench.data.loading import DatasetWarning
+
+    write_case(good, "c3", annotators=("a",))  # one mask where the others have two
+    write_case(good, "c4")
+    write_case(good, "c10", annotators=("a", "b", "c"))  # an extra annotator
+    (good / "groups.csv").write_text("case,group\nc1,p1\nc2,p2\nc3,p3\nc4,p4\nc10,p1\n")
+    with pytest.warns(DatasetWarning) as caught:
+        data = load_folder(good, size=16)
+    assert [str(w.message) for w in caught] == [
+        "folder: dropped case c3: 1 mask files where the other 3 cases have 2 (missing mask_b.*); every item needs "
+        "the same annotators",
+        "folder: dropped case c10: 3 mask files where the other 3 cases have 2 (extra mask_c.*); every item needs "
+        "the same annotators",
+    ]
+    assert list(data.metadata["case"]) == ["c1", "c2", "c4"] and list(data.groups) == ["p1", "p2", "p4"]
+    assert data.masks.shape == (3, 2, 16, 16)
+
+
 # ---------------------------------------------------------------------------------------------- errors
 def _break(kind: str, root: Path) -> None:
     c1, c2 = root / "c1", root / "c2"

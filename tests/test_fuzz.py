@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from probseg_bench.api import MultiRaterData
+from probseg_bench.data.loading import dataset_warnings
 from probseg_bench.errors import ProbsegError
 from probseg_bench.metrics import (
     diversity,
@@ -163,6 +164,7 @@ def test_folder_reader_loads_any_size_and_dtype_or_raises(tmp_path_factory, spec
         for a in range(spec["annotators"]):
             lo, hi = spec["mask_values"]
             mask = np.where(rng.random(shape) < 0.5, lo, hi).astype(np.uint8)
+            mask.flat[0] = hi  # a 1 x 1 mask drawn all lo would make (0, 2) a valid mask
             Image.fromarray(mask).save(case / f"mask_r{a}.png")
     bad_values = spec["mask_values"] == (0, 2)
     nan = spec["dtype"] == "float32" and spec["nan"]
@@ -199,15 +201,21 @@ def test_lidc_pickle_reader_loads_or_names_the_entry(tmp_path_factory, seed, def
     elif defect == "shape":
         bad["masks"][0] = np.zeros((8, 9), np.uint8)
     (root / "x.pickle").write_bytes(pickle.dumps(entries))
-    expect_error = defect is not None and not (defect == "values" and mask_dtype == np.bool_)
+    # an entry with another annotator count is dropped with one warning line naming it (issue 16 item 3)
+    expect_error = defect not in (None, "annotators") and not (defect == "values" and mask_dtype == np.bool_)
     try:
-        data = load_lidc(root, trust_pickle=True)
+        with dataset_warnings() as notes:
+            data = load_lidc(root, trust_pickle=True)
     except ProbsegError as exc:
         assert expect_error, f"refused valid entries: {exc}"
         assert "entry '1'" in str(exc)
         return
     assert not expect_error
-    assert data.masks.shape == (3, annotators, 8, 8)
+    if defect == "annotators":
+        assert len(notes) == 1 and "dropped entry '1'" in notes[0] and f"{annotators + 1} annotator masks" in notes[0]
+        assert data.masks.shape == (2, annotators, 8, 8) and list(data.metadata["key"]) == ["0", "2"]
+    else:
+        assert notes == [] and data.masks.shape == (3, annotators, 8, 8)
 
 
 @SETTINGS

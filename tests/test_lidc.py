@@ -89,13 +89,48 @@ def corrupt(entries: dict, what: str) -> dict:
     ("3d", r"entry '0001.png': expected a 2-D image, got shape \(16, 16, 3\)"),
     ("values", r"entry '0001.png' mask 1: mask values must be \{0, 1\} or \{0, 255\}, found 0, 1, 2"),
     ("shape", r"entry '0001.png': mask 0 has shape \(15, 16\)"),
-    ("annotators", r"entry '0001.png': 3 annotator masks, expected 4"),
     ("keys", r"entry '0001.png': expected a dict with image, masks and series_uid"),
 ])
 def test_bad_pickle_entries_are_named(tmp_path, what, message):
     write_pickle(tmp_path / "bad.pickle", corrupt(lidc_entries(3), what))
     with pytest.raises(ProbsegError, match=message):
         load_lidc(tmp_path, trust_pickle=True)
+
+
+def test_an_entry_with_fewer_masks_is_dropped_with_one_warning_line(tmp_path):
+    from probseg_bench.data.loading import DatasetWarning
+
+    path = write_pickle(tmp_path / "x.pickle", corrupt(lidc_entries(3), "annotators"))  # 0001.png: 3 masks of 4
+    with pytest.warns(DatasetWarning) as caught:
+        data = load_lidc(tmp_path, trust_pickle=True)
+    assert [str(w.message) for w in caught] == [
+        f"lidc: dropped entry '0001.png' of {path}: 3 annotator masks where the other 2 entries have 4; every item "
+        "needs the same annotators"
+    ]
+    assert list(data.metadata["key"]) == ["0000.png", "0002.png"] and data.masks.shape == (2, 4, 16, 16)
+    write_pickle(tmp_path / "x.pickle", corrupt(lidc_entries(2), "annotators"))  # 1 entry of 4, 1 of 3: no majority
+    with pytest.raises(ProbsegError, match=r"x\.pickle: entry '0001\.png': 3 annotator masks, expected 4"):
+        load_lidc(tmp_path, trust_pickle=True)
+
+
+def test_several_pickles_keep_the_annotator_count_of_most_entries(tmp_path):
+    from probseg_bench.data.loading import DatasetWarning
+
+    write_pickle(tmp_path / "part1.pickle", lidc_entries(2, annotators=5, prefix="a", seed=1))
+    write_pickle(tmp_path / "part2.pickle", lidc_entries(4, annotators=3, prefix="b", seed=2))
+    part3 = lidc_entries(3, annotators=3, prefix="c", seed=3)
+    part3["c0001.png"]["masks"].append(np.zeros((16, 16), np.uint8))
+    write_pickle(tmp_path / "part3.pickle", part3)
+    with pytest.warns(DatasetWarning) as caught:
+        data = load_lidc(tmp_path, trust_pickle=True)
+    assert [str(w.message).split(":")[1] for w in caught] == [
+        " dropped entry 'a0000.png' of part1.pickle", " dropped entry 'a0001.png' of part1.pickle",
+        " dropped entry 'c0001.png' of part3.pickle"]
+    assert "5 annotator masks where the other 6 entries have 3" in str(caught[0].message)
+    assert list(data.metadata["key"]) == ["b0000.png", "b0001.png", "b0002.png", "b0003.png", "c0000.png",
+                                          "c0002.png"]
+    np.testing.assert_array_equal(data.masks[5], np.stack(part3["c0002.png"]["masks"]))
+    assert data.groups[5] == part3["c0002.png"]["series_uid"]
 
 
 def test_truncated_pickle_and_missing_or_empty_root(tmp_path):
@@ -209,6 +244,17 @@ def test_crops_bad_inputs(tmp_path):
         load_lidc_crops(other)
     with pytest.raises(ProbsegError, match="no images/ folder"):
         load_lidc_crops(tmp_path / "train" / "gt")
+
+
+def test_crops_drop_a_crop_with_fewer_annotation_files(tmp_path):
+    from probseg_bench.data.loading import DatasetWarning
+
+    write_crops(tmp_path, "train", "p1", 3)
+    (tmp_path / "train" / "gt" / "p1" / "z-101.5_c1_l3.png").unlink()
+    with pytest.warns(DatasetWarning, match=r"^lidc-crops: dropped crop train/images/p1/z-101\.5_c1\.png: 3 "
+                      r"annotation files where the other 2 crops have 4 \(missing _l3\.png\)"):
+        data = load_lidc_crops(tmp_path)
+    assert list(data.metadata["name"]) == ["z-100.5_c0", "z-102.5_c2"] and data.masks.shape == (2, 4, 128, 128)
 
 
 def test_bad_input_through_the_cli_is_one_line_and_stores_nothing(tmp_path, monkeypatch, capsys):

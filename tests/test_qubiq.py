@@ -258,6 +258,96 @@ def test_case_with_fewer_annotator_files(tmp_path):
         load_qubiq(root, "qubiq-kidney")
 
 
+def prostate_tree(parent: Path, n: int = 6, short: tuple[str, ...] = ("case03",), annotators: int = 6) -> Path:
+    """A qubiq-prostate task folder of ``n`` 2-D MRI cases with ``annotators`` annotators, except the ``short``
+    cases, which lack the last annotator's file (the release's prostate subject with 5 annotations of 6)."""
+    root = parent / "prostate"
+    for k in range(1, n + 1):
+        folder = simple_2d_case(root, f"case{k:02d}", seed=k, annotators=annotators)
+        if f"case{k:02d}" in short:
+            (folder / f"task01_seg{annotators:02d}.nii.gz").unlink()
+    return root
+
+
+def test_a_case_with_fewer_annotators_is_dropped_with_one_warning_line(tmp_path):
+    from probseg_bench.data.loading import DatasetWarning
+
+    root = prostate_tree(tmp_path)
+    with pytest.warns(DatasetWarning) as caught:
+        data = load_qubiq(root, "qubiq-prostate")
+    assert [str(w.message) for w in caught] == [
+        "qubiq-prostate: dropped case Training/case03: 5 annotator files (task01_segYY) where the other 5 cases have 6 "
+        "(missing task01_seg06.nii.gz); every item needs the same annotators"
+    ]
+    assert data.masks.shape == (5, 6, 128, 128)
+    assert data.metadata["case"].tolist() == ["case01", "case02", "case04", "case05", "case06"]
+    # the kept cases are exactly what a release without case03 gives
+    import shutil
+
+    shutil.rmtree(root / "Training" / "case03")
+    without = load_qubiq(root, "qubiq-prostate")
+    np.testing.assert_array_equal(data.images, without.images)
+    np.testing.assert_array_equal(data.masks, without.masks)
+
+
+def test_a_case_with_an_extra_annotator_file_is_dropped_too_and_a_tie_is_refused(tmp_path):
+    from probseg_bench.data.loading import DatasetWarning
+
+    root = prostate_tree(tmp_path, n=3, short=(), annotators=2)
+    save_nii(root / "Training" / "case02" / "task01_seg03.nii.gz", box((H, W), 1, 1), np.uint8)
+    with pytest.warns(DatasetWarning, match=r"dropped case Training/case02: 3 annotator files .* have 2 \(extra "
+                      r"task01_seg03\.nii\.gz\)"):
+        assert load_qubiq(root, "qubiq-prostate").metadata["case"].tolist() == ["case01", "case03"]
+    save_nii(root / "Training" / "case03" / "task01_seg03.nii.gz", box((H, W), 1, 1), np.uint8)  # 2 of 3 have 3
+    with pytest.warns(DatasetWarning, match=r"dropped case Training/case01: 2 annotator files .* \(missing "
+                      r"task01_seg03\.nii\.gz"):
+        assert load_qubiq(root, "qubiq-prostate").num_annotators == 3
+    (root / "Training" / "case03" / "task01_seg03.nii.gz").unlink()
+    (root / "Training" / "case03" / "task01_seg02.nii.gz").unlink()  # 2, 3 and 1 annotators: no majority
+    with pytest.raises(ProbsegError, match=r"case01: missing annotator file\(s\) task01_seg03\.nii\.gz .*this one "
+                       r"has 01, 02\)"):
+        load_qubiq(root, "qubiq-prostate")
+
+
+def test_data_inspect_convert_and_run_report_the_dropped_case(tmp_path, run_main, monkeypatch, tiny_preset):
+    import json
+    import warnings
+
+    from probseg_bench.cli.data import show_warning
+
+    line = "warning: qubiq-prostate: dropped case Training/case03: 5 annotator files (task01_segYY) where the other"
+    root = prostate_tree(tmp_path)
+    code, out, err = run_main("data", "inspect", "qubiq-prostate", "--data-root", str(root), "--format", "json")
+    assert code == 0 and err.startswith(line) and len(err.splitlines()) == 1
+    summary = json.loads(out)
+    assert summary["images"] == 5 and summary["annotators"] == 6
+    assert len(summary["warnings"]) == 1 and "Training/case03: 5 annotator files" in summary["warnings"][0]
+    code, out, err = run_main("data", "inspect", "qubiq-prostate", "--data-root", str(root))
+    assert code == 0 and "dropped case Training/case03" in out and err.startswith(line)
+
+    converted = tmp_path / "converted"
+    code, _, err = run_main("data", "convert", "qubiq-prostate", "--data-root", str(root), "-o", str(converted))
+    assert code == 0 and err.startswith(line)
+    code, out, err = run_main("data", "inspect", "qubiq-prostate", "--data-root", str(converted), "--format", "json")
+    assert code == 0 and err.startswith(line) and f"(when {converted} was converted)" in err
+    assert json.loads(out)["warnings"][0].endswith(f"(when {converted} was converted)")
+
+    for k in range(7, 13):  # enough cases for the protocol's split
+        simple_2d_case(root, f"case{k:02d}", seed=k, annotators=6)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():  # pytest records warnings; the installed CLI shows them with show_warning
+        warnings.simplefilter("default")
+        warnings.showwarning = show_warning
+        code, out, err = run_main("run", "--model", "punet", "--dataset", "qubiq-prostate", "--data-root", str(root),
+                                  "--preset", tiny_preset, "-d", "2", "--fold", "0", "--dataset-param", "size=32",
+                                  "--hp", "filters=4,8", "--hp", "convs_per_block=1", "--device", "cpu")
+    assert code == 0, err
+    assert [ln for ln in err.splitlines() if ln.startswith("warning: qubiq")] == [
+        line + " 11 cases have 6 (missing task01_seg06.nii.gz); every item needs the same annotators"
+    ]
+    assert "DatasetWarning" not in err
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 @pytest.mark.parametrize("name", ["image.nii.gz", "task01_seg02.nii.gz"])
 def test_truncated_or_corrupt_nifti(tmp_path, damage, name):

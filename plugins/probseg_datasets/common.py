@@ -1,17 +1,26 @@
 """Shared pieces of the dataset plugins: file readers with one clear error per bad file, mask binarisation,
-centre crop / pad, and the data-root check.
+centre crop / pad, the data-root check, and the rule for cases whose annotators differ from the others'
+(:func:`consistent_annotators`).
 
 Every error is a :class:`probseg_bench.errors.ProbsegError` whose message starts with the offending path.
 """
 
 from __future__ import annotations
 
+import re
+import warnings
+from collections import Counter
+from collections.abc import Callable, Collection, Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from probseg_bench.data.loading import DatasetWarning
 from probseg_bench.errors import ProbsegError
+
+T = TypeVar("T", bound=Hashable)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz", ".npy")
 
@@ -131,3 +140,88 @@ def center_crop_or_pad(arr: np.ndarray, size: int, fill: float = 0.0) -> np.ndar
 def info_layout(**kwargs: Any) -> str:
     """``key=value`` pairs for messages."""
     return ", ".join(f"{k}={v}" for k, v in kwargs.items())
+
+
+# ------------------------------------------------------------------------------------------ annotators per case
+@dataclass(frozen=True)
+class AnnotatorCheck(Generic[T]):
+    """What :func:`consistent_annotators` decided: the dataset's annotator set (``reference``, as a frozenset:
+    the caller orders it), the indices of the cases kept (those holding exactly ``reference``), and per dropped
+    case ``(index, missing annotators, extra annotators)``."""
+
+    reference: frozenset[T]
+    kept: tuple[int, ...]
+    dropped: tuple[tuple[int, frozenset[T], frozenset[T]], ...]
+
+
+def consistent_annotators(
+    dataset: str,
+    cases: Sequence[tuple[str, Collection[T]]],
+    unit: str,
+    name: Callable[[T], str] | None = str,
+    kind: str = "cases",
+    refuse: Callable[[int, frozenset[T], frozenset[T]], str] | None = None,
+) -> AnnotatorCheck[T]:
+    """The annotator set of a dataset whose cases may differ: the rule every loader applies.
+
+    Every item of a :class:`~probseg_bench.api.MultiRaterData` holds the same A annotators (masks [N, A, H, W];
+    padding a short case with empty or repeated masks would invent annotations). So the dataset's annotators are
+    the set the MOST cases have (a tie: the larger set, then the one seen first); a case with another set (fewer
+    annotator files, or extra ones) is dropped, with one :class:`~probseg_bench.data.loading.DatasetWarning`
+    line per case naming it, its number of files, the expected number, and the missing / extra annotators.
+
+    When that set is held by no more than half of the cases (or is empty) this is a layout problem, not a few
+    short cases: nothing is dropped and the load is refused.
+
+    Args:
+        dataset: the dataset name that starts each warning line.
+        cases: per case (in load order), its label in messages and its annotators.
+        unit: what an annotator is in this layout, plural, e.g. ``"annotator files (taskXX_segYY.nii.gz)"``.
+        name: the name of one annotator in messages (e.g. its file name); None: annotators are positions in a
+            list, and messages give the counts only.
+        kind: what a case is in this layout, plural (``"cases"``, ``"entries"``, ``"crops"``).
+        refuse: the error message for the first odd case, from ``(its index, its annotators, the most common
+            set)``, when the load is refused (default: a generic one naming the case).
+
+    Raises:
+        ProbsegError: no case, no annotator at all, or the most common set held by at most half of the cases.
+    """
+    sets = [frozenset(a) for _, a in cases]
+    if not sets:
+        raise ProbsegError(f"dataset '{dataset}': no case")
+    counts = Counter(sets)
+    first = {s: sets.index(s) for s in counts}
+    reference = max(counts, key=lambda s: (counts[s], len(s), -first[s]))
+    kept = tuple(i for i, s in enumerate(sets) if s == reference)
+    odd = tuple((i, reference - s, s - reference) for i, s in enumerate(sets) if s != reference)
+
+    def names(items: frozenset[T]) -> str:
+        return ", ".join(sorted((name(a) for a in items), key=_natural)) if name is not None else ""
+
+    if not reference:
+        raise ProbsegError(f"{dataset}: {len(kept)} of the {len(sets)} {kind} have no {unit}")
+    if odd and 2 * len(kept) <= len(sets):
+        i, missing, extra = odd[0]
+        if refuse is not None:
+            raise ProbsegError(refuse(i, sets[i], reference))
+        raise ProbsegError(
+            f"{cases[i][0]}: {len(sets[i])} {unit} where {len(kept)} of the {len(sets)} {kind} have "
+            f"{len(reference)}" + (f" (missing {names(missing)})" if missing and name is not None else "")
+            + (f" (extra {names(extra)})" if extra and name is not None else "")
+            + f"; the {kind}' annotators differ too much to drop the odd ones: all need the same annotators"
+        )
+    for i, missing, extra in odd:
+        what = "; ".join(
+            part for part in (f"missing {names(missing)}" if missing else "",
+                              f"extra {names(extra)}" if extra else "") if part and name is not None
+        )
+        warnings.warn(
+            f"{dataset}: dropped {cases[i][0]}: {len(sets[i])} {unit} where the other {len(kept)} {kind} have "
+            f"{len(reference)}{f' ({what})' if what else ''}; every item needs the same annotators",
+            DatasetWarning, stacklevel=2,
+        )
+    return AnnotatorCheck(reference, kept, odd)
+
+
+def _natural(text: str) -> tuple[tuple[int, int | str], ...]:
+    return tuple((0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", text) if t)

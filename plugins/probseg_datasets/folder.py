@@ -8,15 +8,18 @@ Layout::
 
 ``<ext>`` is one of png, jpg/jpeg, tif/tiff, nii/nii.gz, npy (the image and the masks of a case may use
 different formats). The annotator names are the parts after ``mask_``, discovered from the files and sorted
-naturally (``mask_2`` before ``mask_10``); every case must have the same annotators. Cases are the
+naturally (``mask_2`` before ``mask_10``). Every item holds the same annotators: those the most cases have; a
+case with fewer (or other) mask files is dropped with one warning line naming it and its file count
+(:func:`probseg_datasets.common.consistent_annotators`). Cases are the
 sub-folders of ``<root>`` (hidden ones, starting with ``.``, are skipped), also sorted naturally; other files
 (a LICENSE.txt, a README) are ignored. Without groups.csv every case is its own group (patient); with it,
 every case must have exactly one row and every row must name a case.
 
 Images are 2-D (a trailing singleton axis is dropped; colour PNG / JPEG / TIFF become luminance grey); an
-``.npy`` may also hold ``[C, H, W]`` with C <= 4 channels (all cases the same C). Intensities, by the
-dtype stored in the file: uint8 / 255, uint16 / 65535, anything else (float, other integer types, and NIfTI
-data after the header's scaling) as stored, as float32; NaN or infinite values are refused. A NIfTI file is
+``.npy`` may also hold ``[C, H, W]`` with C <= 4 channels (all cases the same C). Intensities: the rule of
+every loader (:func:`probseg_bench.data.intensity.model_intensities`) by the dtype stored in the file: bool
+0 / 1, uint8 / 255, uint16 / 65535, anything else (float, other integer types, and NIfTI data after the
+header's scaling) as stored, as float32; NaN or infinite values are refused. A NIfTI file is
 read as its data array, axes not reordered. Images and masks are then centre-cropped / zero-padded to
 ``size`` x ``size`` (dataset parameter ``size``, default 128).
 
@@ -39,12 +42,14 @@ from typing import Any
 import numpy as np
 
 from probseg_bench.api import DatasetSpec, HyperParameter, MultiRaterData, ProtocolDefaults
+from probseg_bench.data.intensity import model_intensities
 from probseg_bench.errors import ProbsegError
 from probseg_datasets.common import (
     IMAGE_SUFFIXES,
     as_binary_mask,
     as_image_2d,
     center_crop_or_pad,
+    consistent_annotators,
     read_array,
     require_root,
     suffix,
@@ -197,10 +202,15 @@ def read_groups(path: Path, cases: Sequence[str]) -> list[str]:
 def scan_folder(root: Path | str) -> FolderIndex:
     """Discover the cases, the annotators and the groups of a folder dataset (no pixel is read).
 
+    The annotators are those the most cases have; a case with other mask files is left out of the index with a
+    :class:`~probseg_bench.data.loading.DatasetWarning` naming it
+    (:func:`~probseg_datasets.common.consistent_annotators`).
+
     Raises:
         ProbsegError: missing root or no case folder; a case without an image (or with two); a mask file with
-            an unsupported format or without an annotator name; a case missing annotators that other cases
-            have (the message names the case and the annotators); a bad groups.csv (see :func:`read_groups`).
+            an unsupported format or without an annotator name; no mask file at all; cases whose annotators
+            differ so much that at most half of them share one set (the message names a case and the annotators
+            it lacks); a bad groups.csv (see :func:`read_groups`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -210,22 +220,34 @@ def scan_folder(root: Path | str) -> FolderIndex:
     if not folders:
         raise ProbsegError(f"{root}: empty dataset folder, no case sub-folders (expected layout: {LAYOUT})")
     found = [(folder, *_scan_case(folder)) for folder in folders]
-    everyone = sorted({a for _, _, masks in found for a in masks}, key=natural_key)
-    if not everyone:
+    if not any(masks for _, _, masks in found):
         raise ProbsegError(f"{root}: no mask_<annotator>.<ext> file in any case (expected layout: {LAYOUT})")
-    for folder, _, masks in found:
-        missing = [a for a in everyone if a not in masks]
-        if missing:
-            having = next(f for f, _, m in found if missing[0] in m)
-            raise ProbsegError(
-                f"{folder}: missing annotator(s) {', '.join(repr(a) for a in missing)} "
-                f"(case {folder.name} has {len(masks)} mask files; e.g. {having.name} has "
-                f"mask_{missing[0]}.*); every case needs the same annotators"
-            )
-    cases = tuple(FolderCase(f.name, image, tuple(masks[a] for a in everyone)) for f, image, masks in found)
-    names = [c.name for c in cases]
+
+    def refuse(i: int, have: frozenset[str], common: frozenset[str]) -> str:
+        folder = found[i][0]
+        missing = sorted(common - have, key=natural_key)
+        if not missing:  # extra annotators only
+            extra = sorted(have - common, key=natural_key)
+            return (f"{folder}: extra annotator(s) {', '.join(repr(a) for a in extra)} (case {folder.name} has "
+                    f"{len(have)} mask files, most cases {len(common)}); every case needs the same annotators")
+        having = next(f for f, _, m in found if missing[0] in m)
+        return (
+            f"{folder}: missing annotator(s) {', '.join(repr(a) for a in missing)} "
+            f"(case {folder.name} has {len(have)} mask files; e.g. {having.name} has "
+            f"mask_{missing[0]}.*); every case needs the same annotators"
+        )
+
+    check = consistent_annotators(
+        "folder", [(f"case {f.name}", masks) for f, _, masks in found], unit="mask files",
+        name=lambda a: f"mask_{a}.*", refuse=refuse,
+    )
+    everyone = sorted(check.reference, key=natural_key)
+    names = [f.name for f, _, _ in found]
     groups_file = root / GROUPS_FILE
-    groups = read_groups(groups_file, names) if groups_file.exists() else names
+    all_groups = read_groups(groups_file, names) if groups_file.exists() else names
+    cases = tuple(FolderCase(found[i][0].name, found[i][1], tuple(found[i][2][a] for a in everyone))
+                  for i in check.kept)
+    groups = [all_groups[i] for i in check.kept]
     return FolderIndex(root, cases, tuple(everyone), tuple(groups))
 
 
@@ -257,8 +279,9 @@ def _nifti_stored_dtype(path: Path) -> np.dtype | None:
 def read_folder_image(path: Path) -> np.ndarray:
     """One image file -> float32 [C, H, W] (C = 1 except for a multi-channel ``.npy``).
 
-    Intensities by the dtype stored in the file: uint8 / 255, uint16 / 65535, anything else as stored (for
-    NIfTI: the on-disk dtype of an unscaled image, else the scaled values as stored).
+    Intensities by the dtype stored in the file (:func:`probseg_bench.data.intensity.model_intensities`): bool
+    0 / 1, uint8 / 255, uint16 / 65535, anything else as stored (for NIfTI: the on-disk dtype of an unscaled
+    image, else the scaled values as stored).
 
     Raises:
         ProbsegError: unreadable / truncated file; not 2-D (or ``[C, H, W]`` with C <= 4 for ``.npy``);
@@ -271,19 +294,13 @@ def read_folder_image(path: Path) -> np.ndarray:
     if suffix(path) in (".nii", ".nii.gz"):
         stored = _nifti_stored_dtype(path) or arr.dtype
     if suffix(path) == ".npy" and arr.ndim == 3 and 1 < arr.shape[0] <= MAX_CHANNELS:
-        out = arr.astype(np.float32)
-        if not np.isfinite(out).all():
-            raise ProbsegError(f"{path}: image contains NaN or infinite values")
+        out = arr  # [C, H, W]
     else:
         if arr.ndim > 2 and np.squeeze(arr).ndim != 2:
             extra = f" or [C, H, W] with C <= {MAX_CHANNELS} channels" if suffix(path) == ".npy" else ""
             raise ProbsegError(f"{path}: expected a 2-D image [H, W]{extra}, got shape {arr.shape}")
         out = as_image_2d(arr, path)[None]  # float32, finite (raises naming the file otherwise)
-    if stored == np.uint8:
-        out /= np.float32(255.0)
-    elif stored == np.uint16:
-        out /= np.float32(65535.0)
-    return out
+    return model_intensities(out, stored, str(path))
 
 
 def read_folder_mask(path: Path) -> np.ndarray:
@@ -325,12 +342,13 @@ def load_folder(data_root: Path | str | None, size: int = 128) -> MultiRaterData
         size: output height and width in pixels (centre crop / zero pad), >= 1.
 
     Returns:
-        images float32 [N, C, size, size] (uint8 / 255, uint16 / 65535, others as stored), masks uint8 {0, 1}
+        images float32 [N, C, size, size] (:func:`read_folder_image`), masks uint8 {0, 1}
         [N, A, size, size] in annotator order (natural sort of the names after ``mask_``), groups str [N]
         (groups.csv, else the case name), metadata ``case`` str [N].
 
     Raises:
-        ProbsegError: missing root, empty folder, case without image, missing annotators, bad groups.csv,
+        ProbsegError: missing root, empty folder, case without image, annotators differing between many
+            cases (a few odd cases are dropped with a warning each: :func:`scan_folder`), bad groups.csv,
             unreadable / corrupt files, a mask whose size differs from the image's, non-binary mask values,
             NaN / infinite intensities, a 3-D image, images with different channel counts, ``size`` < 1.
     """

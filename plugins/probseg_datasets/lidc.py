@@ -6,11 +6,16 @@ possibly split over several ``.pickle`` files in one folder. Unpickling runs cod
 refused unless the user passes ``--trust-pickle``; ``probseg-bench data convert lidc --data-root X
 --trust-pickle --output Y`` turns it once into plain ``.npy`` files that later runs read memory-mapped without
 trusting anything (``--data-root Y``). Groups = ``series_uid`` (the pickle carries no patient id; LIDC-IDRI has
-about one CT series per patient). Images are kept as float16 (the 8-bit source values survive to 2.5e-4).
+about one CT series per patient). Other keys of an entry are ignored. Intensities follow the rule of every loader
+(:func:`probseg_bench.data.intensity.model_intensities`, by the dtype stored in the pickle): the port's float
+images in [0, 1] as stored, the uint8 images 0..255 of the MedicalMatting variant (7 masks, an extra key per
+entry) / 255. Images are kept as float16 (the 8-bit source values survive to 2.5e-4). Every entry holds the
+annotator count of the most entries; another entry is dropped with one warning line naming it.
 
 ``lidc-crops``: the PNG crops of the Hierarchical PU-Net release ("LIDC v2"):
 ``[train|val|test/]images/<patient>/z-<z>_c<crop>.png`` with ``[train|val|test/]gt/<patient>/z-<z>_c<crop>_l<a>.png``
-per annotator a (numbered from 0 or from 1: discovered), 180 x 180, centre-cropped to 128. Groups = patient.
+per annotator a (numbered from 0 or from 1: discovered; a crop with other annotation files than most crops is
+dropped with one warning line), 180 x 180, centre-cropped to 128. Groups = patient.
 """
 
 from __future__ import annotations
@@ -19,14 +24,22 @@ import os
 import pickle
 import re
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from probseg_bench.api import MultiRaterData
+from probseg_bench.data.intensity import model_intensities
 from probseg_bench.errors import ProbsegError
-from probseg_datasets.common import as_binary_mask, center_crop_or_pad, read_array, require_root
+from probseg_datasets.common import (
+    as_binary_mask,
+    center_crop_or_pad,
+    consistent_annotators,
+    read_array,
+    require_root,
+)
 
 PICKLE_LAYOUT = "a folder of .pickle files (or one file) holding {key: {image, masks, series_uid}}"
 CROPS_LAYOUT = "[train|val|test/]images/<patient>/z-<z>_c<crop>.png and gt/<patient>/z-<z>_c<crop>_l<annotator>.png"
@@ -37,16 +50,22 @@ _FLOAT16_MAX = 65504.0
 
 
 def _compact(a: np.ndarray) -> np.ndarray:
-    """A compact copy of an array as it is unpickled: floats that are all 0/1 -> uint8, other floats within the
-    float16 range -> float16 (relative error <= 2**-11), integers within 0..255 -> uint8; anything else as is."""
+    """A compact copy of an array as it is unpickled, with the same values under the intensity rule of
+    :func:`probseg_bench.data.intensity.model_intensities` (which goes by dtype): floats that are all 0/1 -> bool,
+    other floats within the float16 range -> float16 (relative error <= 2**-11), integers of more than 2 bytes
+    that are all 0/1 -> bool, within the int16 range -> int16; anything else (uint8 and uint16 included) as is."""
     if a.dtype.kind == "f" and a.size:
         if ((a == 0) | (a == 1)).all():
-            return a.astype(np.uint8)
+            return a.astype(bool)
         if np.isfinite(a).all() and np.abs(a).max() <= _FLOAT16_MAX:
             return a.astype(np.float16)
         return np.array(a)
-    if a.dtype.kind in "iu" and a.dtype.itemsize > 1 and a.size and a.min() >= 0 and a.max() <= 255:
-        return a.astype(np.uint8)
+    if a.dtype.kind in "iu" and a.dtype.itemsize > 2 and a.size:
+        lo, hi = a.min(), a.max()
+        if lo >= 0 and hi <= 1:
+            return a.astype(bool)
+        if lo >= -32768 and hi <= 32767:
+            return a.astype(np.int16)
     return np.array(a)
 
 
@@ -129,25 +148,46 @@ def _pickle_files(root: Path) -> list[Path]:
     return files
 
 
-def _entry_arrays(path: Path, key: Any, entry: Any) -> tuple[np.ndarray, list[np.ndarray], str]:
+def _mask_count(path: Path, key: Any, entry: Any) -> int:
+    """The number of annotator masks of one entry, after checking its keys."""
     where = f"{path}: entry {key!r}"
     if not isinstance(entry, dict) or not {"image", "masks", "series_uid"} <= set(entry):
         got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
         raise ProbsegError(f"{where}: expected a dict with image, masks and series_uid, got {got}")
+    masks = entry["masks"]
+    if isinstance(masks, _UnpickledArray):
+        masks = masks.array
+    if not isinstance(masks, (list, tuple, np.ndarray)) or len(masks) == 0:
+        raise ProbsegError(f"{where}: expected a list of annotator masks, got {type(masks).__name__}")
+    return len(masks)
+
+
+def _entry_arrays(path: Path, key: Any, entry: Any) -> tuple[np.ndarray, list[np.ndarray], str]:
+    where = f"{path}: entry {key!r}"
+    _mask_count(path, key, entry)
     image = _as_array(entry["image"])
     if image.ndim != 2:
         raise ProbsegError(f"{where}: expected a 2-D image, got shape {image.shape}")
-    if image.dtype.kind not in "fiu" or not np.isfinite(image).all():
+    if image.dtype.kind not in "fiub" or not np.isfinite(image).all():
         raise ProbsegError(f"{where}: image contains NaN or infinite (or non-numeric) values")
-    masks = entry["masks"]
-    if not isinstance(masks, (list, tuple, np.ndarray)) or len(masks) == 0:
-        raise ProbsegError(f"{where}: expected a list of annotator masks, got {type(masks).__name__}")
-    return image, [_as_array(m) for m in masks], str(entry["series_uid"])
+    return image, [_as_array(m) for m in _as_array_or_list(entry["masks"])], str(entry["series_uid"])
 
 
-def _read_one_pickle(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One trusted pickle file -> (images float16 [n,1,H,W], masks uint8 [n,A,H,W], groups [n], keys [n]).
+def _as_array_or_list(x: Any) -> Any:
+    return x.array if isinstance(x, _UnpickledArray) else x
 
+
+_Part = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""The entries of one pickle file with one annotator count: images float16 [n, 1, H, W], masks uint8
+[n, A, H, W], groups [n], keys [n]."""
+
+
+def _read_one_pickle(path: Path) -> tuple[list[tuple[str, int]], dict[int, _Part]]:
+    """One trusted pickle file -> ((key, annotator count) of every entry in key order, the entries per annotator
+    count). Which count the dataset keeps is decided over all files (:func:`read_lidc_pickles`).
+
+    Images follow the intensity rule of every loader (:func:`probseg_bench.data.intensity.model_intensities`,
+    by the dtype stored in the pickle: uint8 / 255, uint16 / 65535, floats as stored) and are kept as float16.
     Arrays are stored compactly while unpickling (:class:`_CompactingUnpickler`), then moved one entry at a
     time into the output arrays, the freed memory returned to the system as we go: the peak stays near the size
     of the compact output, not of the pickle.
@@ -161,38 +201,61 @@ def _read_one_pickle(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     if not isinstance(content, dict) or not content:
         raise ProbsegError(f"{path}: expected a non-empty dict of entries, got {type(content).__name__}")
     keys = sorted(content, key=str)
-    image0, masks0, _ = _entry_arrays(path, keys[0], content[keys[0]])
-    h, w = image0.shape
-    a = len(masks0)
-    images = np.empty((len(keys), 1, h, w), dtype=np.float16)
-    masks = np.empty((len(keys), a, h, w), dtype=np.uint8)
-    groups = []
-    for i, key in enumerate(keys):
+    counts = [_mask_count(path, key, content[key]) for key in keys]
+    h, w = _entry_arrays(path, keys[0], content[keys[0]])[0].shape
+    parts = {
+        a: (np.empty((n, 1, h, w), dtype=np.float16), np.empty((n, a, h, w), dtype=np.uint8),
+            np.empty(n, dtype=object), np.empty(n, dtype=object))
+        for a, n in Counter(counts).items()
+    }
+    filled = dict.fromkeys(parts, 0)
+    for i, (key, a) in enumerate(zip(keys, counts, strict=True)):
         image, mask_list, uid = _entry_arrays(path, key, content.pop(key))
         if image.shape != (h, w):
             raise ProbsegError(f"{path}: entry {key!r}: image shape {image.shape} differs from {(h, w)}")
-        if len(mask_list) != a:
-            raise ProbsegError(f"{path}: entry {key!r}: {len(mask_list)} annotator masks, expected {a}")
+        images, masks, groups, names = parts[a]
+        k = filled[a]
         for j, m in enumerate(mask_list):
             if m.shape != (h, w):
                 raise ProbsegError(f"{path}: entry {key!r}: mask {j} has shape {m.shape}, the image {(h, w)}")
-            masks[i, j] = as_binary_mask(m, Path(f"{path}: entry {key!r} mask {j}"))
-        images[i, 0] = image
-        groups.append(uid)
+            masks[k, j] = as_binary_mask(m, Path(f"{path}: entry {key!r} mask {j}"))
+        images[k, 0] = model_intensities(image, source=f"{path}: entry {key!r}")
+        groups[k], names[k] = uid, str(key)
+        filled[a] += 1
         if i % 1000 == 999:
             _release_freed_memory()
-    return images, masks, np.array(groups), np.array([str(k) for k in keys])
+    out = {a: (im, mk, gr.astype(str), nm.astype(str)) for a, (im, mk, gr, nm) in parts.items()}
+    return [(str(k), a) for k, a in zip(keys, counts, strict=True)], out
+
+
+def _annotator_count(files: list[Path], entries: list[tuple[Path, str, int]]) -> int:
+    """The annotator count the dataset keeps: that of the most entries over all files; every other entry is
+    dropped with a DatasetWarning naming it (:func:`probseg_datasets.common.consistent_annotators`)."""
+
+    def refuse(i: int, have: frozenset[int], common: frozenset[int]) -> str:
+        path, key, _ = entries[i]
+        return f"{path}: entry {key!r}: {len(have)} annotator masks, expected {len(common)}"
+
+    check = consistent_annotators(
+        "lidc",
+        [(f"entry {key!r} of {path.name if len(files) > 1 else path}", range(a)) for path, key, a in entries],
+        unit="annotator masks", kind="entries", name=None, refuse=refuse,
+    )
+    return len(check.reference)
 
 
 def read_lidc_pickles(root: Path, trust_pickle: bool) -> MultiRaterData:
     """Read the pickle(s) of the public PU-Net port.
 
     Several files are read one at a time (each spilled to a temporary .npy) so that the peak memory stays that
-    of the largest file plus the final compact arrays (float16 images, uint8 masks).
+    of the largest file plus the final compact arrays (float16 images, uint8 masks). Every entry holds the
+    annotator count of the most entries; another entry is dropped with one
+    :class:`~probseg_bench.data.loading.DatasetWarning` line naming it and its mask count.
 
     Raises:
         ProbsegError: ``trust_pickle`` not given, no pickle files, a truncated/corrupt file, entries of another
-            shape, annotator counts that differ, masks not in {0,1}/{0,255}, NaN/inf intensities.
+            size, annotator counts that differ between so many entries that at most half share one, masks not
+            in {0,1}/{0,255}, NaN/inf intensities.
     """
     files = _pickle_files(root)
     if not trust_pickle:
@@ -202,35 +265,44 @@ def read_lidc_pickles(root: Path, trust_pickle: bool) -> MultiRaterData:
             "--trust-pickle --output lidc-converted"
         )
     if len(files) == 1:
-        images, masks, groups, keys = _read_one_pickle(files[0])
+        order, parts = _read_one_pickle(files[0])
+        a = _annotator_count(files, [(files[0], key, n) for key, n in order])
+        images, masks, groups, keys = parts[a]
         return MultiRaterData(images, masks, groups, metadata={"key": keys})
     with tempfile.TemporaryDirectory(prefix="probseg-lidc-") as tmp:
-        shapes: list[tuple[int, ...]] = []
-        groups_parts: list[np.ndarray] = []
-        keys_parts: list[np.ndarray] = []
+        entries: list[tuple[Path, str, int]] = []
+        size: tuple[int, ...] = ()
+        stored: list[dict[int, tuple[int, np.ndarray, np.ndarray]]] = []
         for i, path in enumerate(files):
-            images, masks, groups, keys = _read_one_pickle(path)
-            if shapes and masks.shape[1:] != shapes[0][1:]:
-                raise ProbsegError(
-                    f"{path}: entries of shape [A, H, W] = {list(masks.shape[1:])}, but {files[0]} has "
-                    f"{list(shapes[0][1:])}"
-                )
-            np.save(os.path.join(tmp, f"images{i}.npy"), images)
-            np.save(os.path.join(tmp, f"masks{i}.npy"), masks)
-            shapes.append(masks.shape)
-            groups_parts.append(groups)
-            keys_parts.append(keys)
-            del images, masks
-        n = sum(s[0] for s in shapes)
-        all_images = np.empty((n, 1, *shapes[0][2:]), dtype=np.float16)
-        all_masks = np.empty((n, *shapes[0][1:]), dtype=np.uint8)
+            order, parts = _read_one_pickle(path)
+            entries += [(path, key, n) for key, n in order]
+            stored.append({})
+            for a, (images, masks, groups, keys) in parts.items():
+                size = size or masks.shape[2:]
+                if masks.shape[2:] != size:
+                    raise ProbsegError(
+                        f"{path}: entries of size [H, W] = {list(masks.shape[2:])}, but {files[0]} has {list(size)}"
+                    )
+                np.save(os.path.join(tmp, f"images{i}_{a}.npy"), images)
+                np.save(os.path.join(tmp, f"masks{i}_{a}.npy"), masks)
+                stored[-1][a] = (len(images), groups, keys)
+            del parts
+        a = _annotator_count(files, entries)
+        n = sum(part[a][0] for part in stored if a in part)
+        h, w = size
+        all_images = np.empty((n, 1, h, w), dtype=np.float16)
+        all_masks = np.empty((n, a, h, w), dtype=np.uint8)
         start = 0
-        for i, s in enumerate(shapes):
-            all_images[start : start + s[0]] = np.load(os.path.join(tmp, f"images{i}.npy"), mmap_mode="r")
-            all_masks[start : start + s[0]] = np.load(os.path.join(tmp, f"masks{i}.npy"), mmap_mode="r")
-            start += s[0]
-    return MultiRaterData(all_images, all_masks, np.concatenate(groups_parts),
-                          metadata={"key": np.concatenate(keys_parts)})
+        for i, part in enumerate(stored):
+            if a not in part:
+                continue
+            k = part[a][0]
+            all_images[start : start + k] = np.load(os.path.join(tmp, f"images{i}_{a}.npy"), mmap_mode="r")
+            all_masks[start : start + k] = np.load(os.path.join(tmp, f"masks{i}_{a}.npy"), mmap_mode="r")
+            start += k
+    groups_all = np.concatenate([part[a][1] for part in stored if a in part])
+    keys_all = np.concatenate([part[a][2] for part in stored if a in part])
+    return MultiRaterData(all_images, all_masks, groups_all, metadata={"key": keys_all})
 
 
 def load_lidc(data_root: Path | None, trust_pickle: bool = False) -> MultiRaterData:
@@ -255,17 +327,20 @@ def _crop_roots(root: Path) -> list[tuple[str, Path]]:
 
 
 def load_lidc_crops(data_root: Path | None, size: int = 128) -> MultiRaterData:
-    """``lidc-crops``: images uint8 PNG / 255 -> float16 [N, 1, size, size] (centre crop of the 180 x 180 crops),
-    masks uint8 [N, A, size, size]; groups = patient folder; metadata split, patient, name.
+    """``lidc-crops``: images PNG -> float16 [N, 1, size, size] (centre crop of the 180 x 180 crops) by the
+    intensity rule of every loader (:func:`probseg_bench.data.intensity.model_intensities`: 8-bit / 255,
+    16-bit / 65535), masks uint8 [N, A, size, size]; groups = patient folder; metadata split, patient, name.
+
+    Every crop holds the annotators the most crops have; a crop with fewer (or other) annotation files is
+    dropped with one :class:`~probseg_bench.data.loading.DatasetWarning` line naming it and its file count.
 
     Raises:
-        ProbsegError: missing root or images/ folder, no crops, a crop whose annotator files differ from the
-            others, unreadable PNGs, masks not in {0,1}/{0,255}, sizes that differ.
+        ProbsegError: missing root or images/ folder, no crops, annotation files that differ between so many
+            crops that at most half share one set, unreadable PNGs, masks not in {0,1}/{0,255}, sizes that
+            differ.
     """
     root = require_root(data_root, "lidc-crops", CROPS_LAYOUT)
-    items: list[tuple[str, str, str, Path, dict[int, Path]]] = []
-    annotators: tuple[int, ...] | None = None
-    first = ""
+    found_items: list[tuple[str, str, str, Path, dict[int, Path]]] = []
     for split, base in _crop_roots(root):
         for patient_dir in sorted(p for p in (base / "images").iterdir() if p.is_dir()):
             gt_dir = base / "gt" / patient_dir.name
@@ -279,20 +354,26 @@ def load_lidc_crops(data_root: Path | None, size: int = 128) -> MultiRaterData:
                 if not _IMAGE.match(image_path.name):
                     continue
                 stem = image_path.name[: -len(".png")]
-                found = gt_files.get(stem, {})
-                ids = tuple(sorted(found))
-                if annotators is None:
-                    if not ids:
-                        raise ProbsegError(f"{gt_dir / (stem + '_l<a>.png')}: no annotation files for {image_path}")
-                    annotators, first = ids, str(image_path)
-                elif ids != annotators:
-                    raise ProbsegError(
-                        f"{image_path}: annotators {list(ids)} differ from {list(annotators)} of {first} "
-                        "(missing annotation files?)"
-                    )
-                items.append((split, patient_dir.name, stem, image_path, found))
-    if not items or annotators is None:
+                found_items.append((split, patient_dir.name, stem, image_path, gt_files.get(stem, {})))
+    if not found_items:
         raise ProbsegError(f"{root}: no crops found (expected {CROPS_LAYOUT})")
+    if not any(found for *_, found in found_items):
+        split, patient, stem, image_path, _ = found_items[0]
+        raise ProbsegError(f"{root / split / 'gt' / patient / (stem + '_l<a>.png')}: no annotation files for "
+                           f"{image_path}")
+
+    def refuse(i: int, have: frozenset[int], common: frozenset[int]) -> str:
+        first = next(item[3] for item in found_items if frozenset(item[4]) == common)
+        return (f"{found_items[i][3]}: annotators {sorted(have)} differ from {sorted(common)} of {first} "
+                "(missing annotation files?)")
+
+    check = consistent_annotators(
+        "lidc-crops",
+        [(f"crop {image_path.relative_to(root)}", found) for _, _, _, image_path, found in found_items],
+        unit="annotation files", kind="crops", name=lambda a: f"_l{a}.png", refuse=refuse,
+    )
+    annotators = sorted(check.reference)
+    items = [found_items[i] for i in check.kept]
     n, a = len(items), len(annotators)
     images = np.empty((n, 1, size, size), dtype=np.float16)
     masks = np.empty((n, a, size, size), dtype=np.uint8)
@@ -300,8 +381,7 @@ def load_lidc_crops(data_root: Path | None, size: int = 128) -> MultiRaterData:
         image = read_array(image_path)
         if image.ndim != 2:
             raise ProbsegError(f"{image_path}: expected a 2-D greyscale image, got shape {image.shape}")
-        scale = 65535.0 if image.dtype == np.uint16 else 255.0
-        images[i, 0] = center_crop_or_pad(image.astype(np.float32) / scale, size)
+        images[i, 0] = center_crop_or_pad(model_intensities(image, source=str(image_path)), size)
         for j, ann in enumerate(annotators):
             mask = read_array(found[ann])
             if mask.shape != image.shape:

@@ -9,7 +9,9 @@ Layout of the challenge release (QUBIQ 2021, https://qubiq21.grand-challenge.org
 
 with ``<task-folder>`` one of ``pancreas``, ``pancreatic-lesion``, ``brain-growth``, ``brain-tumor``, ``kidney``,
 ``prostate``. ``--data-root`` is either the task folder itself or its parent. The annotators YY are discovered
-from the files of the chosen task; every case must have all of them.
+from the files of the chosen task: those the most cases have. A case with fewer (or other) annotator files is
+dropped with one warning line naming it and its file count (the organisers state that one prostate subject has 5
+annotations where the others have 6): every item of a dataset holds the same annotators.
 
 What :func:`load_qubiq` does (the rules, in order):
 
@@ -21,7 +23,8 @@ What :func:`load_qubiq` does (the rules, in order):
 - Intensities (float32): CT (pancreas, pancreatic lesion, kidney): clip to the abdominal soft-tissue window
   [-160, 240] HU (level 40, width 400), then (HU + 160) / 400, so 40 HU -> 0.5. MRI (brain growth, brain
   tumour, prostate): per case and per channel, the 1st..99th percentile maps linearly to [0, 1], then clip to
-  [0, 1] (a channel whose two percentiles coincide gives 0).
+  [0, 1] (a channel whose two percentiles coincide gives 0). This modality rule comes before the dtype rule of
+  every loader (:func:`probseg_bench.data.intensity.model_intensities`), which keeps its float output as is.
 - Crop ``size`` x ``size`` (default 128, the paper's patch): ``crop="roi"`` centres the window on the centre of
   the bounding box of the union of all annotations of the item (the paper assumes the region of interest is
   detected), falling back to the image centre for an item without annotation; ``crop="center"`` takes the
@@ -40,8 +43,15 @@ from pathlib import Path
 import numpy as np
 
 from probseg_bench.api import DatasetSpec, HyperParameter, MultiRaterData, ProtocolDefaults, resolve_hyperparameters
+from probseg_bench.data.intensity import model_intensities
 from probseg_bench.errors import ProbsegError
-from probseg_datasets.common import as_binary_mask, center_crop_or_pad, read_array, require_root
+from probseg_datasets.common import (
+    as_binary_mask,
+    center_crop_or_pad,
+    consistent_annotators,
+    read_array,
+    require_root,
+)
 
 CT_WINDOW = (-160.0, 240.0)
 """Abdominal soft-tissue window in HU (level 40, width 400): lower bound -> 0, upper bound -> 1."""
@@ -266,12 +276,20 @@ def _seg_name(task: int, annotator: int) -> str:
     return f"task{task:02d}_seg{annotator:02d}.nii.gz"
 
 
-def discover_annotators(cases: Sequence[QubiqCase], task: int, task_root: Path) -> list[int]:
-    """The annotator numbers YY of ``task`` (sorted), checked to be present in every case.
+def discover_annotators(
+    cases: Sequence[QubiqCase], task: int, task_root: Path, dataset: str = "qubiq"
+) -> tuple[list[int], list[QubiqCase]]:
+    """The annotator numbers YY of ``task`` (sorted) and the cases that have exactly those files.
+
+    The annotators are those the most cases have (:func:`probseg_datasets.common.consistent_annotators`): a case
+    with fewer (or other) annotator files, such as the QUBIQ prostate subject with 5 annotations where the others
+    have 6, is dropped with one :class:`~probseg_bench.data.loading.DatasetWarning` line naming it, its number of
+    files and the missing ones.
 
     Raises:
-        ProbsegError: no case has files of ``task`` (the message lists the tasks present), or a case lacks some
-            annotator file that other cases have (the message names the case and the missing files).
+        ProbsegError: no case has files of ``task`` (the message lists the tasks present), or the annotator sets
+            differ between so many cases (at most half of them share one) that a case's missing files are named
+            instead.
     """
     present = sorted({t for c in cases for t in c.segs})
     if task not in present:
@@ -279,17 +297,21 @@ def discover_annotators(cases: Sequence[QubiqCase], task: int, task_root: Path) 
         raise ProbsegError(
             f"{task_root}: no task{task:02d}_segYY.nii.gz files for task {task}; tasks present: {shown}"
         )
-    annotators = sorted({a for c in cases for a in c.segs.get(task, {})})
-    for c in cases:
-        have = c.segs.get(task, {})
-        missing = [a for a in annotators if a not in have]
-        if missing:
-            raise ProbsegError(
-                f"{c.folder}: missing annotator file(s) {', '.join(_seg_name(task, a) for a in missing)} "
-                f"(other cases have annotators {', '.join(f'{a:02d}' for a in annotators)}; this one has "
-                f"{', '.join(f'{a:02d}' for a in sorted(have)) or 'none'})"
-            )
-    return annotators
+
+    def refuse(i: int, have: frozenset[int], common: frozenset[int]) -> str:
+        missing, extra = sorted(common - have), sorted(have - common)
+        return (
+            f"{cases[i].folder}: {'missing' if missing else 'extra'} annotator file(s) "
+            f"{', '.join(_seg_name(task, a) for a in missing or extra)} "
+            f"(other cases have annotators {', '.join(f'{a:02d}' for a in sorted(common))}; this one has "
+            f"{', '.join(f'{a:02d}' for a in sorted(have)) or 'none'})"
+        )
+
+    check = consistent_annotators(
+        dataset, [(f"case {c.group}", c.segs.get(task, {})) for c in cases],
+        unit=f"annotator files (task{task:02d}_segYY)", name=lambda a: _seg_name(task, a), refuse=refuse,
+    )
+    return sorted(check.reference), [cases[i] for i in check.kept]
 
 
 def _drop_singletons(a: np.ndarray) -> np.ndarray:
@@ -337,6 +359,7 @@ def load_case(
     del raw, img
     spatial = image.shape[1:]
     image = window_ct(image) if dataset.modality == "CT" else normalise_mri(image)
+    image = model_intensities(image, source=str(case.image))  # float32 in [0, 1]: kept as is
 
     stack = np.empty((len(mask_paths), *spatial), dtype=np.uint8)
     for k, path in enumerate(mask_paths):
@@ -388,9 +411,10 @@ def load_qubiq(
 
     Raises:
         ProbsegError: unknown dataset or parameter value, missing / wrong data root, no cases, a case without
-            image, missing annotator files, absent task, unreadable / corrupt NIfTI, mask shape or values wrong,
-            NaN / infinite intensities, a 3-D volume in a 2-D dataset, channel counts that differ between cases,
-            no annotated slice at all. Each message names the file or folder.
+            image, annotator files differing between many cases (a few odd cases are dropped with a
+            :class:`~probseg_bench.data.loading.DatasetWarning` each), absent task, unreadable / corrupt NIfTI,
+            mask shape or values wrong, NaN / infinite intensities, a 3-D volume in a 2-D dataset, channel counts
+            that differ between cases, no annotated slice at all. Each message names the file or folder.
     """
     if dataset not in QUBIQ_DATASETS:
         raise ProbsegError(f"unknown QUBIQ dataset '{dataset}'; known: {', '.join(QUBIQ_DATASETS)}")
@@ -404,7 +428,7 @@ def load_qubiq(
         raise ProbsegError(f"dataset '{dataset}': size must be >= 1, got {size}")
     task_root = find_task_folder(data_root, info)
     cases = scan_cases(task_root, info.layout)
-    annotators = discover_annotators(cases, task, task_root)
+    annotators, cases = discover_annotators(cases, task, task_root, dataset)
 
     images: list[np.ndarray] = []
     masks: list[np.ndarray] = []

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from probseg_bench.api import DatasetSpec, HyperParameter, KnownDistribution, MultiRaterData, ProtocolDefaults
+from probseg_bench.data.intensity import model_intensities
 from probseg_bench.errors import ProbsegError
 
 __all__ = [
@@ -232,7 +233,7 @@ def load_synthetic(data_root: Path | str | None = None, n_images: int = 240, siz
         g = _geometry(i, seed, size, structures, levels)
         dist, disks, blobs = _rasterise(g, size)
         masks[i] = _compose(disks, blobs, *_annotate(g, i, seed, annotators))
-        images[i, 0] = _render(g, dist, blobs, i, seed)
+        images[i, 0] = model_intensities(_render(g, dist, blobs, i, seed))  # float32 in [0, 1]: kept as is
     index = np.arange(n_images, dtype=np.int64)
     return MultiRaterData(
         images=images, masks=masks, groups=np.array([f"p{i // GROUP_SIZE:04d}" for i in index]),

@@ -1,18 +1,25 @@
-"""``probseg-bench data inspect | verify | convert``: look at a dataset before benchmarking on it."""
+"""``probseg-bench data inspect | verify | convert``: look at a dataset before benchmarking on it.
+
+Importing this module (the CLI does) makes every :class:`~probseg_bench.data.loading.DatasetWarning` print as one
+line ``warning: <message>`` on stderr, whichever command loads the data (``run`` and ``tune`` too); other
+warnings keep Python's display.
+"""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
+from typing import Any, TextIO
 
 import typer
 from rich.table import Table
 
 from probseg_bench.api import DatasetSpec, HyperValue, MultiRaterData
-from probseg_bench.cli._app import APP_SETTINGS, app, console
+from probseg_bench.cli._app import APP_SETTINGS, app, console, err_console
 from probseg_bench.cli.run import parse_hp
 from probseg_bench.data.converted import write_converted
-from probseg_bench.data.loading import dataset_parameters, load_dataset
+from probseg_bench.data.loading import DatasetWarning, dataset_parameters, dataset_warnings, load_dataset
 from probseg_bench.errors import ProbsegError
 from probseg_bench.plugins import get_plugins
 
@@ -24,12 +31,37 @@ PARAMS = typer.Option([], "--dataset-param", help="Dataset parameter NAME=VALUE 
 TRUST = typer.Option(False, "--trust-pickle", help="Allow unpickling the dataset's files (runs their code).")
 
 
+_python_showwarning = warnings.showwarning
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` of the CLI: a :class:`DatasetWarning` as the one line ``warning: <message>`` on
+    stderr; any other warning as Python shows it."""
+    if issubclass(category, DatasetWarning):
+        print_warning(str(message))
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+def print_warning(note: str) -> None:
+    err_console.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
+
+
+warnings.showwarning = show_warning
+
+
 def _load(
     dataset: str, data_root: Path | None, params: list[str], trust_pickle: bool
-) -> tuple[DatasetSpec, dict[str, HyperValue], MultiRaterData]:
+) -> tuple[DatasetSpec, dict[str, HyperValue], MultiRaterData, list[str]]:
+    """(spec, resolved parameters, data, the loader's DatasetWarning lines, each printed on stderr)."""
     spec = get_plugins().datasets.get(dataset)
     resolved = dataset_parameters(spec, parse_hp(params, "--dataset-param"))
-    return spec, resolved, load_dataset(spec, data_root, resolved, trust_pickle)
+    with dataset_warnings() as notes:
+        data = load_dataset(spec, data_root, resolved, trust_pickle)
+    for note in notes:
+        print_warning(note)
+    return spec, resolved, data, notes
 
 
 @data_app.command()
@@ -40,19 +72,26 @@ def inspect(
     trust_pickle: bool = TRUST,
     fmt: str = typer.Option("table", "--format", help="table or json"),
 ) -> None:
-    """Counts (images, groups, annotators, size), intensity range, empty-mask fraction, annotator agreement."""
+    """Counts (images, groups, annotators, size), the intensity range fed to the model, empty-mask fraction,
+    annotator agreement, and what the loader dropped (``warnings``, also printed on stderr)."""
     from probseg_bench.data.inspect import summarize
 
     if fmt not in ("table", "json"):
         raise ProbsegError(f"--format: expected table or json, got {fmt!r}")
-    _, params, data = _load(dataset, data_root, dataset_param, trust_pickle)
-    summary = {"dataset": dataset, "parameters": params, **summarize(data)}
+    _, params, data, notes = _load(dataset, data_root, dataset_param, trust_pickle)
+    summary: dict[str, Any] = {"dataset": dataset, "parameters": params, **summarize(data), "warnings": notes}
     if fmt == "json":
         print(json.dumps(summary, indent=2))
         return
     table = Table(title=f"dataset {dataset}", show_header=False)
     for key, value in summary.items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        if key == "intensity_min":
+            table.add_row("intensity range fed to the model",
+                          f"[{value:.4g}, {summary['intensity_max']:.4g}] ({summary['image_dtype']})")
+        elif key == "warnings":
+            table.add_row(key, "\n".join(value) or "none")
+        elif key not in ("intensity_max", "image_dtype"):
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     console.print(table)
 
 
@@ -64,7 +103,7 @@ def verify(
     trust_pickle: bool = TRUST,
 ) -> None:
     """Read every file and check every value (shapes, binary masks, finite intensities); one line of result."""
-    _, _, data = _load(dataset, data_root, dataset_param, trust_pickle)
+    _, _, data, _ = _load(dataset, data_root, dataset_param, trust_pickle)
     data.validate(f"dataset '{dataset}'", full=True)
     n, a, h, w = data.masks.shape
     print(f"ok: {dataset}: {n} images, {a} annotators, {h}x{w}, every item read and checked")
@@ -81,7 +120,7 @@ def convert(
 ) -> None:
     """Convert once into plain .npy files (no pickles) that later runs read memory-mapped with
     `--dataset DATASET --data-root OUTPUT`."""
-    spec, params, data = _load(dataset, data_root, dataset_param, trust_pickle)
+    spec, params, data, notes = _load(dataset, data_root, dataset_param, trust_pickle)
     data.validate(f"dataset '{dataset}'", full=True)
-    write_converted(data, output, spec.name, params, source=str(data_root), image_dtype=image_dtype)
+    write_converted(data, output, spec.name, params, source=str(data_root), image_dtype=image_dtype, notes=notes)
     print(f"wrote {output}: {len(data)} images; use --dataset {dataset} --data-root {output}")

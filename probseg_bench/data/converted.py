@@ -4,16 +4,18 @@
 
     DIR/probseg-dataset.json   {"format": "probseg-multirater", "version": 1, "dataset": ..., "parameters": ...,
                                 "n": N, "annotators": A, "height": H, "width": W, "channels": C,
-                                "image_dtype": "float16" | "float32", "source": ...}
+                                "image_dtype": "float16" | "float32", "source": ...,
+                                "warnings": [...]}     the loader's DatasetWarning lines, raised again on load
     DIR/images.npy             [N, C, H, W] float16 (default) or float32
     DIR/masks.npy              uint8 {0, 1} [N, A, H, W]
     DIR/groups.npy             [N] unicode
     DIR/meta_<key>.npy         one per metadata column (unicode or numeric)
 
-Plain ``.npy`` files (``allow_pickle=False``): nothing is executed when reading. Images and masks are opened
-memory-mapped, so a converted LIDC (15k crops) costs almost no RAM until a split is selected. The folder is
-written under a temporary name and renamed when complete, so a killed conversion leaves no half-written
-dataset.
+The images hold the intensities the loader feeds to the model (the rule of :mod:`probseg_bench.data.intensity`
+applied), read back as stored. Plain ``.npy`` files (``allow_pickle=False``): nothing is executed when reading.
+Images and masks are opened memory-mapped, so a converted LIDC (15k crops) costs almost no RAM until a split is
+selected. The folder is written under a temporary name and renamed when complete, so a killed conversion leaves
+no half-written dataset.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +55,14 @@ def _write_npy(path: Path, array: np.ndarray, dtype: np.dtype) -> None:
 
 def write_converted(
     data: MultiRaterData, out: Path, dataset: str, parameters: Mapping[str, Any], source: str,
-    image_dtype: str = "float16",
+    image_dtype: str = "float16", notes: Sequence[str] = (),
 ) -> Path:
     """Write ``data`` to the folder ``out`` (which must not exist or be empty), atomically.
 
     Args:
         image_dtype: ``float16`` (half the size; the error on [0, 1] intensities is below 2.5e-4) or ``float32``.
+        notes: the :class:`~probseg_bench.data.loading.DatasetWarning` messages of the load (e.g. a dropped
+            case), stored as ``"warnings"`` and raised again whenever the folder is loaded.
 
     Raises:
         ProbsegError: ``out`` exists and is not empty, or an unknown image dtype.
@@ -82,7 +86,7 @@ def write_converted(
         info = {
             "format": FORMAT, "version": 1, "dataset": dataset, "parameters": dict(parameters), "n": n,
             "annotators": a, "height": h, "width": w, "channels": int(data.images.shape[1]),
-            "image_dtype": image_dtype, "source": source,
+            "image_dtype": image_dtype, "source": source, "warnings": list(notes),
         }
         (tmp / MARKER).write_text(json.dumps(info, indent=2))
         if out.exists():

@@ -15,7 +15,8 @@ def summarize(data: MultiRaterData) -> dict[str, Any]:
     """Counts and annotator statistics, computed in chunks (memory-mapped sets are not loaded at once).
 
     Returns a dict with ``images``, ``groups``, ``annotators``, ``channels``, ``height``, ``width``,
-    ``intensity_min``, ``intensity_max``, ``image_dtype``, ``empty_mask_fraction`` (fraction of the N x A masks
+    ``intensity_min``, ``intensity_max`` (the range of the intensities fed to the model: the loaders' rule of
+    :mod:`probseg_bench.data.intensity` applied), ``image_dtype``, ``empty_mask_fraction`` (fraction of the N x A masks
     with no foreground), ``foreground_fraction`` (mean fraction of foreground pixels per mask) and
     ``mean_pairwise_annotator_iou`` (per image, the mean IoU over the unordered annotator pairs j < j', with
     IoU = 1 for two empty masks; then the mean over images; None with a single annotator).
