@@ -38,7 +38,7 @@ def slow(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.5")
-    session.run("ruff", "check", "probseg_bench", "plugins", "tests", "benchmarks", "scripts", "noxfile.py")
+    session.run("ruff", "check", "probseg_bench", "plugins", "tests", "benchmarks", "examples", "scripts", "noxfile.py")
 
 
 @nox.session
