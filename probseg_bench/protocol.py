@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -21,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from probseg_bench.atomic import atomic_torch_save
 from probseg_bench.experiment import Experiment, RunRequest, fold_seed
 from probseg_bench.plugins import Plugins
 from probseg_bench.results import FoldKey, FoldRecord, ResultsStore
@@ -78,20 +77,6 @@ def package_versions(*dists: str) -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         pass
     return out
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def partial_report(reporter: Reporter, key: FoldKey) -> Callable[[EpochLog], None]:
@@ -241,7 +226,7 @@ def run_protocol(
                                           checkpoint=partial, checkpoint_key=identity)
             except TrainingDivergedError as exc:
                 if exc.best_state is not None:
-                    _atomic_torch_save({**identity, "model_hyperparameters": model_hp,
+                    atomic_torch_save({**identity, "model_hyperparameters": model_hp,
                                         "state_dict": {k: v.cpu() for k, v in exc.best_state.items()}}, checkpoint)
                 record = plan.failed_record(d, fold, str(exc), exc.best_epoch, [asdict(h) for h in exc.history],
                                             str(checkpoint) if exc.best_state is not None else None)
@@ -251,7 +236,7 @@ def run_protocol(
                 continue
             evaluation = evaluate(model, plan.test, exp.device, n_samples=exp.preset.n_eval_samples,
                                   batch_size=exp.preset.batch_size, seed=fold_seed(request.seed, d, fold))
-            _atomic_torch_save({**identity, "model_hyperparameters": model_hp,
+            atomic_torch_save({**identity, "model_hyperparameters": model_hp,
                                 "state_dict": {k: v.cpu() for k, v in result.best_state.items()}}, checkpoint)
             record = FoldRecord(
                 **plan.common(d, fold), metrics=evaluation.aggregate, per_image=evaluation.per_image,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from probseg_bench.api import LatentRegularizer, MultiRaterData, TrainOutput
+from probseg_bench.atomic import atomic_torch_save
 from probseg_bench.data.augment import AffineAugmentation
 from probseg_bench.errors import ProbsegError
 
@@ -116,10 +116,7 @@ class FoldTrainingResult:
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
     """Write a training state atomically (a temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(state, path)
 
 
 def load_training_state(path: Path, key: dict[str, Any]) -> dict[str, Any]:
@@ -182,6 +179,120 @@ def validation_loss(
     return total / max(count, 1), float(np.concatenate(ranks).mean())
 
 
+@dataclass
+class _Progress:
+    """What a fold's training has reached: the next epoch, the optimisation steps taken, the best checkpoint so
+    far and the curves (restored from a training state, or a fresh start)."""
+
+    epoch: int = 0
+    step: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch: int = -1
+    best_val: float = math.inf
+    history: list[EpochLog] = field(default_factory=list)
+
+
+@dataclass
+class _Loop:
+    """The objects one fold's training steps: model, objective, optimiser, schedule, batch generator."""
+
+    model: torch.nn.Module
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator
+    config: TrainConfig
+    device: torch.device
+
+
+def _restore(loop: _Loop, checkpoint: Path, key: dict[str, Any]) -> _Progress:
+    """Load a fold's training state into the loop's objects (weights, optimiser, schedule, random generators)."""
+    state = load_training_state(checkpoint, key)
+    loop.model.load_state_dict(state["model"])
+    loop.optimizer.load_state_dict(state["optimizer"])
+    loop.schedule.load_state_dict(state["schedule"])
+    loop.generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if loop.device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], loop.device)
+    return _Progress(epoch=state["epoch"], step=state["step"], best_state=state["best_state"],
+                     best_epoch=state["best_epoch"], best_val=state["best_val"],
+                     history=[EpochLog(**h) for h in state["history"]])
+
+
+def _save(loop: _Loop, checkpoint: Path, key: dict[str, Any], progress: _Progress) -> None:
+    """Write the fold's training state after epoch ``progress.epoch`` (see :func:`_restore`)."""
+    device = loop.device
+    save_training_state(checkpoint, {
+        "run": key, "epoch": progress.epoch, "step": progress.step, "model": loop.model.state_dict(),
+        "optimizer": loop.optimizer.state_dict(), "schedule": loop.schedule.state_dict(),
+        "generator": loop.generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "best_state": progress.best_state, "best_epoch": progress.best_epoch, "best_val": progress.best_val,
+        "history": [asdict(h) for h in progress.history],
+    })
+
+
+def _train_epoch(loop: _Loop, x_train: torch.Tensor, y_train: torch.Tensor, progress: _Progress
+                 ) -> tuple[float, dict[str, float]]:
+    """One epoch of optimisation steps over the shuffled (and augmented) training split; advances
+    ``progress.step``. Returns (mean loss, mean of each objective term) over the epoch's images.
+
+    Raises:
+        TrainingDivergedError: a non-finite loss or gradient (names epoch, step and term).
+    """
+    model, config, device = loop.model, loop.config, loop.device
+    augment = config.augmentation if config.augment else None
+    steps_per_epoch = math.ceil(x_train.shape[0] / config.batch_size)
+    model.train()
+    order = torch.randperm(x_train.shape[0], generator=loop.generator).to(device)
+    # sums and the first non-finite step stay on the device: one host synchronisation per epoch
+    sums: torch.Tensor | None = None
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    bad_terms: torch.Tensor | None = None
+    names: list[str] = []
+    seen = 0
+    for b in range(steps_per_epoch):
+        idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+        x, y = x_train[idx].float(), y_train[idx]
+        if augment is not None:
+            x, y = augment(x, y, loop.generator)
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+            out = model(x, y)
+        loss, parts = loop.objective(out.float() if config.amp else out)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf
+        )
+        loop.optimizer.step()
+        loop.schedule.step()
+        progress.step += 1
+        n = x.shape[0]
+        seen += n
+        names = ["total", *parts, "gradient"]
+        values = torch.stack([loss.detach(), *(v.detach() for v in parts.values()), grad_norm.detach()])
+        finite = torch.isfinite(values)
+        newly_bad = (first_bad < 0) & ~finite.all()
+        first_bad = torch.where(newly_bad, torch.full_like(first_bad, b), first_bad)
+        previous = bad_terms if bad_terms is not None else torch.zeros_like(finite)
+        bad_terms = torch.where(newly_bad, ~finite, previous)
+        sums = values[:-1] * n if sums is None else sums + values[:-1] * n
+    assert sums is not None and bad_terms is not None
+    if int(first_bad) >= 0:
+        which = [name for name, bad in zip(names, bad_terms.tolist(), strict=True) if bad and name != "total"]
+        raise TrainingDivergedError(
+            f"non-finite {'gradient' if which == ['gradient'] else 'loss'} at epoch {progress.epoch + 1}, step "
+            f"{int(first_bad) + 1} (term: {', '.join(which) or 'total'}); lower the learning rate or the "
+            "regularizer weights",
+            best_state=progress.best_state, best_epoch=progress.best_epoch, history=progress.history,
+        )
+    means = (sums / seen).tolist()
+    return means[0], dict(zip(names[1:-1], means[1:], strict=True))
+
+
 def train_fold(
     model: torch.nn.Module,
     objective: Objective,
@@ -203,7 +314,8 @@ def train_fold(
     most every ``config.checkpoint_interval_s`` seconds), and an existing one is resumed from, so a killed fold
     continues from its last written epoch and ends exactly as if it had not been killed (on CPU).
     ``checkpoint_key`` (e.g. model, dataset, latent dim, fold, configuration) must match the stored one, else
-    the file is refused.
+    the file is refused. The steps: restore (:func:`_restore`), per epoch train (:func:`_train_epoch`),
+    validate (:func:`validation_loss`), keep the best weights, save (:func:`_save`), report (``on_epoch``).
 
     Raises:
         TrainingDivergedError: a non-finite loss or gradient (names epoch, step and term).
@@ -216,83 +328,21 @@ def train_fold(
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     x_train, y_train = _to_device(train, device)
     x_val, y_val = _to_device(val, device)
-    generator = torch.Generator().manual_seed(config.seed)
-    augment = config.augmentation if config.augment else None
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, total_steps, steps_per_epoch * config.warmup_epochs)
     )
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch, best_val = -1, math.inf
-    history: list[EpochLog] = []
+    loop = _Loop(model, objective, optimizer, schedule, torch.Generator().manual_seed(config.seed), config, device)
     start_all = time.perf_counter()
-    step = 0
-    first_epoch = 0
     last_saved: float | None = None  # when the training state was last written
     key = dict(checkpoint_key or {})
-    if checkpoint is not None and checkpoint.is_file():
-        state = load_training_state(checkpoint, key)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        best_state, best_epoch, best_val = state["best_state"], state["best_epoch"], state["best_val"]
-        history = [EpochLog(**h) for h in state["history"]]
-        first_epoch, step = state["epoch"], state["step"]
-    for epoch in range(first_epoch, config.epochs):
+    resume = checkpoint is not None and checkpoint.is_file()
+    progress = _restore(loop, checkpoint, key) if resume and checkpoint is not None else _Progress()
+    for epoch in range(progress.epoch, config.epochs):
         t0 = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(train), generator=generator).to(device)
-        # sums and the first non-finite step stay on the device: one host synchronisation per epoch
-        sums: torch.Tensor | None = None
-        first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        bad_terms: torch.Tensor | None = None
-        names: list[str] = []
-        seen = 0
-        for b in range(steps_per_epoch):
-            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            x, y = x_train[idx].float(), y_train[idx]
-            if augment is not None:
-                x, y = augment(x, y, generator)
-            if config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
-                out = model(x, y)
-            loss, parts = objective(out.float() if config.amp else out)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf
-            )
-            optimizer.step()
-            schedule.step()
-            step += 1
-            n = x.shape[0]
-            seen += n
-            names = ["total", *parts, "gradient"]
-            values = torch.stack([loss.detach(), *(v.detach() for v in parts.values()), grad_norm.detach()])
-            finite = torch.isfinite(values)
-            newly_bad = (first_bad < 0) & ~finite.all()
-            first_bad = torch.where(newly_bad, torch.full_like(first_bad, b), first_bad)
-            previous = bad_terms if bad_terms is not None else torch.zeros_like(finite)
-            bad_terms = torch.where(newly_bad, ~finite, previous)
-            sums = values[:-1] * n if sums is None else sums + values[:-1] * n
-        assert sums is not None and bad_terms is not None
-        if int(first_bad) >= 0:
-            which = [name for name, bad in zip(names, bad_terms.tolist(), strict=True) if bad and name != "total"]
-            raise TrainingDivergedError(
-                f"non-finite {'gradient' if which == ['gradient'] else 'loss'} at epoch {epoch + 1}, step "
-                f"{int(first_bad) + 1} (term: {', '.join(which) or 'total'}); lower the learning rate or the "
-                "regularizer weights",
-                best_state=best_state, best_epoch=best_epoch, history=history,
-            )
-        means = (sums / seen).tolist()
-        loss_mean, term_means = means[0], dict(zip(names[1:-1], means[1:], strict=True))
+        loss_mean, term_means = _train_epoch(loop, x_train, y_train, progress)
         val_loss, val_er = validation_loss(model, objective, x_val, y_val, config.batch_size, config.seed + 1)
         log = EpochLog(
             epoch=epoch + 1,
@@ -303,31 +353,25 @@ def train_fold(
             lr=float(optimizer.param_groups[0]["lr"]),
             seconds=time.perf_counter() - t0,
         )
-        history.append(log)
-        if math.isfinite(val_loss) and val_loss < best_val:
-            best_val, best_epoch = val_loss, epoch + 1
-            best_state = copy.deepcopy({k: v.detach() for k, v in model.state_dict().items()})
+        progress.history.append(log)
+        progress.epoch = epoch + 1
+        if math.isfinite(val_loss) and val_loss < progress.best_val:
+            progress.best_val, progress.best_epoch = val_loss, epoch + 1
+            progress.best_state = copy.deepcopy({k: v.detach() for k, v in model.state_dict().items()})
         last_epoch = epoch + 1 == config.epochs
         due = last_saved is None or time.perf_counter() - last_saved >= config.checkpoint_interval_s
         if checkpoint is not None and due and not last_epoch:
             last_saved = time.perf_counter()
-            save_training_state(checkpoint, {
-                "run": key, "epoch": epoch + 1, "step": step, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "best_state": best_state, "best_epoch": best_epoch, "best_val": best_val,
-                "history": [asdict(h) for h in history],
-            })
+            _save(loop, checkpoint, key, progress)
         if on_epoch is not None:
             on_epoch(log)
-    if best_state is None:
+    if progress.best_state is None:
         raise TrainingDivergedError("the validation loss was never finite: no checkpoint to evaluate")
     return FoldTrainingResult(
-        best_state=best_state,
-        best_epoch=best_epoch,
-        best_val_loss=best_val,
-        history=history,
+        best_state=progress.best_state,
+        best_epoch=progress.best_epoch,
+        best_val_loss=progress.best_val,
+        history=progress.history,
         seconds=time.perf_counter() - start_all,
-        steps=step,
+        steps=progress.step,
     )

@@ -305,13 +305,10 @@ def _model_row(request: RunRequest, records: list[FoldRecord]) -> ModelValidatio
 def write_report(report: ValidationReport, folder: Path) -> list[Path]:
     """Write ``validation.json`` and the figure ``validation.png`` / ``validation.pdf`` into ``folder``
     (created); the JSON is written to a temporary file and renamed, so a reader never sees half of it."""
-    import os
+    from probseg_bench.atomic import atomic_write_text
 
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "validation.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report.as_dict(), indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    path = atomic_write_text(folder / "validation.json",
+                             json.dumps(report.as_dict(), indent=2, default=_json_default) + "\n")
     return [path, *validation_figure(report, folder)]
 
 
