@@ -133,15 +133,3 @@ def compare_pair(
         ci_low=float(np.percentile(boot, 2.5)), ci_high=float(np.percentile(boot, 97.5)),
         statistic=statistic, p_value=p, p_holm=p, fold_p_value=fold_p,
     )
-
-
-def compare_against(
-    reference: tuple[str, Sequence[FoldRecord]], others: Sequence[tuple[str, Sequence[FoldRecord]]], metric: str,
-    n_bootstrap: int = 10_000, seed: int = 0,
-) -> list[PairedComparison]:
-    """The reference configuration against each other one, Holm-corrected over those comparisons."""
-    results = [compare_pair(reference[1], recs, metric, reference[0], label, n_bootstrap, seed)
-               for label, recs in others]
-    for r, p in zip(results, holm([r.p_value for r in results]), strict=True):
-        r.p_holm = p
-    return results

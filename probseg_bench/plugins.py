@@ -15,32 +15,20 @@ from functools import lru_cache
 import pluggy
 
 from probseg_bench import PROJECT, hookspecs
-from probseg_bench.api import (
-    DatasetSpec,
-    ModelSpec,
-    PluginFailure,
-    PluginInfo,
-    Registry,
-    RegularizerSpec,
-)
+from probseg_bench.api import DatasetSpec, ModelSpec, RegularizerSpec
 from probseg_bench.errors import PluginCollisionError
+from probseg_bench.registry import PluginFailure, PluginInfo, Registry, SpecT
 
 ENTRY_POINT_GROUP = "probseg_bench"
-
-_KINDS: dict[str, tuple[str, type]] = {
-    "model": ("probseg_bench_register_models", ModelSpec),
-    "regularizer": ("probseg_bench_register_regularizers", RegularizerSpec),
-    "dataset": ("probseg_bench_register_datasets", DatasetSpec),
-}
 
 
 @dataclass
 class Plugins:
     """All registered plugins, by kind."""
 
-    models: Registry
-    regularizers: Registry
-    datasets: Registry
+    models: Registry[ModelSpec]
+    regularizers: Registry[RegularizerSpec]
+    datasets: Registry[DatasetSpec]
     failures: list[PluginFailure] = field(default_factory=list)
 
     def all_info(self) -> list[PluginInfo]:
@@ -81,28 +69,41 @@ def load_plugins() -> Plugins:
         providers[name] = (label, f"{ep.name} = {ep.value}")
     pm.check_pending()
 
-    registries = {kind: Registry(kind, spec_type) for kind, (_, spec_type) in _KINDS.items()}
-    for kind, (hook_name, _) in _KINDS.items():
-        registry = registries[kind]
-        for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):  # registration order
-            registry.set_provider(*providers[impl.plugin_name])
-            try:
-                impl.function(registry=registry)
-            except PluginCollisionError:
-                raise
-            except Exception as exc:
-                failures.append(
-                    PluginFailure(providers[impl.plugin_name][1], providers[impl.plugin_name][0],
-                                  f"{hook_name} failed: {type(exc).__name__}: {exc}", kind)
-                )
-    for kind, registry in registries.items():  # a lookup of an unknown name names these
-        registry.failures = [f for f in failures if f.kind in (None, kind)]
-    return Plugins(
-        models=registries["model"],
-        regularizers=registries["regularizer"],
-        datasets=registries["dataset"],
+    plugins = Plugins(
+        models=Registry("model", ModelSpec),
+        regularizers=Registry("regularizer", RegularizerSpec),
+        datasets=Registry("dataset", DatasetSpec),
         failures=failures,
     )
+    _register(pm, "probseg_bench_register_models", plugins.models, providers, failures)
+    _register(pm, "probseg_bench_register_regularizers", plugins.regularizers, providers, failures)
+    _register(pm, "probseg_bench_register_datasets", plugins.datasets, providers, failures)
+    return plugins
+
+
+def _register(
+    pm: pluggy.PluginManager,
+    hook_name: str,
+    registry: Registry[SpecT],
+    providers: dict[str, tuple[str, str]],
+    failures: list[PluginFailure],
+) -> None:
+    """Call every implementation of ``hook_name`` with ``registry``, in registration order, attributing what it
+    adds to its provider; a hook that raises is recorded in ``failures`` (a name collision is raised). Then give
+    the registry the failures that may concern its kind (a lookup of an unknown name names them): the entry
+    points that did not import (``failures`` holds them all by now) and its own hooks that raised."""
+    for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):  # registration order
+        registry.set_provider(*providers[impl.plugin_name])
+        try:
+            impl.function(registry=registry)
+        except PluginCollisionError:
+            raise
+        except Exception as exc:
+            failures.append(
+                PluginFailure(providers[impl.plugin_name][1], providers[impl.plugin_name][0],
+                              f"{hook_name} failed: {type(exc).__name__}: {exc}", registry.kind)
+            )
+    registry.failures = [f for f in failures if f.kind in (None, registry.kind)]
 
 
 @lru_cache(maxsize=1)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from probseg_datasets import LIDC_SAMPLE_FILE
 from probseg_datasets.cimd import read_cimd_folder
+from probseg_datasets.lidc import LIDC_SAMPLE_FILE
 
 
 def main(src: str) -> None:

@@ -18,7 +18,7 @@ from torch import nn
 from torch.distributions import Normal
 
 from probseg_bench import hookimpl
-from probseg_bench.api import HyperParameter, ModelSpec, ObjectiveTerm, TrainOutput
+from probseg_bench.api import HyperParameter, ModelSpec, ObjectiveTerm, Registry, TrainOutput
 from probseg_bench.plugins import reset_plugins
 
 
@@ -113,7 +113,7 @@ def make_model_plugin_module(spec: ModelSpec = TINY_SPEC, name: str = "fake_prob
     module = types.ModuleType(name)
 
     @hookimpl
-    def probseg_bench_register_models(registry: Any) -> None:
+    def probseg_bench_register_models(registry: Registry[ModelSpec]) -> None:
         registry.add(spec)
 
     module.probseg_bench_register_models = probseg_bench_register_models  # type: ignore[attr-defined]

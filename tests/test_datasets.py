@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from probseg_bench.errors import ProbsegError
-from probseg_datasets import load_lidc_sample
 from probseg_datasets.cimd import read_cimd_folder
+from probseg_datasets.lidc import load_lidc_sample
 
 
 def test_embedded_lidc_sample():
@@ -27,7 +27,7 @@ def test_embedded_lidc_sample():
 def test_lidc_sample_region_of_interest_holds_every_annotation():
     """The quick preset crops lidc-sample to its declared region of interest: no annotated pixel is lost."""
     from probseg_bench.data.crop import center_crop
-    from probseg_datasets import LIDC_SAMPLE
+    from probseg_datasets.lidc import LIDC_SAMPLE
 
     roi = LIDC_SAMPLE.protocol.roi_size
     data = load_lidc_sample()

@@ -182,7 +182,7 @@ def test_failure_notes_match_plausible_names_only(monkeypatch, tmp_path):
     ("my-model", "models = probseg_extra.plugins", "probseg-extra 1.0", False),
 ])
 def test_plausibly_provides(name, entry_point, distribution, plausible):
-    from probseg_bench.api import PluginFailure
+    from probseg_bench.registry import PluginFailure
 
     assert PluginFailure(entry_point, distribution, "ImportError: x").plausibly_provides(name) is plausible
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from probseg_bench.results import ResultsStore
-from probseg_datasets import load_lidc_sample
+from probseg_datasets.lidc import load_lidc_sample
 
 pytestmark = pytest.mark.slow
 MODELS = ("spunet", "punet", "punet-nf")

@@ -137,11 +137,6 @@ def center_crop_or_pad(arr: np.ndarray, size: int, fill: float = 0.0) -> np.ndar
     return out
 
 
-def info_layout(**kwargs: Any) -> str:
-    """``key=value`` pairs for messages."""
-    return ", ".join(f"{k}={v}" for k, v in kwargs.items())
-
-
 # ------------------------------------------------------------------------------------------ annotators per case
 @dataclass(frozen=True)
 class AnnotatorCheck(Generic[T]):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from probseg_bench import hookimpl
-from probseg_bench.api import HyperParameter, ModelSpec, ObjectiveTerm
+from probseg_bench.api import HyperParameter, ModelSpec, ObjectiveTerm, Registry
 
 ARCHITECTURE = (
     HyperParameter("filters", "32,64,128,192", "U-Net / encoder filters per level", tunable=False),
@@ -96,7 +96,7 @@ SPUNET = ModelSpec(
 
 
 @hookimpl
-def probseg_bench_register_models(registry: Any) -> None:
+def probseg_bench_register_models(registry: Registry[ModelSpec]) -> None:
     registry.add(PUNET)
     registry.add(PUNET_NF)
     registry.add(SPUNET)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from probseg_bench import hookimpl
-from probseg_bench.api import HyperParameter, RegularizerSpec
+from probseg_bench.api import HyperParameter, Registry, RegularizerSpec
 
 
 def build_kl(**kwargs: Any) -> Any:
@@ -79,7 +79,7 @@ MMD = RegularizerSpec(
 
 
 @hookimpl
-def probseg_bench_register_regularizers(registry: Any) -> None:
+def probseg_bench_register_regularizers(registry: Registry[RegularizerSpec]) -> None:
     registry.add(KL)
     registry.add(SINKHORN)
     registry.add(MMD)

@@ -23,7 +23,6 @@ class Analysis:
     folder: Path
     report: Path
     files: list[Path] = field(default_factory=list)
-    freezing_order: np.ndarray | None = None
     freezing_ewd: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -122,4 +121,4 @@ def analyze(run: LoadedRun, out_dir: Path, command: str, n_samples: int | None =
     warnings = [collapse] if collapse is not None else []
     report = write_report(out_dir, f"probseg-bench analysis: {label}", command, dict(rec.metrics), info, saved,
                           warnings)
-    return Analysis(out_dir, report, files, freeze_order, ewd, warnings)
+    return Analysis(out_dir, report, files, freezing_ewd=ewd, warnings=warnings)

@@ -10,10 +10,11 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from probseg_bench.api import DatasetSpec, HyperParameter, HyperValue, ModelSpec, PluginInfo, failure_note
+from probseg_bench.api import DatasetSpec, HyperParameter, HyperValue, ModelSpec, RegularizerSpec
 from probseg_bench.cli._app import app, console, err_console
 from probseg_bench.errors import ProbsegError, did_you_mean
 from probseg_bench.plugins import Plugins, get_plugins
+from probseg_bench.registry import PluginInfo, failure_note
 
 
 def _value(v: HyperValue | None) -> str:
@@ -44,9 +45,12 @@ def hyperparameter_json(hp: HyperParameter) -> dict[str, Any]:
     }
 
 
-def _spec(plugins: Plugins, info: PluginInfo) -> Any:
-    return {"model": plugins.models, "regularizer": plugins.regularizers, "dataset": plugins.datasets}[
-        info.kind].get(info.name)
+def _spec(plugins: Plugins, info: PluginInfo) -> ModelSpec | RegularizerSpec | DatasetSpec:
+    if info.kind == "model":
+        return plugins.models.get(info.name)
+    if info.kind == "regularizer":
+        return plugins.regularizers.get(info.name)
+    return plugins.datasets.get(info.name)
 
 
 def _parameters(spec: Any) -> tuple[HyperParameter, ...]:

@@ -19,6 +19,7 @@ from probseg_bench.api import (
     MultiRaterData,
     ObjectiveTerm,
     ProtocolDefaults,
+    Registry,
 )
 
 
@@ -70,10 +71,10 @@ EXAMPLE_BLOBS = DatasetSpec(
 
 
 @hookimpl
-def probseg_bench_register_models(registry: Any) -> None:
+def probseg_bench_register_models(registry: Registry[ModelSpec]) -> None:
     registry.add(EXAMPLE_PUNET)
 
 
 @hookimpl
-def probseg_bench_register_datasets(registry: Any) -> None:
+def probseg_bench_register_datasets(registry: Registry[DatasetSpec]) -> None:
     registry.add(EXAMPLE_BLOBS)
