@@ -211,6 +211,33 @@ def fold_seed(seed: int, latent_dim: int, fold: int) -> int:
     return (seed * 1_000_003 + latent_dim * 1009 + fold * 101) % (2**31)
 
 
+@dataclass(frozen=True)
+class CheckedRequest:
+    """A request resolved without its data (:meth:`Experiment.check`): the specs, the preset with the protocol
+    overrides, the objective terms, the dataset parameters, the device, the folds, and the model's and its
+    regularizers' hyperparameters (the specs' defaults, then the preset's model defaults, then the request's)."""
+
+    model_spec: ModelSpec
+    dataset_spec: DatasetSpec
+    preset: Preset
+    terms: tuple[ObjectiveTerm, ...]
+    dataset_params: dict[str, HyperValue]
+    device: Any
+    folds: tuple[int, ...]
+    model_hp: dict[str, HyperValue]
+    reg_hp: dict[str, dict[str, HyperValue]]
+
+
+def merged_hyperparameters(spec: ModelSpec, preset: Preset, *layers: Mapping[str, Any]) -> dict[str, Any]:
+    """The preset's model defaults that ``spec`` declares, updated with each of ``layers`` in turn (the request's
+    ``--hp``, a tuning trial's values)."""
+    declared = {hp.name for hp in spec.hyperparameters}
+    merged: dict[str, Any] = {k: v for k, v in preset.model_defaults if k in declared}
+    for layer in layers:
+        merged.update(layer)
+    return merged
+
+
 @dataclass
 class Experiment:
     """A prepared run: specs, preset, objective terms, the loaded dataset, its grouped split and the device.
@@ -230,6 +257,8 @@ class Experiment:
     splits: Splits
     device: Any
     folds: tuple[int, ...] = field(default=())
+    model_hp: dict[str, HyperValue] = field(default_factory=dict)
+    reg_hp: dict[str, dict[str, HyperValue]] = field(default_factory=dict)
 
     @classmethod
     def prepare(cls, request: RunRequest, plugins: Plugins | None = None) -> Experiment:
@@ -241,22 +270,21 @@ class Experiment:
         from probseg_bench.data.splits import grouped_splits
 
         plugins = plugins or get_plugins()
-        model_spec, dataset_spec, preset, terms, params, device, folds = cls.check(request, plugins)
-        data = load_dataset(dataset_spec, request.data_root, params, request.trust_pickle)
+        c = cls.check(request, plugins)
+        data = load_dataset(c.dataset_spec, request.data_root, c.dataset_params, request.trust_pickle)
         data.validate(f"dataset '{request.dataset}'")
-        crop = preset.crop(dataset_spec.protocol)
+        crop = c.preset.crop(c.dataset_spec.protocol)
         if crop is not None:  # the preset crops to the dataset's region of interest (quick)
             data = center_crop(data, crop)
-        splits = grouped_splits(data.groups, preset.n_folds, preset.test_fraction, request.seed)
-        return cls(request, plugins, model_spec, dataset_spec, preset, terms, params, data, splits, device, folds)
+        splits = grouped_splits(data.groups, c.preset.n_folds, c.preset.test_fraction, request.seed)
+        return cls(request, plugins, c.model_spec, c.dataset_spec, c.preset, c.terms, c.dataset_params, data, splits,
+                   c.device, c.folds, c.model_hp, c.reg_hp)
 
     @staticmethod
-    def check(request: RunRequest, plugins: Plugins | None = None, check_device: bool = True) -> tuple[
-        ModelSpec, DatasetSpec, Preset, tuple[ObjectiveTerm, ...], dict[str, HyperValue], Any, tuple[int, ...]
-    ]:
+    def check(request: RunRequest, plugins: Plugins | None = None, check_device: bool = True) -> CheckedRequest:
         """The checks of :meth:`prepare` that need no data (so that a command can make them all before it writes
-        anything): -> (model spec, dataset spec, preset with the protocol overrides, objective terms, dataset
-        parameters, device, folds). ``check_device`` False: the device's name only (see :func:`resolve_device`).
+        anything), and the request resolved once (:class:`CheckedRequest`). ``check_device`` False: the device's
+        name only (see :func:`resolve_device`).
 
         Raises:
             ProbsegError: unknown plugin / preset / fold / regularizer / hyperparameter / dataset parameter, bad
@@ -275,10 +303,11 @@ class Experiment:
         if bad:
             raise ProbsegError(f"--fold: expected values in 0..{preset.n_folds - 1}, got {bad[0]}")
         terms = objective_terms(model_spec, plugins, request.regularizer)
-        resolve_run_hyperparameters(model_spec, plugins, request.hyperparameters, terms)  # fail before loading
+        model_hp, reg_hp = resolve_run_hyperparameters(
+            model_spec, plugins, merged_hyperparameters(model_spec, preset, request.hyperparameters), terms)
         device = resolve_device(request.device, check_available=check_device)
         params = dataset_parameters(dataset_spec, request.dataset_params)
-        return model_spec, dataset_spec, preset, terms, params, device, folds
+        return CheckedRequest(model_spec, dataset_spec, preset, terms, params, device, folds, model_hp, reg_hp)
 
     @property
     def train_items(self) -> float:
@@ -299,12 +328,16 @@ class Experiment:
     def hyperparameters(
         self, overrides: Mapping[str, Any] | None = None
     ) -> tuple[dict[str, HyperValue], dict[str, dict[str, HyperValue]]]:
-        """(model hyperparameters, {regularizer: hyperparameters}): the specs' defaults, then the preset's model
-        defaults, then the request's ``--hp``, then ``overrides`` (e.g. a tuning trial's values)."""
-        declared = {hp.name for hp in self.model_spec.hyperparameters}
-        merged: dict[str, Any] = {k: v for k, v in self.preset.model_defaults if k in declared}
-        merged.update(self.request.hyperparameters)
-        merged.update(overrides or {})
+        """(model hyperparameters, {regularizer: hyperparameters}): without ``overrides``, the request's, resolved
+        once by :meth:`prepare` (the specs' defaults, then the preset's model defaults, then the request's
+        ``--hp``); with ``overrides`` (e.g. a tuning trial's values) those applied on top and resolved again.
+
+        Raises:
+            ProbsegError: an override that neither the model nor its regularizers declare, or a bad value.
+        """
+        if not overrides:
+            return dict(self.model_hp), {k: dict(v) for k, v in self.reg_hp.items()}
+        merged = merged_hyperparameters(self.model_spec, self.preset, self.request.hyperparameters, overrides)
         return resolve_run_hyperparameters(self.model_spec, self.plugins, merged, self.terms)
 
     def train(

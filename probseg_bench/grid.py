@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from probseg_bench.errors import ProbsegError, did_you_mean
-from probseg_bench.protocol import RunRequest
+from probseg_bench.experiment import RunRequest
 
 _KEYS = {"models", "datasets", "latent_dims", "folds", "preset", "seed", "device", "data_roots", "dataset_params",
          "hyperparameters", "protocol"}

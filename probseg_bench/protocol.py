@@ -253,5 +253,5 @@ def run_protocol(
 
 
 __all__: Sequence[str] = [
-    "Reporter", "RunPlan", "RunRequest", "SilentReporter", "record_failure", "resumed_epoch", "run_protocol",
+    "Reporter", "RunPlan", "SilentReporter", "record_failure", "resumed_epoch", "run_protocol",
 ]

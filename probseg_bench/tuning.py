@@ -542,7 +542,7 @@ def read_params(path: Path) -> TunedParams:
                        dict(dataset_params))
 
 
-__all__ = ["FAILURE_ATTR", "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "OBJECTIVES", "RunRequest", "SearchParameter",
+__all__ = ["FAILURE_ATTR", "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "OBJECTIVES", "SearchParameter",
            "TuneJob", "TunedParams", "bind_study", "default_study_name", "describe_settings", "fail_stale_trials",
            "heartbeat_ages", "make_objective", "open_study", "optimize", "optimize_on_ray", "parse_range",
            "prepare_study", "read_params", "search_space", "study_settings", "study_verdict", "write_params"]

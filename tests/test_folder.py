@@ -377,8 +377,9 @@ def test_npz_to_folder_names_formats_and_refusals(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------- end to end
 def test_protocol_runs_end_to_end_on_a_folder(tmp_path, tiny_preset):
+    from probseg_bench.experiment import RunRequest
     from probseg_bench.plugins import load_plugins
-    from probseg_bench.protocol import RunRequest, run_protocol
+    from probseg_bench.protocol import run_protocol
     from probseg_bench.results import ResultsStore
 
     root = tmp_path / "data"

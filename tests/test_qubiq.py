@@ -452,8 +452,9 @@ def test_module_import_is_light():
 
 
 def test_one_protocol_fold_end_to_end(tmp_path, tiny_preset):
+    from probseg_bench.experiment import RunRequest
     from probseg_bench.plugins import load_plugins
-    from probseg_bench.protocol import RunRequest, run_protocol
+    from probseg_bench.protocol import run_protocol
     from probseg_bench.results import ResultsStore
 
     root = tmp_path / "pancreas"

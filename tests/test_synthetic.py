@@ -170,8 +170,9 @@ def test_default_dataset_shape_and_groups():
 
 
 def test_protocol_runs_end_to_end_on_synthetic_data(tmp_path, tiny_preset):
+    from probseg_bench.experiment import RunRequest
     from probseg_bench.plugins import load_plugins
-    from probseg_bench.protocol import RunRequest, run_protocol
+    from probseg_bench.protocol import run_protocol
     from probseg_bench.results import ResultsStore
 
     plugins = load_plugins()

@@ -15,11 +15,11 @@ from probseg_bench.cli._app import FORMAT_HELP, STORAGE_HELP, app, err_console
 from probseg_bench.cli.leaderboard import REFERENCE_HELP, print_rows, resolve_reference
 from probseg_bench.errors import ProbsegError
 from probseg_bench.executors import EXECUTORS
-from probseg_bench.experiment import Experiment
+from probseg_bench.experiment import CheckedRequest, Experiment, RunRequest
 from probseg_bench.grid import load_grid
 from probseg_bench.leaderboard import FORMATS, build_leaderboard
 from probseg_bench.presets import PRESETS, Preset, get_preset
-from probseg_bench.protocol import RunRequest, run_protocol
+from probseg_bench.protocol import run_protocol
 from probseg_bench.references import ReferenceTable
 from probseg_bench.results import DEFAULT_STORAGE, FoldKey, FoldRecord, ResultsStore, normalize_url
 from probseg_bench.tuning import TunedParams, read_params
@@ -286,7 +286,7 @@ def run(
     if executor == "ray" or jobs > 1:
         _run_distributed(requests, checked, storage, executor, jobs, address, retries, fmt, pivot, table)
         return
-    n_folds = sum(len(folds) * len(r.latent_dims) for r, (*_, folds) in zip(requests, checked, strict=True))
+    n_folds = sum(len(c.folds) * len(r.latent_dims) for r, c in zip(requests, checked, strict=True))
     store_url = normalize_url(storage)
     records: list[FoldRecord] = []
     with RichReporter(n_folds) as reporter:
@@ -336,7 +336,7 @@ def _kv(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
 
 
-def _run_distributed(requests: list[RunRequest], checked: Sequence[tuple[Any, ...]], storage: str, executor: str,
+def _run_distributed(requests: list[RunRequest], checked: Sequence[CheckedRequest], storage: str, executor: str,
                      jobs: int, address: str | None, retries: int, fmt: str, pivot: bool = False,
                      reference: ReferenceTable | None = None) -> None:
     """One task per (model, dataset, latent dim, fold) cell on the chosen executor; progress per cell.
@@ -344,9 +344,9 @@ def _run_distributed(requests: list[RunRequest], checked: Sequence[tuple[Any, ..
     from probseg_bench.executors import CellResult, cells, run_local, run_ray
 
     store_url = normalize_url(storage)
-    for r, (_, dataset_spec, chosen, _, _, device, folds) in zip(requests, checked, strict=True):
-        err_console.print(describe_run(r, chosen, folds, planned_epochs(chosen, dataset_spec), device, store_url),
-                          highlight=False, markup=False, soft_wrap=True)
+    for r, c in zip(requests, checked, strict=True):
+        err_console.print(describe_run(r, c.preset, c.folds, planned_epochs(c.preset, c.dataset_spec), c.device,
+                                       store_url), highlight=False, markup=False, soft_wrap=True)
     ResultsStore(storage)  # the schema, once, before the cells write to it
     todo = cells(requests, lambda r: get_preset(r.preset).n_folds)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
