@@ -1,16 +1,17 @@
 """Evaluation of a trained model on the test set: n prior samples per image, per-image metrics.
 
 For each test image, n samples are drawn from the PRIOR (``model.sample``); a sample's foreground probability
-is the sigmoid of its logits and its mask is logits > 0. Stored per image (:mod:`probseg_bench.metrics`
-conventions): ``ged``, ``hm_iou``, ``ewd`` (binary samples vs. annotations), ``er`` (effective rank of the prior
-sigma), ``sample_diversity`` and ``annotator_diversity`` (mean d = 1 - IoU over distinct pairs), ``ncc``
-(Baumgartner et al. 2019), ``entropy_pearson`` and ``entropy_spearman`` (annotator vs. predicted pixel entropy),
-``ece`` (calibration of the mean prediction against the annotator mean), ``mean_dice`` / ``mean_iou`` (the
-thresholded mean prediction against the majority annotation) and ``empty_fraction`` (the fraction of the n samples
-with no foreground pixel: 1 = every sample of the image is empty). All metrics are computed batched, in torch, on the
-model's device, with one ``linear_sum_assignment`` per image for HM-IoU. The aggregate of a metric is the mean
-over the test images where it is defined (NaN marks an undefined value, e.g. a correlation with a constant map);
-None if it is defined for none.
+is the sigmoid of its logits and its mask is logits > 0. Stored per image: every metric of the catalogue
+(:mod:`probseg_bench.metrics.catalogue`, in its order; built in: ``ged``, ``hm_iou``, ``ewd`` (binary samples vs.
+annotations), ``er`` (effective rank of the prior sigma), ``sample_diversity`` and ``annotator_diversity`` (mean
+d = 1 - IoU over distinct pairs), ``ncc`` (Baumgartner et al. 2019), ``entropy_pearson`` and ``entropy_spearman``
+(annotator vs. predicted pixel entropy), ``ece`` (calibration of the mean prediction against the annotator mean),
+``mean_dice`` / ``mean_iou`` (the thresholded mean prediction against the majority annotation) and
+``empty_fraction`` (the fraction of the n samples with no foreground pixel: 1 = every sample of the image is
+empty)), each by its per-image function on a :class:`probseg_bench.metrics.per_image.SampleBatch`. All metrics are
+computed batched, in torch, on the model's device, with one ``linear_sum_assignment`` per image for HM-IoU. The
+aggregate of a metric is the mean over the test images where it is defined (NaN marks an undefined value, e.g. a
+correlation with a constant map); None if it is defined for none.
 """
 
 from __future__ import annotations
@@ -24,13 +25,9 @@ import numpy as np
 import torch
 
 from probseg_bench.api import LatentSegmentationModel, MultiRaterData
-from probseg_bench.metrics import effective_rank, ged_from_iou, hm_iou_from_iou, iou_matrix, pixelwise_metrics
-from probseg_bench.metrics.distribution import diversity_from_iou
-
-METRIC_NAMES = (
-    "ged", "hm_iou", "ewd", "er", "sample_diversity", "annotator_diversity", "ncc", "entropy_pearson",
-    "entropy_spearman", "ece", "mean_dice", "mean_iou", "empty_fraction",
-)
+from probseg_bench.errors import ProbsegError
+from probseg_bench.metrics.catalogue import Metric, all_metrics
+from probseg_bench.metrics.per_image import MissingPriorScale, SampleBatch
 
 
 @dataclass
@@ -44,30 +41,46 @@ class EvaluationResult:
     seconds_metrics: float
 
 
-def image_metrics(logits: torch.Tensor, annotations: torch.Tensor) -> dict[str, np.ndarray]:
-    """All per-image metrics of a batch except the effective rank.
+def metric_values(metric: Metric, batch: SampleBatch) -> np.ndarray:
+    """``metric``'s per-image values on ``batch``: float64 numpy [B].
+
+    Raises:
+        ProbsegError: its function returned something else than B numbers.
+    """
+    value = metric.function()(batch)
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        values = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        values = np.empty(0)
+    if values.shape != (len(batch),):
+        raise ProbsegError(f"metric {metric.name!r}: its per-image function returned {type(value).__name__} of "
+                           f"shape {getattr(value, 'shape', '?')}, expected {len(batch)} numbers (one per image)")
+    return values
+
+
+def image_metrics(logits: torch.Tensor, annotations: torch.Tensor,
+                  prior_scale: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """Every metric of the catalogue on a batch; without ``prior_scale``, every one but those of the prior (the
+    effective rank).
 
     Args:
         logits: float [B, n, H, W], the logits of n samples per image (foreground channel).
         annotations: [B, A, H, W] binary.
+        prior_scale: float [B, d], the prior's standard deviations.
 
     Returns:
-        metric name -> float64 numpy [B].
+        metric name -> float64 numpy [B], in catalogue order.
     """
-    samples = logits > 0
-    probabilities = torch.sigmoid(logits.float())
-    y = annotations.bool()
-    iou_sy, iou_ss, iou_yy = iou_matrix(samples, y), iou_matrix(samples, samples), iou_matrix(y, y)
-    hm = np.array([hm_iou_from_iou(m) for m in iou_sy.cpu().numpy()])
-    return {
-        "ged": ged_from_iou(iou_sy, iou_ss, iou_yy).cpu().numpy(),
-        "hm_iou": hm,
-        "ewd": 1.0 - hm,
-        "sample_diversity": diversity_from_iou(iou_ss).cpu().numpy(),
-        "annotator_diversity": diversity_from_iou(iou_yy).cpu().numpy(),
-        "empty_fraction": (~samples.flatten(2).any(-1)).double().mean(1).cpu().numpy(),
-        **pixelwise_metrics(probabilities, y),
-    }
+    batch = SampleBatch(logits, annotations, prior_scale)
+    out = {}
+    for metric in all_metrics():
+        try:
+            out[metric.name] = metric_values(metric, batch)
+        except MissingPriorScale:  # a metric of the prior, and no prior scale given
+            continue
+    return out
 
 
 def prior_sample_batches(
@@ -110,14 +123,14 @@ def evaluate(
     The draws are made with torch's generator seeded with ``seed`` (restored afterwards), so the same model,
     data and seed give the same numbers (see :func:`prior_sample_batches`).
     """
-    out: dict[str, list[float]] = {k: [] for k in METRIC_NAMES}
+    metrics = all_metrics()
+    out: dict[str, list[float]] = {m.name: [] for m in metrics}
     t_sample = t_metric = 0.0
     for _, logits, sigma, y, seconds in prior_sample_batches(model, data, device, n_samples, batch_size, seed):
         t1 = time.perf_counter()
-        values = image_metrics(logits, y)
-        values["er"] = np.atleast_1d(effective_rank(sigma))
-        for k in METRIC_NAMES:
-            out[k] += np.asarray(values[k], dtype=np.float64).tolist()
+        batch = SampleBatch(logits, y, sigma)
+        for metric in metrics:
+            out[metric.name] += metric_values(metric, batch).tolist()
         t_sample += seconds
         t_metric += time.perf_counter() - t1
     aggregate: dict[str, float | None] = {}

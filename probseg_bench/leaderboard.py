@@ -1,12 +1,13 @@
 """Leaderboard: records aggregated over folds per (model, dataset, latent dim, configuration).
 
 Each row gives mean and standard deviation over folds (sample standard deviation, ddof = 1; None with one
-fold) of the fold-level metrics (a fold's metric is the mean over its test images). The best row per dataset
-(among rows of the same preset) is marked for each ranked metric: GED lower, HM-IoU higher, EWD lower,
-ER higher (the seed paper's reading: a more homogeneous latent space). Each other row evaluated on the same
-split as the best row gets ``p_vs_best``: the Wilcoxon signed-rank p-value of its per-image test metric
-(default EWD) against the best row's, Holm-corrected over the rows of that dataset (see
-:mod:`probseg_bench.comparison`).
+fold) of the fold-level metrics (a fold's metric is the mean over its test images): the catalogue's ranked metrics,
+then the ones it only shows (:mod:`probseg_bench.metrics.catalogue`; built in: GED, HM-IoU, EWD, ER ranked, the
+sample and annotator diversity shown). The best row per dataset (among rows of the same preset) is marked for each
+ranked metric, in the metric's direction (built in: GED lower, HM-IoU higher, EWD lower, ER higher, the seed
+paper's reading: a more homogeneous latent space). Each other row evaluated on the same split as the best row gets
+``p_vs_best``: the Wilcoxon signed-rank p-value of its per-image test metric (default EWD) against the best row's,
+Holm-corrected over the rows of that dataset (see :mod:`probseg_bench.comparison`).
 
 The pivot layout reproduces the seed paper's Table II: rows dataset x model, one column per latent dimension
 with "EWD ± std (ER)".
@@ -26,23 +27,11 @@ import numpy as np
 
 from probseg_bench.comparison import holm, paired_p_value
 from probseg_bench.errors import ProbsegError
+from probseg_bench.metrics.catalogue import leaderboard_metrics, ranked_metrics
 from probseg_bench.references import ReferenceTable, ReferenceValue
 from probseg_bench.results import FoldRecord
 from probseg_bench.tables import Table, render_csv, render_json, render_latex, render_markdown, render_rich
 
-# (key, label, higher is better)
-RANKED_METRICS: tuple[tuple[str, str, bool], ...] = (
-    ("ged", "GED", False),
-    ("hm_iou", "HM-IoU", True),
-    ("ewd", "EWD", False),
-    ("er", "ER", True),
-)
-# (key, label): shown beside the ranked metrics, never ranked: a sample diversity far below the annotators' means
-# the samples barely vary (:mod:`probseg_bench.diagnostics`)
-DIVERSITY_METRICS: tuple[tuple[str, str], ...] = (
-    ("sample_diversity", "sample div."),
-    ("annotator_diversity", "annotator div."),
-)
 FORMATS = ("table", "markdown", "csv", "json", "latex")
 CONFIG_PREFIX = 8  # characters of the configuration hash shown in tables (select with --config-hash PREFIX)
 PARTIAL_NOTE = ("folds k/n: a partial row (run with --fold), never in bold while a row of the same dataset and "
@@ -91,14 +80,16 @@ class LeaderboardRow:
         return f"{self.folds}/{self.expected_folds}" if self.partial else str(self.folds)
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON form: model, dataset, latent_dim, folds, <m>_mean, <m>_std (the ranked metrics and the
-        sample / annotator diversity), plus label (model with variant and seed), dataset_label, variant, preset,
-        seed, config (the full configuration hash), expected_folds, partial, n_test, best (the metrics this row is
-        best at), p_vs_best and unpaired (why p_vs_best is null for a row that is not the best, else null)."""
+        """The JSON form: model, dataset, latent_dim, folds, <m>_mean, <m>_std (the catalogue's leaderboard metrics:
+        the ranked ones, then the shown ones such as the sample / annotator diversity), plus label (model with
+        variant and seed), dataset_label, variant, preset, seed, config (the full configuration hash),
+        expected_folds, partial, n_test, best (the metrics this row is best at), p_vs_best and unpaired (why
+        p_vs_best is null for a row that is not the best, else null)."""
         out: dict[str, Any] = {
             "model": self.model, "dataset": self.dataset, "latent_dim": self.latent_dim, "folds": self.folds,
         }
-        for key in [k for k, _, _ in RANKED_METRICS] + [k for k, _ in DIVERSITY_METRICS]:
+        for metric in leaderboard_metrics():
+            key = metric.name
             out[f"{key}_mean"] = self.mean[key] if math.isfinite(self.mean[key]) else None
             out[f"{key}_std"] = self.std[key]
         out.update(label=self.label, dataset_label=self.dataset_label, variant=self.variant, preset=self.preset,
@@ -123,9 +114,11 @@ def dataset_label(record: FoldRecord) -> str:
 def build_leaderboard(records: list[FoldRecord], test_metric: str = "ewd") -> list[LeaderboardRow]:
     """Aggregate fold records into rows sorted by dataset, model, latent dim (datasets run with other dataset
     parameters are other rows, labelled by :func:`dataset_label`), mark the best rows and compute
-    ``p_vs_best`` for ``test_metric`` (one of the ranked metrics)."""
-    if test_metric not in {k for k, _, _ in RANKED_METRICS}:
-        raise ProbsegError(f"--test-metric: expected one of {', '.join(k for k, _, _ in RANKED_METRICS)}")
+    ``p_vs_best`` for ``test_metric`` (one of the ranked metrics). A metric that no record of a row has (a record
+    written before the metric was in the catalogue) is NaN there: shown empty, never best."""
+    ranked_names = [m.name for m in ranked_metrics()]
+    if test_metric not in ranked_names:
+        raise ProbsegError(f"--test-metric: expected one of {', '.join(ranked_names)}")
     groups: dict[tuple[str, str, int, str], list[FoldRecord]] = {}
     for r in records:
         groups.setdefault((r.dataset, r.model, r.latent_dim, r.config_hash), []).append(r)
@@ -133,8 +126,8 @@ def build_leaderboard(records: list[FoldRecord], test_metric: str = "ewd") -> li
     for (dataset, model, d, config), recs in sorted(groups.items()):
         mean: dict[str, float] = {}
         std: dict[str, float | None] = {}
-        for key in [k for k, _, _ in RANKED_METRICS] + [k for k, _ in DIVERSITY_METRICS]:
-            # NaN for a record written before a diversity metric existed
+        for key in (m.name for m in leaderboard_metrics()):
+            # NaN for a record written before the metric was in the catalogue
             values = np.array([r.metrics.get(key, np.nan) for r in recs], dtype=np.float64)
             mean[key] = float(values.mean())
             std[key] = float(values.std(ddof=1)) if len(values) > 1 and np.isfinite(values).all() else None
@@ -149,12 +142,20 @@ def build_leaderboard(records: list[FoldRecord], test_metric: str = "ewd") -> li
         pools.setdefault((row.dataset_label, row.preset), []).append(row)
     for pool in pools.values():
         ranked = [row for row in pool if not row.partial] or pool  # partial rows only when nothing is complete
-        for key, _, higher in RANKED_METRICS:
-            target = (max if higher else min)(row.mean[key] for row in ranked)
+        for metric in ranked_metrics():
+            key = metric.name
+            finite = [row.mean[key] for row in ranked if math.isfinite(row.mean[key])]
+            if not finite:
+                continue
+            target = (max if metric.higher_is_better else min)(finite)
             for row in ranked:
                 if math.isclose(row.mean[key], target, rel_tol=0, abs_tol=1e-12):
                     row.best.add(key)
-        best = next(row for row in ranked if test_metric in row.best)
+        best = next((row for row in ranked if test_metric in row.best), None)
+        if best is None:  # no row of the pool has the test metric: nothing to pair with
+            for row in pool:
+                row.unpaired = f"no row has {test_metric}"
+            continue
         best_folds = {r.fold for r in best.records}
         paired = [row for row in pool if row is not best
                   and {r.split_hash for r in row.records} == {r.split_hash for r in best.records}
@@ -178,6 +179,11 @@ def build_leaderboard(records: list[FoldRecord], test_metric: str = "ewd") -> li
 
 def _pm(mean: float, std: float | None) -> str:
     return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
+
+
+def _pm_or_empty(mean: float, std: float | None) -> str:
+    """:func:`_pm`, or empty for a metric the row's records do not have."""
+    return _pm(mean, std) if math.isfinite(mean) else ""
 
 
 def _p(p: float | None) -> str:
@@ -240,12 +246,12 @@ def leaderboard_table(rows: list[LeaderboardRow], test_metric: str = "ewd",
     """The standard leaderboard layout. With ``reference``: after the EWD and ER columns, the published value
     ("EWD (paper)", mean ± std as printed) and the difference ("Δ EWD", measured − published, signed), empty
     for rows without a published value (:func:`match_reference`)."""
+    columns = leaderboard_metrics()
     header = ["dataset", "model", "d", "preset", "config", "folds", "test images"]
-    for key, label, higher in RANKED_METRICS:
-        header.append(f"{label} {'↑' if higher else '↓'}")
-        if reference is not None and key in DELTA_DECIMALS:
-            header += [f"{label} ({reference.name})", f"Δ {label}"]
-    header += [label for _, label in DIVERSITY_METRICS]
+    for metric in columns:
+        header.append(f"{metric.label} {metric.arrow}" if metric.ranked else metric.label)
+        if metric.ranked and reference is not None and metric.name in DELTA_DECIMALS:
+            header += [f"{metric.label} ({reference.name})", f"Δ {metric.label}"]
     header.append(f"p vs best ({test_metric})")
     body, bold = [], []
     for r in rows:
@@ -253,10 +259,11 @@ def leaderboard_table(rows: list[LeaderboardRow], test_metric: str = "ewd",
                  str(r.n_test)]
         flags = [False] * len(cells)
         value = match_reference(r, reference)
-        for key, _, _ in RANKED_METRICS:
-            cells.append(_pm(r.mean[key], r.std[key]))
-            flags.append(key in r.best)
-            if reference is not None and key in DELTA_DECIMALS:
+        for metric in columns:
+            key = metric.name
+            cells.append(_pm_or_empty(r.mean[key], r.std[key]))
+            flags.append(key in r.best)  # only ranked metrics are ever best
+            if metric.ranked and reference is not None and key in DELTA_DECIMALS:
                 if value is None:
                     cells += ["", ""]
                 else:
@@ -264,9 +271,6 @@ def leaderboard_table(rows: list[LeaderboardRow], test_metric: str = "ewd",
                                           else (value.er_printed, value.er_mean))
                     cells += [printed, signed(r.mean[key] - published, DELTA_DECIMALS[key])]
                 flags += [False, False]
-        for key, _ in DIVERSITY_METRICS:
-            cells.append(_pm(r.mean[key], r.std[key]) if math.isfinite(r.mean[key]) else "")
-            flags.append(False)
         cells.append(_p(r.p_vs_best))
         flags.append(False)
         body.append(cells)

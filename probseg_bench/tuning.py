@@ -7,9 +7,12 @@ epsilon; PU-Net: beta; PU-Net+NF: beta and the number of flows). ``--param name=
 
 A trial trains one CV fold (default 0) of the standard protocol (:class:`probseg_bench.experiment.Experiment`:
 same model, objective, schedule and checkpoint selection) and scores the checkpoint with the lowest validation
-loss on that fold's VALIDATION split: ``val_ewd`` (default) or ``val_ged`` with the evaluation code of the
-leaderboard (16 prior samples per image), or ``val_loss``. Every epoch the objective is reported to the pruner
-(``trial.report`` / ``trial.should_prune``). The test split is never used. All objectives are minimised.
+loss on that fold's VALIDATION split: ``val_<metric>`` for each metric the catalogue marks as an objective
+(:mod:`probseg_bench.metrics.catalogue`; built in: ``val_ewd``, the default, and ``val_ged``), its mean over the
+validation images with the evaluation code of the leaderboard (16 prior samples per image), or ``val_loss``. Every
+epoch the objective is reported to the pruner (``trial.report`` / ``trial.should_prune``). The test split is never
+used. The study's direction is the objective's (:func:`objective_direction`): a lower-is-better metric and
+``val_loss`` are minimised, a higher-is-better metric is maximised; a study keeps the direction it was made with.
 
 Studies live in the results storage (a SQLite file by default, any SQLAlchemy URL): rerunning the command
 resumes the study, and several processes or machines on one storage cooperate on one study. A study is bound to
@@ -39,9 +42,11 @@ from typing import Any
 from probseg_bench.api import HyperParameter, HyperValue
 from probseg_bench.errors import ProbsegError, did_you_mean
 from probseg_bench.experiment import Experiment, RunRequest, fold_seed
+from probseg_bench.metrics.catalogue import Metric, objective_metrics
 from probseg_bench.results import normalize_url, retry_schema_race
 
-OBJECTIVES = ("val_ewd", "val_ged", "val_loss")
+DEFAULT_OBJECTIVE = "val_ewd"
+LOSS_OBJECTIVE = "val_loss"  # the validation loss of the checkpoint (always minimised)
 
 #: Seconds between two heartbeats of a running trial. Each is one small write; 30 s costs nothing even on SQLite.
 HEARTBEAT_INTERVAL_S = 30
@@ -141,23 +146,62 @@ def search_space(
     return space
 
 
+def objectives() -> list[str]:
+    """The names ``--objective`` takes: ``val_<name>`` of each objective metric of the catalogue, and
+    ``val_loss``."""
+    return [m.objective_name for m in objective_metrics()] + [LOSS_OBJECTIVE]
+
+
+def objective_metric(objective: str) -> Metric | None:
+    """The catalogue metric that ``objective`` scores (None for ``val_loss``).
+
+    Raises:
+        ProbsegError: not an objective (the message lists them).
+    """
+    if objective == LOSS_OBJECTIVE:
+        return None
+    for metric in objective_metrics():
+        if metric.objective_name == objective:
+            return metric
+    names = objectives()
+    raise ProbsegError(f"--objective: expected one of {', '.join(names)}, got {objective!r}"
+                       f"{did_you_mean(objective, names)}")
+
+
+def objective_direction(objective: str) -> str:
+    """Optuna's direction for ``objective``: the metric's (``"maximize"`` when higher is better), ``"minimize"``
+    for ``val_loss``.
+
+    Raises:
+        ProbsegError: not an objective.
+    """
+    metric = objective_metric(objective)
+    return "minimize" if metric is None else metric.direction
+
+
 def default_study_name(model: str, dataset: str, objective: str) -> str:
     return f"{model}-{dataset}-{objective}"
 
 
-def open_study(name: str, storage: str, seed: int, create: bool = True) -> Any:
+def open_study(name: str, storage: str, seed: int, create: bool = True, objective: str | None = None) -> Any:
     """Load (or create) the named study in ``storage`` with a TPE sampler and a median pruner, and mark the trials
     of dead workers failed (:func:`fail_stale_trials`).
+
+    A new study optimises in the direction of ``objective`` (:func:`objective_direction`); an existing study must
+    have been made with that direction. Without ``objective``: an existing study's own direction (a new one
+    minimises).
 
     The sampler is seeded with ``seed`` + the number of trials already in the study, so that a fresh study is
     reproducible and a resumed one does not replay the proposals of its first run. Trials record a heartbeat every
     :data:`HEARTBEAT_INTERVAL_S` seconds while they run.
 
     Raises:
-        ProbsegError: the study does not exist (``create=False``), or the storage is unusable.
+        ProbsegError: an unknown objective, the study does not exist (``create=False``), it was made with the other
+            direction, or the storage is unusable.
     """
     import optuna
 
+    direction = None if objective is None else objective_direction(objective)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = normalize_url(storage)
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
@@ -167,11 +211,22 @@ def open_study(name: str, storage: str, seed: int, create: bool = True) -> Any:
     pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=10)
     if not create and name not in {s.study_name for s in optuna.get_all_study_summaries(rdb)}:
         raise ProbsegError(f"no study named '{name}' in {storage}")
-    study = optuna.create_study(study_name=name, storage=rdb, pruner=pruner, direction="minimize",
+    # an existing study is loaded with its stored direction, whatever direction is passed here
+    study = optuna.create_study(study_name=name, storage=rdb, pruner=pruner,
+                                direction=optuna.study.StudyDirection[(direction or "minimize").upper()],
                                 load_if_exists=True)
+    stored = study.direction.name.lower()
+    if direction is not None and stored != direction:
+        made_for = study.user_attrs.get(SETTINGS_ATTR, {}).get("objective", "its objective")
+        raise ProbsegError(f"study '{name}' {_VERBS[stored][0]} {made_for}, but --objective {objective} is "
+                           f"{_VERBS[direction][1]}: their trials cannot be ranked together; give --study NAME for a "
+                           "new study")
     fail_stale_trials(study)
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials), n_startup_trials=4)
     return study
+
+
+_VERBS = {"minimize": ("minimises", "minimised"), "maximize": ("maximises", "maximised")}
 
 
 def _open_rdb_storage(optuna: Any, url: str, storage: str, engine_kwargs: dict[str, Any]) -> Any:
@@ -353,19 +408,17 @@ def make_objective(
     from probseg_bench.evaluation import evaluate
     from probseg_bench.training import TrainingDivergedError
 
-    if objective not in OBJECTIVES:
-        raise ProbsegError(f"--objective: expected one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    metric = objective_metric(objective)
     _, val_idx = experiment.splits.train_val(fold)
     val = experiment.data.subset(val_idx)
-    metric = objective.removeprefix("val_")
     seed = fold_seed(experiment.request.seed, latent_dim, fold)
 
     def score(model: torch.nn.Module, val_loss: float) -> float:
-        if objective == "val_loss":
+        if metric is None:
             return val_loss
         result = evaluate(model, val, experiment.device, n_samples=experiment.preset.n_eval_samples,
                           batch_size=experiment.preset.batch_size, seed=seed)
-        value = result.aggregate[metric]
+        value = result.aggregate[metric.name]
         return math.nan if value is None else float(value)
 
     def run_trial(trial: Any) -> float:
@@ -376,7 +429,7 @@ def make_objective(
         holder: dict[str, torch.nn.Module] = {}
 
         def report(log: Any) -> None:
-            value = log.val_loss if objective == "val_loss" else score(holder["model"], log.val_loss)
+            value = log.val_loss if metric is None else score(holder["model"], log.val_loss)
             trial.report(value, log.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {log.epoch}: {objective} {value:.4f}")
@@ -400,23 +453,25 @@ class TuneJob:
     request: RunRequest
     study: str
     storage: str
-    objective: str = "val_ewd"
+    objective: str = DEFAULT_OBJECTIVE
     ranges: tuple[str, ...] = ()
     fixed: tuple[tuple[str, Any], ...] = ()
 
 
 def prepare_study(job: TuneJob, seed: int) -> tuple[Experiment, Any, list[SearchParameter]]:
-    """Prepare the experiment, check the search space and the fixed values, open the study and bind it to the
-    job's settings (:func:`bind_study`).
+    """Prepare the experiment, check the search space and the fixed values, open the study (in the objective's
+    direction) and bind it to the job's settings (:func:`bind_study`).
 
     Raises:
-        ProbsegError: bad request, search space or fixed value; a study made under other settings.
+        ProbsegError: an unknown objective; bad request, search space or fixed value; a study made with the other
+            direction or under other settings.
     """
+    objective_direction(job.objective)  # an unknown objective fails before the data is loaded
     experiment = Experiment.prepare(job.request)
     fixed = dict(job.fixed)
     space = search_space(experiment, job.ranges, fixed)
     settings = study_settings(experiment, job.objective, fixed)  # a bad --fix value fails here
-    study = open_study(job.study, job.storage, seed)
+    study = open_study(job.study, job.storage, seed, objective=job.objective)
     bind_study(study, settings)
     return experiment, study, space
 
@@ -542,7 +597,8 @@ def read_params(path: Path) -> TunedParams:
                        dict(dataset_params))
 
 
-__all__ = ["FAILURE_ATTR", "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "OBJECTIVES", "SearchParameter",
-           "TuneJob", "TunedParams", "bind_study", "default_study_name", "describe_settings", "fail_stale_trials",
-           "heartbeat_ages", "make_objective", "open_study", "optimize", "optimize_on_ray", "parse_range",
+__all__ = ["DEFAULT_OBJECTIVE", "FAILURE_ATTR", "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "LOSS_OBJECTIVE",
+           "SearchParameter", "TuneJob", "TunedParams", "bind_study", "default_study_name",
+           "describe_settings", "fail_stale_trials", "heartbeat_ages", "make_objective", "objective_direction",
+           "objective_metric", "objectives", "open_study", "optimize", "optimize_on_ray", "parse_range",
            "prepare_study", "read_params", "search_space", "study_settings", "study_verdict", "write_params"]

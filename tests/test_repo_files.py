@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from probseg_bench.tuning import OBJECTIVES
+from probseg_bench.tuning import objectives
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def _ignored(paths: list[str]) -> set[str]:
 
 
 def test_gitignore_hides_the_suites_outputs():
-    outputs = [f"spunet-lidc-sample-{objective}.toml" for objective in OBJECTIVES]  # tune's default STUDY.toml
+    outputs = [f"spunet-lidc-sample-{objective}.toml" for objective in objectives()]  # tune's default STUDY.toml
     outputs += ["punet-synthetic-val_ewd.toml", "probseg-analysis/punet-lidc-sample-d6-fold0-abc/report.html",
                 "probseg-results.db", "probseg-runs/x.pt", "probseg-validation/validation.json"]
     assert _ignored(outputs) == set(outputs)

@@ -12,6 +12,7 @@ from probseg_bench.cli._app import CONFIG_HASH_HELP, STORAGE_HELP, app, console
 from probseg_bench.comparison import TEST_NAME, compare_pair, holm
 from probseg_bench.errors import ProbsegError
 from probseg_bench.leaderboard import CONFIG_PREFIX, LeaderboardRow, build_leaderboard
+from probseg_bench.metrics.catalogue import find_metric, metric_names
 from probseg_bench.results import DEFAULT_STORAGE, ResultsStore, select_configurations
 
 
@@ -45,7 +46,7 @@ def compare(
         ..., help="MODEL_A MODEL_B [...]: A is compared with each other one. Each is a model, a leaderboard label "
         "('spunet (beta=50)') or MODEL@HASH (a configuration hash prefix from the leaderboard's config column)."),
     dataset: str = typer.Option(..., "--dataset", help="Dataset of the records to compare."),
-    metric: str = typer.Option("ewd", "--metric", help="Per-image metric (ewd, hm_iou, ged, ncc, ece, ...)."),
+    metric: str = typer.Option("ewd", "--metric", help=f"Per-image metric: {', '.join(metric_names())}."),
     latent_dim: list[int] = typer.Option([], "--latent-dim", help="Only these latent dims [default: all shared]."),
     preset: str | None = typer.Option(None, "--preset", help="Only records of this preset."),
     config_hash: list[str] = typer.Option([], "--config-hash", help=CONFIG_HASH_HELP),
@@ -87,7 +88,10 @@ def compare(
     if fmt == "json":
         print(json.dumps([asdict(r) for r in results], indent=2))
         return
-    table = Table(title=f"paired comparison on {dataset}: {metric}, difference = A - B",
+    known = find_metric(metric)  # a stored metric may be one this installation's catalogue lacks
+    direction = ("" if known is None or known.higher_is_better is None
+                 else f" ({'higher' if known.higher_is_better else 'lower'} is better)")
+    table = Table(title=f"paired comparison on {dataset}: {metric}{direction}, difference = A - B",
                   caption=f"test: {TEST_NAME}; 95% CI: percentile bootstrap over images ({bootstrap} resamples); "
                           f"p (Holm) over the {len(results)} comparison(s); p over folds: Wilcoxon on fold means")
     for col in ("A", "B", "d", "n images", "folds", "median diff [95% CI]", "W", "p", "p (Holm)", "p over folds"):

@@ -8,6 +8,7 @@ from probseg_bench.cli._app import CONFIG_HASH_HELP, FORMAT_HELP, STORAGE_HELP, 
 from probseg_bench.diagnostics import collapse_warning
 from probseg_bench.errors import ProbsegError
 from probseg_bench.leaderboard import FORMATS, LeaderboardRow, build_leaderboard, reference_gap, render
+from probseg_bench.metrics.catalogue import ranked_metrics
 from probseg_bench.references import REFERENCES, ReferenceTable, get_reference
 from probseg_bench.results import DEFAULT_STORAGE, ResultsStore, select_configurations
 
@@ -70,13 +71,15 @@ def leaderboard(
     preset: list[str] = typer.Option([], "--preset", help="Only records of these presets (repeatable)."),
     config_hash: list[str] = typer.Option([], "--config-hash", help=CONFIG_HASH_HELP),
     pivot: bool = typer.Option(False, "--pivot", help="The paper's Table II layout: latent dims as columns."),
-    test_metric: str = typer.Option("ewd", "--test-metric", help="Metric of the p-value column (vs. the best)."),
+    test_metric: str = typer.Option(
+        "ewd", "--test-metric",
+        help=f"Metric of the p-value column (vs. the best): {', '.join(m.name for m in ranked_metrics())}."),
     reference: str | None = typer.Option(None, "--reference", help=REFERENCE_HELP),
 ) -> None:
-    """Mean ± std over folds of GED, HM-IoU, EWD and ER per (model, dataset, latent dim, configuration: the
-    model label names what differs from the defaults, the config column starts its hash); best in bold; a
-    paired Wilcoxon p-value against the best row of each dataset; with --reference paper, the paper's Table II
-    values and the differences beside them."""
+    """Mean ± std over folds of the metric catalogue's ranked metrics (those --test-metric takes) and of the ones
+    it only shows, per (model, dataset, latent dim, configuration: the model label names what differs from the
+    defaults, the config column starts its hash); best in bold; a paired Wilcoxon p-value against the best row of
+    each dataset; with --reference paper, the paper's Table II values and the differences beside them."""
     if fmt not in FORMATS:
         raise ProbsegError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     table = resolve_reference(reference)

@@ -18,6 +18,7 @@ from probseg_bench.executors import EXECUTORS
 from probseg_bench.experiment import CheckedRequest, Experiment, RunRequest
 from probseg_bench.grid import load_grid
 from probseg_bench.leaderboard import FORMATS, build_leaderboard
+from probseg_bench.metrics.catalogue import ranked_metrics
 from probseg_bench.presets import PRESETS, Preset, get_preset
 from probseg_bench.protocol import run_protocol
 from probseg_bench.references import ReferenceTable
@@ -52,6 +53,13 @@ def duration(seconds: float) -> str:
 
 
 TERM_ABBREVIATIONS = {"reconstruction": "rec"}
+
+
+def metrics_text(metrics: dict[str, float | None]) -> str:
+    """A fold's ranked metrics (the catalogue's, each with its decimals), e.g. ``GED 0.312  HM-IoU 0.512  EWD 0.488
+    ER 1.93``; ``n/a`` for a metric undefined on every test image."""
+    return "  ".join(f"{m.label} " + ("n/a" if metrics.get(m.name) is None else f"{metrics[m.name]:.{m.decimals}f}")
+                     for m in ranked_metrics())
 
 
 def loss_text(value: float) -> str:
@@ -157,10 +165,9 @@ class RichReporter:
     def fold_finished(self, record: FoldRecord) -> None:
         self.finished += 1
         self.progress.advance(self.folds)
-        m = record.metrics
         err_console.print(
-            f"{self._label(record.key)}: GED {m['ged']:.3f}  HM-IoU {m['hm_iou']:.3f}  EWD {m['ewd']:.3f}  "
-            f"ER {m['er']:.2f}  (best epoch {record.best_epoch}, {record.timings['train_s']:.0f} s)",
+            f"{self._label(record.key)}: {metrics_text(record.metrics)}  (best epoch {record.best_epoch}, "
+            f"{record.timings['train_s']:.0f} s)",
             highlight=False,
         )
 

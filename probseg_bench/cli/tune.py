@@ -13,7 +13,24 @@ from probseg_bench.cli.run import parse_hp
 from probseg_bench.errors import ProbsegError
 from probseg_bench.presets import PRESETS
 from probseg_bench.results import DEFAULT_STORAGE
-from probseg_bench.tuning import FAILURE_ATTR, OBJECTIVES, SETTINGS_ATTR, describe_settings, study_verdict
+from probseg_bench.tuning import (
+    DEFAULT_OBJECTIVE,
+    FAILURE_ATTR,
+    LOSS_OBJECTIVE,
+    SETTINGS_ATTR,
+    describe_settings,
+    objective_metric,
+    objectives,
+    study_verdict,
+)
+
+
+def objective_help() -> str:
+    """``--objective``'s help: each objective with its direction (from the metric catalogue)."""
+    metrics = [m for m in (objective_metric(name) for name in objectives()) if m is not None]
+    listed = ", ".join(f"{m.objective_name} ({'maximised' if m.higher_is_better else 'minimised'})" for m in metrics)
+    return (f"{listed}: the metric's mean over the fold's validation images; {LOSS_OBJECTIVE} (minimised): the "
+            "validation loss.")
 
 
 def _show(study: Any, top: int, verdict_line: bool = True) -> None:
@@ -24,7 +41,8 @@ def _show(study: Any, top: int, verdict_line: bool = True) -> None:
     from probseg_bench import tuning
 
     trials = study.get_trials(deepcopy=False)
-    done = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: t.value)
+    done = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: t.value,
+                  reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
     table = Table(title=f"study {study.study_name}: {len(trials)} trials "
                         f"({', '.join(f'{n} {k}' for k, n in counts.items() if n)})")
@@ -72,7 +90,7 @@ def tune(
     dataset: str = typer.Option(..., "--dataset", help="Dataset plugin."),
     trials: int = typer.Option(20, "--trials", help="Trials to add in this invocation."),
     study: str | None = typer.Option(None, "--study", help="Study name [default: MODEL-DATASET-OBJECTIVE]."),
-    objective: str = typer.Option("val_ewd", "--objective", help=f"{', '.join(OBJECTIVES)} (minimised)."),
+    objective: str = typer.Option(DEFAULT_OBJECTIVE, "--objective", help=objective_help()),
     fold: int = typer.Option(0, "--fold", help="The CV fold whose validation split scores a trial."),
     latent_dim: int = typer.Option(6, "--latent-dim", "-d", help="Latent dimension."),
     param: list[str] = typer.Option([], "--param", help="Search range NAME=LOW:HIGH[:log] (repeatable)."),
