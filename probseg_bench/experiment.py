@@ -145,6 +145,11 @@ def resolve_run_hyperparameters(
         )
         for rname, rspec in regs.items()
     }
+    for term in terms:  # a negative weight would reward the divergence it should penalise
+        weight = model_hp.get(term.weight)
+        if isinstance(weight, int | float) and not isinstance(weight, bool) and weight < 0:
+            raise ProbsegError(f"hyperparameter '{term.weight}' (the weight of the {term.regularizer} term of model "
+                               f"'{spec.name}'): expected a value >= 0, got {weight}")
     return model_hp, reg_hp
 
 

@@ -163,7 +163,8 @@ def load_grid(path: Path) -> GridConfig:
         raise ProbsegError(f"{path}: not valid TOML ({exc})") from None
     unknown = sorted(set(raw) - _KEYS)
     if unknown:
-        raise ProbsegError(f"{path}: unknown key '{unknown[0]}'; expected some of {', '.join(sorted(_KEYS))}")
+        raise ProbsegError(f"{path}: unknown key '{unknown[0]}'{did_you_mean(unknown[0], _KEYS)}; expected some "
+                           f"of {', '.join(sorted(_KEYS))}")
     for key, kind in (("preset", str), ("seed", int), ("device", str)):
         if key in raw and (not isinstance(raw[key], kind) or isinstance(raw[key], bool)):
             raise ProbsegError(f"{path}: '{key}' must be a{'n' if kind is int else ''} {kind.__name__}, "

@@ -326,7 +326,8 @@ def pivot_table(rows: list[LeaderboardRow], metric: str = "ewd", extra: str = "e
         for d in dims:
             cell = by_dim.get(d)
             row_cells.append("" if cell is None else
-                             f"{_pm(cell.mean[metric], cell.std[metric])} ({cell.mean[extra]:.2f})")
+                             f"{_pm(cell.mean[metric], cell.std[metric])} ({cell.mean[extra]:.2f})"
+                             + (f" [{cell.folds_label} folds]" if cell.partial else ""))
             flags.append(cell is not None and metric in cell.best)
         body.append(row_cells)
         bold.append(flags)
@@ -353,6 +354,8 @@ def pivot_table(rows: list[LeaderboardRow], metric: str = "ewd", extra: str = "e
     m, e = metric.upper(), extra.upper()
     caption = f"{m} mean ± std over folds ({e} mean); best {m} per dataset in bold"
     notes = reference.footnotes() if reference is not None else []
+    if any(r.partial for r in rows):
+        notes = [PARTIAL_NOTE, *notes]
     return Table("probseg-bench (Table II layout)", header, body, bold, caption, notes)
 
 

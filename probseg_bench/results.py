@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -30,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 
-from probseg_bench.errors import ProbsegError
+from probseg_bench.errors import ProbsegError, did_you_mean
 
 DEFAULT_STORAGE = "sqlite:///probseg-results.db"
 LOCK_RETRIES = 8
@@ -155,18 +156,24 @@ def retry_schema_race(create: Callable[[], T], attempts: int = 5) -> T:
 
 
 class ResultsStore:
-    """Read and write :class:`FoldRecord` objects.
+    """Read and write :class:`FoldRecord` objects. ``create`` False (the commands that only read): a SQLite file
+    that does not exist is an error instead of a new empty store.
 
     Raises:
         ProbsegError: an unusable URL or a file that is not a results database (the message names it).
     """
 
-    def __init__(self, storage: str = DEFAULT_STORAGE) -> None:
+    def __init__(self, storage: str = DEFAULT_STORAGE, create: bool = True) -> None:
         self.url = normalize_url(storage)
         try:
             self.engine: Engine = create_engine(self.url)
         except (ArgumentError, ImportError) as exc:
             raise ProbsegError(f"--storage {storage!r}: not a usable SQLAlchemy URL ({exc})") from None
+        database = self.engine.url.database
+        if (not create and self.engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
+                and not Path(database).is_file()):
+            raise ProbsegError(f"--storage {storage!r}: no results store at {database} (nothing was run into it; "
+                               "check the path or the working directory)")
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
@@ -220,6 +227,28 @@ class ResultsStore:
                 c.fold == key.fold, c.config_hash == key.config_hash,
             ))
 
+    def names(self) -> tuple[list[str], list[str]]:
+        """(the stored models, the stored datasets), sorted: for a filter that matches nothing."""
+        c = fold_results.c
+        with self.engine.connect() as conn:
+            models = conn.execute(select(c.model).distinct()).scalars().all()
+            datasets = conn.execute(select(c.dataset).distinct()).scalars().all()
+        return sorted(models), sorted(datasets)
+
+    def check_names(self, models: Iterable[str] = (), datasets: Iterable[str] = ()) -> None:
+        """A ``--model`` / ``--dataset`` filter that names nothing stored is an error listing the stored names (a
+        typo would otherwise give an empty table).
+
+        Raises:
+            ProbsegError: a name with no record here (with the closest stored name).
+        """
+        stored_models, stored_datasets = self.names()
+        for option, wanted, stored in (("--model", models, stored_models), ("--dataset", datasets, stored_datasets)):
+            for name in wanted:
+                if name not in stored:
+                    raise ProbsegError(f"{option} {name}: no records in {self.url}{did_you_mean(name, stored)}; "
+                                       f"stored: {', '.join(stored) or 'nothing'}")
+
     def records(
         self,
         models: Iterable[str] | None = None,
@@ -257,7 +286,8 @@ def select_configurations(records: list[FoldRecord], config_hashes: Iterable[str
         return kept
     for prefix in prefixes:
         if not prefix or not any(r.config_hash.startswith(prefix) for r in kept):
-            stored = sorted({(r.config_hash[:8], r.model, r.dataset, r.preset) for r in kept})
-            listing = "; ".join(f"{h} ({m} on {d}, {p})" for h, m, d, p in stored) or "none"
+            stored = sorted({(r.config_hash[:8], r.model, r.variant, r.dataset, r.preset) for r in kept})
+            listing = "; ".join(f"{h} ({m}{f' ({v})' if v else ''} on {d}, {p})"
+                                for h, m, v, d, p in stored) or "none"
             raise ProbsegError(f"--config-hash {prefix!r}: no stored configuration starts with it; stored: {listing}")
     return [r for r in kept if any(r.config_hash.startswith(p) for p in prefixes)]

@@ -202,7 +202,8 @@ def open_study(name: str, storage: str, seed: int, create: bool = True, objectiv
     import optuna
 
     direction = None if objective is None else objective_direction(objective)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: Optuna's warning for a failed trial repeats, with a traceback, the reason `tune` prints in one line
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     url = normalize_url(storage)
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     rdb = _open_rdb_storage(optuna, url, storage, kwargs)
@@ -440,6 +441,9 @@ def make_objective(
         except TrainingDivergedError as exc:
             trial.set_user_attr(FAILURE_ATTR, str(exc))
             raise
+        except KeyboardInterrupt:  # Optuna marks the trial failed; say why
+            trial.set_user_attr(FAILURE_ATTR, "interrupted (Ctrl-C) during training")
+            raise
         trial.set_user_attr("best_epoch", result.best_epoch)
         return score(model, result.best_val_loss)
 
@@ -469,8 +473,9 @@ def prepare_study(job: TuneJob, seed: int) -> tuple[Experiment, Any, list[Search
     objective_direction(job.objective)  # an unknown objective fails before the data is loaded
     experiment = Experiment.prepare(job.request)
     fixed = dict(job.fixed)
+    experiment.hyperparameters(fixed)  # a bad --fix value fails first, named (not as "nothing to tune")
     space = search_space(experiment, job.ranges, fixed)
-    settings = study_settings(experiment, job.objective, fixed)  # a bad --fix value fails here
+    settings = study_settings(experiment, job.objective, fixed)
     study = open_study(job.study, job.storage, seed, objective=job.objective)
     bind_study(study, settings)
     return experiment, study, space
@@ -565,6 +570,8 @@ class TunedParams:
     preset: str | None = None
     protocol_overrides: dict[str, Any] | None = None
     dataset_params: dict[str, Any] | None = None
+    latent_dim: int | None = None
+    seed: int | None = None
 
 
 def read_params(path: Path) -> TunedParams:
@@ -593,8 +600,11 @@ def read_params(path: Path) -> TunedParams:
             or not isinstance(overrides, dict) or not isinstance(dataset_params, dict)):
         raise ProbsegError(f"{path}: [protocol] expects preset = \"NAME\" and the tables [protocol.overrides], "
                            "[protocol.dataset_params]")
+    for key in ("latent_dim", "seed"):
+        if key in protocol and (not isinstance(protocol[key], int) or isinstance(protocol[key], bool)):
+            raise ProbsegError(f"{path}: [protocol] {key}: expected an integer, got {protocol[key]!r}")
     return TunedParams(raw.get("model"), raw.get("dataset"), dict(params), protocol["preset"], dict(overrides),
-                       dict(dataset_params))
+                       dict(dataset_params), protocol.get("latent_dim"), protocol.get("seed"))
 
 
 __all__ = ["DEFAULT_OBJECTIVE", "FAILURE_ATTR", "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "LOSS_OBJECTIVE",

@@ -25,7 +25,8 @@ SMALL = ["--hp", "filters=4,8", "--hp", "convs_per_block=1"]
          "unknown dataset 'nosuch'; known datasets: {datasets}"),
         (["run", "--model", "spunet", "--dataset", "lidc-smaple"], "did you mean 'lidc-sample'?"),
         (["run", "--model", "punet", "--dataset", "lidc-sample", "--hp", "alpha=3"], "no hyperparameter 'alpha'"),
-        (["run", "--model", "punet", "--dataset", "lidc-sample", "--flow", "radial"], "no hyperparameter 'flow'"),
+        (["run", "--model", "punet", "--dataset", "lidc-sample", "--flow", "radial"],
+         "model 'punet' has no posterior flow"),
         (["run", "--model", "punet-nf", "--dataset", "lidc-sample", "--flow", "glow"], "expected one of"),
         (["run", "--model", "punet", "--dataset", "lidc-sample", "--regularizer", "mmd"], "no swappable"),
         (["run", "--model", "spunet", "--dataset", "lidc-sample", "--regularizer", "mdm"], "did you mean 'mmd'"),
@@ -67,6 +68,7 @@ def test_console_script_prints_no_traceback(tmp_path):
 
 
 def test_empty_store_gives_an_empty_json_leaderboard(tmp_path):
+    ResultsStore(str(tmp_path / "r.db"))  # an existing store without records (a missing file is an error)
     result = CliRunner().invoke(app, ["leaderboard", "--format", "json", "--storage", str(tmp_path / "r.db")])
     assert result.exit_code == 0 and json.loads(result.output) == []
 

@@ -157,3 +157,78 @@ def test_a_degenerate_study_says_so_and_writes_no_parameters(run_main, tmp_path,
     assert "best trial" not in out and not (tmp_path / "punet-synthetic-val_loss.toml").exists()
     code, _, err = run_main("tune", "--model", "punet", "--dataset", "synthetic", "--objective", "val_loss", "--show")
     assert code == 0 and message in err
+
+
+def test_run_params_takes_the_tuned_latent_dim_and_seed(run_main, tmp_path, monkeypatch, tiny_preset):
+    """A new user's trial: a study tuned at d=4 with seed 1 was run by `run --params` at d=6, seed 0, silently."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main("tune", "--model", "punet", "--dataset", "synthetic", "--dataset-param", "n_images=40",
+                              "--dataset-param", "size=32", "--fix", "filters=4,8", "--fix", "convs_per_block=1",
+                              "--objective", "val_loss", "--trials", "1", "--preset", tiny_preset, "-d", "3",
+                              "--seed", "1", "--study", "d3")
+    assert code == 0, err
+    assert "run --model punet --dataset synthetic --params d3.toml (the file applies preset tiny, d=3, seed 1" in out
+    code, _, err = run_main("run", "--model", "punet", "--dataset", "synthetic", "--params", "d3.toml", "--fold", "0",
+                            "--format", "json")
+    assert code == 0, err
+    (rec,) = ResultsStore().records()
+    assert (rec.latent_dim, rec.seed, rec.preset) == (3, 1, tiny_preset)
+    code, _, err = run_main("run", "--model", "punet", "--dataset", "synthetic", "--params", "d3.toml", "--fold", "0",
+                            "-d", "2", "--hp", "beta=2", "--format", "json")
+    assert code == 0, err
+    assert "tuned at d=3, run at d=2 (as the command line asks)" in err and "--hp replaces the tuned beta" in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('model = "punet"\n[hyperparameters]\nbetta = 2\n')
+    code, _, err = run_main("run", "--model", "punet", "--dataset", "synthetic", "--params", str(bad))
+    assert code == 2 and f"{bad}: [hyperparameters]: model 'punet' and its regularizers have no hyperparameter" in err
+
+
+def test_reading_commands_create_no_store_and_name_typos(run_main, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args in (["leaderboard"], ["leaderboard", "--storage", "probseg-result.db"],
+                 ["compare", "punet", "spunet", "--dataset", "lidc-sample"],
+                 ["analyze", "--model", "punet", "--dataset", "lidc-sample"]):
+        code, _, err = run_main(*args)
+        assert code == 2 and "no results store at" in err, (args, err)
+    assert list(tmp_path.iterdir()) == []
+    store = ResultsStore(str(tmp_path / "r.db"))
+    for fold in range(3):
+        store.add(record("spunet", fold, 0.3, "aaaa1111"))
+    code, _, err = run_main("leaderboard", "--storage", "r.db", "--model", "spnet")
+    assert code == 2 and "--model spnet: no records in" in err and "did you mean 'spunet'" in err
+    code, _, err = run_main("leaderboard", "--storage", "r.db", "--dataset", "lidcc")
+    assert code == 2 and "did you mean 'lidc'" in err
+    code, _, err = run_main("compare", "spunet", "spunet@aaaa", "--dataset", "lidc", "--storage", "r.db")
+    assert code == 2 and "select the same configuration" in err
+    store.add(record("punet", 0, 0.5, "bbbb2222"))
+    code, _, err = run_main("compare", "spunet", "punet", "--dataset", "lidc", "--storage", "r.db",
+                            "--config-hash", "aaaa")
+    assert code == 2 and "(only configurations kept by --config-hash aaaa)" in err
+    code, out, _ = run_main("leaderboard", "--storage", "r.db", "--pivot", "--format", "markdown")
+    assert "[1/3 folds]" in out and PARTIAL_NOTE in out
+
+
+def test_a_negative_regularizer_weight_is_refused(run_main, tmp_path):
+    code, _, err = run_main("run", "--model", "punet", "--dataset", "synthetic", "--hp", "beta=-1", "--storage",
+                            str(tmp_path / "r.db"))
+    assert code == 2 and ("hyperparameter 'beta' (the weight of the kl term of model 'punet'): expected a value >= 0"
+                          in err)
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_tune_names_a_bad_fixed_value_and_an_interrupted_trial(run_main, tmp_path, monkeypatch, tiny_preset):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main("tune", "--model", "punet", *SYNTH, "--fix", "beta=abc", "--preset", tiny_preset)
+    assert code == 2 and "hyperparameter 'beta': expected a float, got 'abc'" in err
+
+    from probseg_bench.experiment import Experiment
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Experiment, "train", interrupted)
+    code, _, err = run_main(*TUNE, "--preset", tiny_preset)
+    assert code == 130 and "interrupted: the trial in progress is recorded as failed" in err
+    assert "Traceback" not in err
+    code, _, err = run_main("tune", "--model", "punet", "--dataset", "synthetic", "--objective", "val_loss", "--show")
+    assert "trial 0 failed: interrupted (Ctrl-C) during training" in err

@@ -33,7 +33,7 @@ def analyze(
     from probseg_bench.analysis.analyze import analyze as run_analysis
     from probseg_bench.analysis.loading import find_record, load_run
 
-    record = find_record(ResultsStore(storage), model, dataset, latent_dim, fold, config_hash)
+    record = find_record(ResultsStore(storage, create=False), model, dataset, latent_dim, fold, config_hash)
     variant = f" ({record.variant})" if record.variant else ""
     err_console.print(f"analysing {record.model}{variant} on {record.dataset}, d={record.latent_dim}, fold "
                       f"{record.fold} (config {record.config_hash[:8]}, {record.preset})", highlight=False,

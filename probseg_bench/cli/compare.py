@@ -63,7 +63,9 @@ def compare(
         raise ProbsegError(f"--format: expected table or json, got {fmt!r}")
     if bootstrap < 1:
         raise ProbsegError(f"--bootstrap: expected >= 1, got {bootstrap}")
-    records = select_configurations(ResultsStore(storage).records(datasets=[dataset]), config_hash,
+    store = ResultsStore(storage, create=False)
+    store.check_names([], [dataset])
+    records = select_configurations(store.records(datasets=[dataset]), config_hash,
                                     [preset] if preset else [])
     rows = build_leaderboard(records)
     dims = sorted(set(latent_dim) or {r.latent_dim for r in rows})
@@ -79,10 +81,17 @@ def compare(
         assert ref is not None
         for other in selected[1:]:
             assert other is not None
+            if other is ref:
+                raise ProbsegError(f"'{models[0]}' and '{models[selected.index(other)]}' select the same "
+                                   f"configuration ({ref.label} @{ref.config[:CONFIG_PREFIX]}) at d={d}: nothing to "
+                                   "compare; choose another with MODEL@HASH")
             results.append(compare_pair(ref.records, other.records, metric, _name(ref, selected),
                                         _name(other, selected), bootstrap, seed))
     if not results:
-        raise ProbsegError(f"no latent dimension at which all of {', '.join(models)} have records on {dataset}")
+        filters = [f"--config-hash {', '.join(config_hash)}"] if config_hash else []
+        filters += [f"--preset {preset}"] if preset else []
+        raise ProbsegError(f"no latent dimension at which all of {', '.join(models)} have records on {dataset}"
+                           + (f" (only configurations kept by {' and '.join(filters)})" if filters else ""))
     for r, p in zip(results, holm([r.p_value for r in results]), strict=True):
         r.p_holm = p
     if fmt == "json":

@@ -83,6 +83,8 @@ def leaderboard(
     if fmt not in FORMATS:
         raise ProbsegError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     table = resolve_reference(reference)
-    records = select_configurations(ResultsStore(storage).records(model or None, dataset or None, latent_dim or None),
+    store = ResultsStore(storage, create=False)
+    store.check_names(model, dataset)
+    records = select_configurations(store.records(model or None, dataset or None, latent_dim or None),
                                     config_hash, preset)
     print_rows(build_leaderboard(records, test_metric), fmt, pivot, test_metric, table)

@@ -269,9 +269,20 @@ def run(
             variant_name = f"params={params.name}"
             preset, protocol_overrides, dataset_params = _tuned_protocol(
                 params, tuned, dataset, preset, protocol_overrides, dataset_params)
+            latent_dim, seed = _tuned_dim_and_seed(params, tuned, latent_dim, seed)
+            _check_tuned_hyperparameters(params, tuned, model, regularizer)
+            replaced = sorted(set(parse_hp(hp)) & set(tuned.hyperparameters))
+            if replaced:
+                err_console.print(f"note: {params}: --hp replaces the tuned {', '.join(replaced)}",
+                                  highlight=False, markup=False, soft_wrap=True)
         preset = preset or "paper"
         overrides.update(parse_hp(hp))
         if flow is not None:
+            from probseg_bench.plugins import get_plugins
+
+            spec = get_plugins().models.get(model)
+            if "flow" not in {h.name for h in spec.hyperparameters}:
+                raise ProbsegError(f"--flow {flow}: model '{model}' has no posterior flow (punet-nf has)")
             if "flow" in overrides:
                 raise ProbsegError("--flow and --hp flow=... both given: use one")
             overrides["flow"] = flow
@@ -337,6 +348,39 @@ def _tuned_protocol(path: Path, tuned: TunedParams, dataset: str, preset: str | 
         err_console.print(f"note: {path}: {note} (as the command line asks)", highlight=False, markup=False,
                           soft_wrap=True)
     return preset or tuned.preset, protocol_overrides or dict(file_overrides), merged_params
+
+
+def _tuned_dim_and_seed(path: Path, tuned: TunedParams, latent_dim: list[int], seed: int | None,
+                        ) -> tuple[list[int], int | None]:
+    """The latent dims and seed of a ``run --params FILE``: the ones the parameters were tuned at unless the
+    command line gives others (then with a note)."""
+    notes = []
+    if tuned.latent_dim is not None and latent_dim and latent_dim != [tuned.latent_dim]:
+        notes.append(f"tuned at d={tuned.latent_dim}, run at d={', '.join(map(str, latent_dim))}")
+    if tuned.seed is not None and seed is not None and seed != tuned.seed:
+        notes.append(f"tuned with seed {tuned.seed}, run with seed {seed}")
+    for note in notes:
+        err_console.print(f"note: {path}: {note} (as the command line asks)", highlight=False, markup=False,
+                          soft_wrap=True)
+    dims = latent_dim or ([tuned.latent_dim] if tuned.latent_dim is not None else [])
+    return dims, seed if seed is not None else tuned.seed
+
+
+def _check_tuned_hyperparameters(path: Path, tuned: TunedParams, model: str, regularizer: str | None) -> None:
+    """The file's hyperparameters alone, so that an error names the file (the model is checked by the caller).
+
+    Raises:
+        ProbsegError: a name the model and its regularizers do not declare, or a bad value (prefixed by ``path``).
+    """
+    from probseg_bench.experiment import objective_terms, resolve_run_hyperparameters
+    from probseg_bench.plugins import get_plugins
+
+    plugins = get_plugins()
+    spec = plugins.models.get(model)
+    try:
+        resolve_run_hyperparameters(spec, plugins, tuned.hyperparameters, objective_terms(spec, plugins, regularizer))
+    except ProbsegError as exc:
+        raise ProbsegError(f"{path}: [hyperparameters]: {exc}") from None
 
 
 def _kv(values: dict[str, Any]) -> str:

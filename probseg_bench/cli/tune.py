@@ -137,8 +137,14 @@ def tune(
                               f"{describe_settings(study.user_attrs[SETTINGS_ATTR])}", highlight=False,
                               markup=False, soft_wrap=True)
 
-        opened = optimize(job, trials, seed, on_start=start,
-                          on_trial=lambda n, v: err_console.print(f"trial {n}: {v}", highlight=False))
+        try:
+            opened = optimize(job, trials, seed, on_start=start,
+                              on_trial=lambda n, v: err_console.print(f"trial {n}: {v}", highlight=False))
+        except KeyboardInterrupt:
+            err_console.print(f"interrupted: the trial in progress is recorded as failed (interrupted); the study "
+                              f"{name} keeps its other trials in {storage}; rerun the same command to add trials",
+                              highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(130) from None
     else:
         raise ProbsegError(f"--executor: expected local or ray, got {executor!r}")
     _show(opened, top, verdict_line=False)
@@ -153,14 +159,13 @@ def tune(
 
 
 def follow_up_command(settings: dict[str, Any], path: Path) -> str:
-    """The ``run`` command that trains the full protocol with a study's best parameters under its settings."""
+    """The ``run`` command that trains the full protocol with a study's best parameters, and what the file makes
+    it apply (the preset and its overrides, the latent dim, the seed, the dataset parameters)."""
     import shlex
 
     args = ["probseg-bench", "run", "--model", settings["model"], "--dataset", settings["dataset"],
-            "--preset", settings["preset"]]
-    for key, value in sorted(settings.get("protocol_overrides", {}).items()):
-        args += [f"--{key.replace('_', '-')}", str(value)] if key == "epochs" else []
-    for key, value in sorted(settings.get("dataset_params", {}).items()):
-        args += ["--dataset-param", f"{key}={value}"]
-    args += ["--params", str(path)]
-    return " ".join(shlex.quote(a) for a in args)
+            "--params", str(path)]
+    overrides = ", ".join(f"{k}={v}" for k, v in sorted(settings.get("protocol_overrides", {}).items()))
+    return (" ".join(shlex.quote(a) for a in args) + f" (the file applies preset {settings['preset']}"
+            f"{f' ({overrides})' if overrides else ''}, d={settings['latent_dim']}, seed {settings['seed']} and the "
+            "dataset parameters; all folds of the protocol)")
