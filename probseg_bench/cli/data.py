@@ -17,7 +17,7 @@ from rich.table import Table
 
 from probseg_bench.api import DatasetSpec, HyperValue, MultiRaterData
 from probseg_bench.cli._app import APP_SETTINGS, app, console, err_console
-from probseg_bench.cli.run import parse_hp
+from probseg_bench.cli.common import parse_hp
 from probseg_bench.data.converted import write_converted
 from probseg_bench.data.loading import DatasetWarning, dataset_parameters, dataset_warnings, load_dataset
 from probseg_bench.errors import ProbsegError

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from probseg_bench.cli._app import STORAGE_HELP, app, console, err_console
-from probseg_bench.cli.run import parse_hp
+from probseg_bench.cli.common import parse_hp
 from probseg_bench.errors import ProbsegError
 from probseg_bench.presets import PRESETS
 from probseg_bench.results import DEFAULT_STORAGE

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from probseg_bench.cli._app import STORAGE_HELP, app, console, err_console
-from probseg_bench.cli.run import RichReporter, parse_hp
+from probseg_bench.cli.common import parse_hp
+from probseg_bench.cli.progress import RichReporter
 from probseg_bench.comparison import TEST_NAME
 from probseg_bench.diagnostics import collapse_warning
 from probseg_bench.errors import ProbsegError

@@ -1,0 +1,70 @@
+"""What several commands share: parsing NAME=VALUE options, the ``--reference`` option, and printing a
+leaderboard (``run`` ends with one). Command modules import from here and from ``_app``, never from each other."""
+
+from __future__ import annotations
+
+from probseg_bench.cli._app import console, err_console
+from probseg_bench.diagnostics import collapse_warning
+from probseg_bench.errors import ProbsegError
+from probseg_bench.leaderboard import LeaderboardRow, reference_gap, render
+from probseg_bench.references import REFERENCES, ReferenceTable, get_reference
+
+
+def parse_hp(items: list[str], option: str = "--hp") -> dict[str, str]:
+    """``["alpha=5", "beta=50"]`` -> ``{"alpha": "5", "beta": "50"}`` (typed later by the plugin's spec)."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ProbsegError(f"{option} {item!r}: expected NAME=VALUE")
+        out[name.strip()] = value.strip()
+    return out
+
+
+REFERENCE_HELP = (
+    f"Show published values ({', '.join(REFERENCES)}: the seed paper's Table II) beside the measured ones, with "
+    "the difference measured − published."
+)
+MACHINE_FORMATS = ("csv", "json", "latex")  # their notes go to stderr, so that stdout stays parseable
+
+
+def resolve_reference(name: str | None) -> ReferenceTable | None:
+    """The ``--reference`` table, or None without the option.
+
+    Raises:
+        ProbsegError: an unknown reference name (lists the known ones).
+    """
+    return None if name is None else get_reference(name)
+
+
+def print_rows(rows: list[LeaderboardRow], fmt: str, pivot: bool = False, test_metric: str = "ewd",
+               reference: ReferenceTable | None = None) -> None:
+    """Render leaderboard rows to stdout in ``fmt`` (shared by ``run`` and ``leaderboard``). With ``reference``
+    and no row that has a published value, one line says so: after the table on stdout for table and markdown,
+    on stderr for csv, json and latex. A row whose samples collapsed gets one warning line on stderr
+    (:func:`probseg_bench.diagnostics.collapse_warning`)."""
+    out = render(rows, fmt, pivot, test_metric, reference)
+    if isinstance(out, str):
+        print(out, end="")
+    elif not console.is_terminal:
+        # labels with hyperparameters and reference columns are wider than the 160 columns used for pipes and
+        # files: print them at their natural width rather than cutting or wrapping cells
+        width = console.width
+        console.width = max(width, console.measure(out, options=console.options.update_width(10_000)).maximum)
+        try:
+            console.print(out)
+        finally:
+            console.width = width
+    else:
+        console.print(out)
+    for row in rows:
+        label = f"{row.label} on {row.dataset_label}, d={row.latent_dim}, {row.preset}"
+        warning = collapse_warning(label, row.mean["sample_diversity"], row.mean["annotator_diversity"])
+        if warning is not None:
+            err_console.print(warning, highlight=False, markup=False, soft_wrap=True)
+    gap = reference_gap(rows, reference)
+    if gap is not None:
+        if fmt in MACHINE_FORMATS:
+            err_console.print(gap, highlight=False, markup=False, soft_wrap=True)
+        else:
+            print(gap)
