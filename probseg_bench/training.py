@@ -263,7 +263,7 @@ def _train_epoch(loop: _Loop, x_train: torch.Tensor, y_train: torch.Tensor, prog
             out = model(x, y)
         loss, parts = loop.objective(out.float() if config.amp else out)
         loop.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward is unannotated
         grad_norm = torch.nn.utils.clip_grad_norm_(
             model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf
         )

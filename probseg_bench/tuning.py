@@ -69,12 +69,17 @@ class SearchParameter:
     integer: bool = False
 
     def suggest(self, trial: Any) -> HyperValue:
+        """The trial's value of this parameter (Optuna's suggest_categorical / _int / _float)."""
+        value: HyperValue
         if self.choices is not None:
-            return trial.suggest_categorical(self.name, list(self.choices))
-        assert self.low is not None and self.high is not None
-        if self.integer:
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
+            value = trial.suggest_categorical(self.name, list(self.choices))
+        elif self.integer:
+            assert self.low is not None and self.high is not None
+            value = int(trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log))
+        else:
+            assert self.low is not None and self.high is not None
+            value = float(trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log))
+        return value
 
 
 def parse_range(text: str) -> tuple[str, float, float, bool]:
@@ -261,7 +266,7 @@ def _heartbeat_storage_class(base: type) -> type:
     """
     import optuna
 
-    class HeartbeatStorage(base):
+    class HeartbeatStorage(base):  # type: ignore[misc]  # Optuna's storage class, only known at run time
         def _get_stale_trial_ids(self, study_id: int) -> list[int]:
             stale = []
             for trial_id in super()._get_stale_trial_ids(study_id):
@@ -327,13 +332,14 @@ def study_settings(experiment: Experiment, objective: str, fixed: Mapping[str, A
     r = experiment.request
     model_hp, reg_hp = experiment.hyperparameters(fixed)
     resolved = {**{k: v for hp in reg_hp.values() for k, v in hp.items()}, **model_hp}
-    return json.loads(json.dumps({
+    settings: dict[str, Any] = json.loads(json.dumps({
         "model": r.model, "dataset": r.dataset, "dataset_params": experiment.dataset_params,
         "latent_dim": r.latent_dims[0], "fold": (r.folds or (0,))[0], "seed": r.seed, "preset": r.preset,
         "protocol_overrides": dict(r.protocol_overrides), "protocol": experiment.protocol_settings(),
         "split": experiment.splits.split_hash, "objective": objective,
         "fixed": {k: resolved[k] for k in sorted(fixed)},
     }, default=str))
+    return settings
 
 
 def describe_settings(settings: Mapping[str, Any]) -> str:

@@ -322,7 +322,9 @@ def validation_figure(report: ValidationReport, folder: Path) -> list[Path]:
     """Bars per model against the truth: EWD and GED with the oracle's value as a dashed line, the effective
     rank with the intrinsic dimension, the sample diversity with the true and the annotator diversity, the
     samples' IoU with their closest true mask with the oracle's 1."""
-    from probseg_bench.analysis.figures import plt, save
+    import matplotlib.pyplot as plt
+
+    from probseg_bench.analysis.figures import save  # importing it selects the Agg backend (also after pyplot)
 
     labels = [m.label for m in report.models]
     fig, axes = plt.subplots(1, 5, figsize=(3.2 * 5, 3.4))

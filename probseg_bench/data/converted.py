@@ -129,7 +129,8 @@ def read_converted(root: Path) -> tuple[MultiRaterData, dict[str, Any]]:
     def load(name: str, mmap: bool) -> np.ndarray:
         path = root / name
         try:
-            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+            array: np.ndarray = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+            return array
         except (OSError, ValueError) as exc:
             raise ProbsegError(f"{path}: missing or damaged ({exc})") from None
 

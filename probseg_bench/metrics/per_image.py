@@ -76,17 +76,20 @@ class SampleBatch:
     @cached_property
     def iou_samples_annotations(self) -> torch.Tensor:
         """[B, n, A]: IoU of each sample with each annotation."""
-        return iou_matrix(self.samples, self.masks)
+        iou: torch.Tensor = iou_matrix(self.samples, self.masks)
+        return iou
 
     @cached_property
     def iou_samples(self) -> torch.Tensor:
         """[B, n, n]: IoU between samples."""
-        return iou_matrix(self.samples, self.samples)
+        iou: torch.Tensor = iou_matrix(self.samples, self.samples)
+        return iou
 
     @cached_property
     def iou_annotations(self) -> torch.Tensor:
         """[B, A, A]: IoU between annotations."""
-        return iou_matrix(self.masks, self.masks)
+        iou: torch.Tensor = iou_matrix(self.masks, self.masks)
+        return iou
 
     @cached_property
     def hungarian_iou(self) -> np.ndarray:

@@ -87,4 +87,5 @@ class UNet(nn.Module):
         for block, skip in zip(self.decoder, reversed(feats[:-1]), strict=True):
             y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=True)
             y = block(torch.cat([y, skip], 1))
-        return y
+        out: torch.Tensor = y
+        return out
