@@ -346,8 +346,9 @@ class Experiment:
         return resolve_run_hyperparameters(self.model_spec, self.plugins, merged, self.terms)
 
     def train(
-        self, latent_dim: int, fold: int, model_hp: Mapping[str, HyperValue],
-        reg_hp: Mapping[str, Mapping[str, HyperValue]], on_epoch: Callable[[EpochLog], Any] | None = None,
+        self, latent_dim: int, fold: int, model_hp: Mapping[str, HyperValue] | None = None,
+        reg_hp: Mapping[str, Mapping[str, HyperValue]] | None = None,
+        on_epoch: Callable[[EpochLog], Any] | None = None,
         model_hook: Callable[[torch.nn.Module], Any] | None = None,
         checkpoint: Path | None = None, checkpoint_key: dict[str, Any] | None = None,
     ) -> tuple[torch.nn.Module, FoldTrainingResult]:
@@ -355,13 +356,17 @@ class Experiment:
         (:func:`probseg_bench.plugin_check.check_model`), train it on the fold's training split, select the
         lowest validation loss; returns the model with the best weights loaded, and the training result.
         ``model_hook`` receives the model before training (e.g. for per-epoch evaluations in ``on_epoch``);
-        ``checkpoint`` / ``checkpoint_key``: the per-epoch training state to resume from (see ``train_fold``)."""
+        ``checkpoint`` / ``checkpoint_key``: the per-epoch training state to resume from (see ``train_fold``).
+        ``model_hp`` / ``reg_hp``: the hyperparameters resolved by :meth:`prepare` unless given (a tuning trial's,
+        from :meth:`hyperparameters`)."""
         import torch
 
         from probseg_bench.data.augment import AffineAugmentation
         from probseg_bench.plugin_check import check_model
         from probseg_bench.training import TrainConfig, train_fold
 
+        model_hp = self.model_hp if model_hp is None else model_hp
+        reg_hp = self.reg_hp if reg_hp is None else reg_hp
         train_idx, val_idx = self.splits.train_val(fold)
         train_data = self.data.subset(train_idx)
         seed = fold_seed(self.request.seed, latent_dim, fold)

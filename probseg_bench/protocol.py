@@ -222,7 +222,7 @@ def run_protocol(
                         "config_hash": plan.config_hash}
             reporter.fold_started(key, epochs, resumed_epoch(partial, identity))
             try:
-                model, result = exp.train(d, fold, model_hp, plan.reg_hp, on_epoch=partial_report(reporter, key),
+                model, result = exp.train(d, fold, on_epoch=partial_report(reporter, key),
                                           checkpoint=partial, checkpoint_key=identity)
             except TrainingDivergedError as exc:
                 if exc.best_state is not None:
