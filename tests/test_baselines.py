@@ -140,3 +140,60 @@ def test_ensemble_members_draw_their_own_annotations_and_losses_add():
     torch.testing.assert_close(out.reconstruction, expected)
     torch.testing.assert_close(out.annotation_index, k[:, 0])
     assert out.prior is None and model.prior(x) is None
+
+
+@pytest.fixture(scope="module")
+def baseline_runs(tmp_path_factory: pytest.TempPathFactory):
+    """ssn and unet-ensemble through `run` (quick, 1 epoch, fold 0) on lidc-sample and synthetic, one store."""
+    from typer.testing import CliRunner
+
+    from probseg_bench.cli import app
+
+    folder = tmp_path_factory.mktemp("baselines")
+    db = f"sqlite:///{folder / 'r.db'}"
+    for model in ("ssn", "unet-ensemble"):
+        for dataset in ("lidc-sample", "synthetic"):
+            result = CliRunner().invoke(app, ["run", "--model", model, "--dataset", dataset, "--preset", "quick",
+                                              "--epochs", "1", "--fold", "0", "--storage", db,
+                                              "--run-dir", str(folder / "runs")])
+            assert result.exit_code == 0, result.output
+    return folder, db
+
+
+def test_baselines_train_to_a_leaderboard_row_with_er_as_a_dash(baseline_runs):
+    from typer.testing import CliRunner
+
+    from probseg_bench.cli import app
+    from probseg_bench.leaderboard import NOT_APPLICABLE, build_leaderboard, leaderboard_table
+    from probseg_bench.results import ResultsStore
+
+    _, db = baseline_runs
+    records = ResultsStore(db).records()
+    assert len(records) == 4 and all(r.metrics["er"] is None for r in records)
+    assert all(h["val_effective_rank"] is None for r in records for h in r.history)
+    rows = build_leaderboard(records)
+    assert {(r.model, r.dataset) for r in rows} == {(m, d) for m in ("ssn", "unet-ensemble")
+                                                      for d in ("lidc-sample", "synthetic")}
+    table = leaderboard_table(rows)
+    er = next(i for i, h in enumerate(table.header) if h.startswith("ER"))
+    for cells, bold in zip(table.body, table.bold, strict=True):
+        assert cells[er] == NOT_APPLICABLE and not bold[er]
+    assert all("er" not in r.best for r in rows)
+    result = CliRunner().invoke(app, ["leaderboard", "--format", "markdown", "--storage", db])
+    assert result.exit_code == 0 and "| – |" in result.output
+
+
+def test_analyze_skips_the_latent_figures_in_one_line(baseline_runs):
+    from typer.testing import CliRunner
+
+    from probseg_bench.cli import app
+
+    folder, db = baseline_runs
+    result = CliRunner().invoke(app, ["analyze", "--model", "ssn", "--dataset", "synthetic", "--fold", "0",
+                                      "--storage", db, "--output", str(folder / "an")])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "skipped figures 4-7" in line]
+    assert len(lines) == 1 and "no latent prior" in lines[0]
+    out = next((folder / "an").iterdir())
+    assert (out / "fig3_samples.png").is_file() and (out / "fig8_entropy.png").is_file()
+    assert not list(out.glob("fig[4-7]_*"))
