@@ -105,6 +105,15 @@ def test_ssn_training_output_and_gradient():
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.parametrize(("name", "tunable"), [("ssn", {"rank", "mc_samples"}), ("unet-ensemble", {"members"})])
+def test_baselines_declare_what_tune_searches(name, tunable):
+    from probseg_bench.plugins import get_plugins
+
+    spec = get_plugins().models.get(name)
+    assert {h.name for h in spec.hyperparameters if h.tunable} == tunable
+    assert spec.objective == ()  # no latent regularizer
+
+
 def small_ensemble(members: int = 3) -> UNetEnsemble:
     torch.manual_seed(0)
     return UNetEnsemble(latent_dim=6, members=members, filters="4,8", convs_per_block=1)

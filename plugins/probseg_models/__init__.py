@@ -139,7 +139,7 @@ UNET_ENSEMBLE = ModelSpec(
                 "member i mod M; loss the members' summed BCE; no latent prior",
     factory=build_unet_ensemble,
     hyperparameters=(
-        HyperParameter("members", 4, "ensemble size M (default 4)", tunable=False),
+        HyperParameter("members", 4, "ensemble size M (default 4)", low=2, high=8),
         HyperParameter("grad_clip", 0.0, "gradient-norm clip (0 = none)", tunable=False),
         *UNET,
     ),
