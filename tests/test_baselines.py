@@ -206,3 +206,20 @@ def test_analyze_skips_the_latent_figures_in_one_line(baseline_runs):
     out = next((folder / "an").iterdir())
     assert (out / "fig3_samples.png").is_file() and (out / "fig8_entropy.png").is_file()
     assert not list(out.glob("fig[4-7]_*"))
+
+
+def test_plugin_check_holds_a_model_without_latent_prior_to_none():
+    from torch.distributions import Normal
+
+    from probseg_bench.plugin_check import check_model
+
+    class Leaky(UNetEnsemble):
+        def prior(self, image):
+            return Normal(torch.zeros(image.shape[0], 2), torch.ones(image.shape[0], 2))
+
+    x, y = torch.rand(2, 1, 8, 8), (torch.rand(2, 3, 8, 8) > 0.5).to(torch.uint8)
+    check_model("unet-ensemble", small_ensemble(2), 6, x, y)  # latent_dim 0 for any d the factory was given
+    torch.manual_seed(0)
+    leaky = Leaky(latent_dim=6, members=2, filters="4,8", convs_per_block=1)
+    with pytest.raises(ProbsegError, match=r"prior\(x\) returned a Normal, expected None .* latent_dim = 0"):
+        check_model("leaky", leaky, 6, x, y)
