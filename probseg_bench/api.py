@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from probseg_bench.data.container import MultiRaterData
+from probseg_bench.errors import ProbsegError
 from probseg_bench.hyperparameters import HyperParameter, HyperValue, resolve_hyperparameters
 from probseg_bench.registry import Registry
 
@@ -119,7 +120,8 @@ class TrainOutput:
     Attributes:
         logits: float [B, K, H, W], the reconstruction of annotation ``annotation_index`` from a posterior sample.
         target: float [B, K, H, W] in {0, 1}, that annotation.
-        prior: ``Normal`` with loc/scale [B, d], p(z|x).
+        prior: ``Normal`` with loc/scale [B, d], p(z|x); None for a model without latent prior
+            (``latent_dim == 0``: then ``posterior``, ``posterior_samples`` and ``prior_samples`` are None too).
         posterior: ``Normal`` with loc/scale [B, d], q(z|x, y_k) of the reconstructed annotation k.
         posterior_samples: [B, S, d] posterior samples; S = A when the model encodes every annotation
             (SPU-Net), else 1. For a flow posterior these are the samples after the flow (z_K).
@@ -130,19 +132,34 @@ class TrainOutput:
         sample_blocks: ``posterior_samples`` (and ``prior_samples``) hold this many independent draws of the same
             layout, one after the other along S (SPU-Net: ``samples_per_annotation``; default 1); a regularizer
             that splits the points into independent halves (``sinkhorn_correction = "split"``) needs it even.
+        reconstruction: float [B], the model's own per-image reconstruction loss (e.g. SSN's Monte-Carlo
+            -log p(y|x), an ensemble's summed member losses), used by the objective in place of the binary
+            cross-entropy of ``logits`` against ``target``; None (default): that cross-entropy.
     """
 
     logits: torch.Tensor
     target: torch.Tensor
-    prior: Normal
-    posterior: Normal
-    posterior_samples: torch.Tensor
-    prior_samples: torch.Tensor
+    prior: Normal | None
+    posterior: Normal | None
+    posterior_samples: torch.Tensor | None
+    prior_samples: torch.Tensor | None
     annotation_index: torch.Tensor
     base_samples: torch.Tensor | None = None
     log_det: torch.Tensor | None = None
     sample_blocks: int = 1
+    reconstruction: torch.Tensor | None = None
 
+
+    def latent(self) -> tuple[Normal, Normal, torch.Tensor, torch.Tensor]:
+        """(prior, posterior, posterior_samples, prior_samples), for a latent regularizer.
+
+        Raises:
+            ProbsegError: the model has no latent prior (they are None).
+        """
+        if self.prior is None or self.posterior is None or self.posterior_samples is None or self.prior_samples is None:
+            raise ProbsegError("a latent regularizer needs a model with a latent prior (prior, posterior and their "
+                               "samples); this model has latent_dim 0")
+        return self.prior, self.posterior, self.posterior_samples, self.prior_samples
 
     def float(self) -> TrainOutput:
         """A float32 copy (after a bfloat16-autocast forward pass: the objective is computed in float32)."""
@@ -151,19 +168,26 @@ class TrainOutput:
         def f(t: Any) -> Any:
             return t.float() if t is not None and t.is_floating_point() else t
 
+        def normal(d: Normal | None) -> Normal | None:
+            return None if d is None else Normal(f(d.loc), f(d.scale), validate_args=False)
+
         return TrainOutput(
-            logits=f(self.logits), target=f(self.target),
-            prior=Normal(f(self.prior.loc), f(self.prior.scale), validate_args=False),
-            posterior=Normal(f(self.posterior.loc), f(self.posterior.scale), validate_args=False),
+            logits=f(self.logits), target=f(self.target), prior=normal(self.prior), posterior=normal(self.posterior),
             posterior_samples=f(self.posterior_samples), prior_samples=f(self.prior_samples),
             annotation_index=self.annotation_index, base_samples=f(self.base_samples), log_det=f(self.log_det),
-            sample_blocks=self.sample_blocks,
+            sample_blocks=self.sample_blocks, reconstruction=f(self.reconstruction),
         )
 
 
 @runtime_checkable
 class LatentSegmentationModel(Protocol):
-    """The latent-model protocol every model plugin's module implements (a ``torch.nn.Module``)."""
+    """The latent-model protocol every model plugin's module implements (a ``torch.nn.Module``).
+
+    ``latent_dim`` is the d the factory was given, or 0 for a model without a latent prior (SSN, a U-Net
+    ensemble): such a model returns ``prior``/``posterior``/``posterior_samples``/``prior_samples`` None from
+    ``forward``, None from ``prior(image)`` (the effective rank and ``analyze``'s latent figures 4-7 are then
+    skipped), and its ``decode`` is never called. Its ``sample`` still returns [B, n, K, H, W].
+    """
 
     latent_dim: int
 
@@ -175,8 +199,8 @@ class LatentSegmentationModel(Protocol):
         """n segmentations per image from the PRIOR: logits [B, n, K, H, W]; U-Net features computed once."""
         ...
 
-    def prior(self, image: torch.Tensor) -> Normal:
-        """p(z|x): Normal with loc/scale [B, d]."""
+    def prior(self, image: torch.Tensor) -> Normal | None:
+        """p(z|x): Normal with loc/scale [B, d]; None when ``latent_dim == 0``."""
         ...
 
     def decode(self, image: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -207,8 +231,9 @@ class ModelSpec:
     ``model_defaults``, ``--hp``; the suite checks the module's outputs on two images before training, see
     :mod:`probseg_bench.plugin_check`). The training objective is
     ``reconstruction + sum(hyperparameters[t.weight] * regularizer_t(out) for t in objective)``, with the
-    reconstruction the binary cross-entropy summed over pixels, each term a per-image value, averaged over the
-    batch. ``grad_clip`` names the hyperparameter holding the gradient-norm clip (0 = none), if any.
+    reconstruction the binary cross-entropy summed over pixels (or the model's own ``TrainOutput.reconstruction``),
+    each term a per-image value, averaged over the batch. ``grad_clip`` names the hyperparameter holding the
+    gradient-norm clip (0 = none), if any.
     """
 
     name: str

@@ -3,7 +3,8 @@
 For each test image, n samples are drawn from the PRIOR (``model.sample``); a sample's foreground probability
 is the sigmoid of its logits and its mask is logits > 0. Stored per image: every metric of the catalogue
 (:mod:`probseg_bench.metrics.catalogue`, in its order; built in: ``ged``, ``hm_iou``, ``ewd`` (binary samples vs.
-annotations), ``er`` (effective rank of the prior sigma), ``sample_diversity`` and ``annotator_diversity`` (mean
+annotations), ``er`` (effective rank of the prior sigma; NaN per image, None
+aggregated, for a model without latent prior), ``sample_diversity`` and ``annotator_diversity`` (mean
 d = 1 - IoU over distinct pairs), ``ncc`` (Baumgartner et al. 2019), ``entropy_pearson`` and ``entropy_spearman``
 (annotator vs. predicted pixel entropy), ``ece`` (calibration of the mean prediction against the annotator mean),
 ``mean_dice`` / ``mean_iou`` (the thresholded mean prediction against the majority annotation) and
@@ -86,8 +87,9 @@ def image_metrics(logits: torch.Tensor, annotations: torch.Tensor,
 def prior_sample_batches(
     model: torch.nn.Module, data: MultiRaterData, device: torch.device, n_samples: int = 16, batch_size: int = 8,
     seed: int = 0,
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, float]]:
-    """The evaluation's draws, batch by batch: ``(start, logits [B, n, H, W], prior sigma [B, d], annotations
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None, torch.Tensor, float]]:
+    """The evaluation's draws, batch by batch: ``(start, logits [B, n, H, W], prior sigma [B, d] (None for a model
+    without latent prior), annotations
     [B, A, H, W], seconds spent sampling)`` for the items ``start .. start + B - 1`` of ``data``.
 
     Torch's generator is seeded with ``seed`` for the whole pass (and restored afterwards), so the same model,
@@ -104,7 +106,8 @@ def prior_sample_batches(
             y = torch.as_tensor(data.masks[start : start + batch_size], device=device)
             t0 = time.perf_counter()
             logits = latent_model.sample(x, n_samples)[:, :, 0]  # [B, n, H, W]
-            sigma = latent_model.prior(x).scale
+            prior = latent_model.prior(x)
+            sigma = None if prior is None else prior.scale  # None: no latent prior (latent_dim 0)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             yield start, logits, sigma, y, time.perf_counter() - t0
@@ -130,7 +133,10 @@ def evaluate(
         t1 = time.perf_counter()
         batch = SampleBatch(logits, y, sigma)
         for metric in metrics:
-            out[metric.name] += metric_values(metric, batch).tolist()
+            try:
+                out[metric.name] += metric_values(metric, batch).tolist()
+            except MissingPriorScale:  # a metric of the prior (ER), and the model has none: undefined
+                out[metric.name] += [float("nan")] * len(batch)
         t_sample += seconds
         t_metric += time.perf_counter() - t1
     aggregate: dict[str, float | None] = {}

@@ -34,6 +34,9 @@ from probseg_bench.tables import Table, render_csv, render_json, render_latex, r
 
 FORMATS = ("table", "markdown", "csv", "json", "latex")
 CONFIG_PREFIX = 8  # characters of the configuration hash shown in tables (select with --config-hash PREFIX)
+NOT_APPLICABLE = "–"
+"""The cell of a metric that does not apply to a row's model (:meth:`LeaderboardRow.not_applicable`)."""
+
 PARTIAL_NOTE = ("folds k/n: a partial row (run with --fold), never in bold while a row of the same dataset and "
                 "preset has every fold")
 
@@ -68,6 +71,11 @@ class LeaderboardRow:
         if self.seed != 0:
             parts.append(f"seed={self.seed}")
         return f"{self.model} ({', '.join(parts)})" if parts else self.model
+
+    def not_applicable(self, metric: str) -> bool:
+        """Whether ``metric`` does not apply to the row's model: every record stores it as None (undefined on every
+        test image, e.g. the effective rank of a model without latent prior); shown as a dash, never best."""
+        return bool(self.records) and all(metric in r.metrics and r.metrics[metric] is None for r in self.records)
 
     @property
     def partial(self) -> bool:
@@ -261,7 +269,7 @@ def leaderboard_table(rows: list[LeaderboardRow], test_metric: str = "ewd",
         value = match_reference(r, reference)
         for metric in columns:
             key = metric.name
-            cells.append(_pm_or_empty(r.mean[key], r.std[key]))
+            cells.append(NOT_APPLICABLE if r.not_applicable(key) else _pm_or_empty(r.mean[key], r.std[key]))
             flags.append(key in r.best)  # only ranked metrics are ever best
             if metric.ranked and reference is not None and key in DELTA_DECIMALS:
                 if value is None:

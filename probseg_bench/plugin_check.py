@@ -18,6 +18,11 @@ Checked (B images of the training split, A annotators, d = the latent dimension 
 * ``decode(x, z)`` with z [B, 2, d]: float [B, 2, K, H, W];
 * every floating-point output is finite.
 
+A model without latent prior declares ``latent_dim = 0`` (whatever d it was given): then ``forward``'s ``prior``,
+``posterior``, ``posterior_samples`` and ``prior_samples`` must be None (``base_samples``/``log_det`` too),
+``prior(x)`` must return None, ``decode`` is not called, and a ``reconstruction`` (always checked when given) must
+be float [B].
+
 The check runs without gradients, in eval mode (every module's train/eval flag is restored afterwards), and
 inside ``torch.random.fork_rng``: the model's weights and the random draws of the training that follows are
 exactly those of a run without the check.
@@ -141,12 +146,13 @@ def check_model(plugin: str, model: Any, latent_dim: int, images: torch.Tensor, 
             "expected forward/sample/prior/decode (probseg_bench.api.LatentSegmentationModel)"
         )
     declared = getattr(model, "latent_dim", None)
-    if not isinstance(declared, int) or isinstance(declared, bool) or declared != latent_dim:
+    if not isinstance(declared, int) or isinstance(declared, bool) or declared not in (latent_dim, 0):
         got = "no attribute latent_dim" if declared is None else f"latent_dim = {declared!r}"
         raise ProbsegError(
             f"model plugin '{plugin}': the model ({type(model).__name__}) has {got}, expected the integer "
-            f"latent_dim = {latent_dim} it was built with"
+            f"latent_dim = {latent_dim} it was built with (or 0 for a model without latent prior)"
         )
+    latent_dim = declared
     model.to(images.device)
     b, a, h, w = masks.shape
     dtype = {t: str(t.dtype).removeprefix("torch.") for t in (images, masks)}
@@ -174,15 +180,23 @@ def _check_outputs(check: _Check, model: Any, d: int, x: torch.Tensor, masks: to
     target = check.tensor(f, "target", out.target, {"B": b, "K": k, "H": h, "W": w})
     if not bool(((target == 0) | (target == 1)).all()):
         check.fail(f"{f} returned a target with values other than 0 and 1, expected the reconstructed annotation")
+    if out.reconstruction is not None:
+        check.tensor(f, "reconstruction", out.reconstruction, {"B": b})
+    index = check.tensor(f, "annotation_index", out.annotation_index, {"B": b}, kind="int")
+    if bool(((index < 0) | (index >= a)).any()):
+        check.fail(f"{f} returned annotation_index {index.tolist()}, expected values in 0..{a - 1} (A={a} "
+                   "annotators)")
+    n = N_SAMPLES
+    call = f"sample(x, n={n})"
+    if d == 0:
+        _check_no_latent(check, model, x, out)
+        check.tensor(call, "", check.call(call, model.sample, x, n), {"B": b, "n": n, "K": k, "H": h, "W": w})
+        return
     check.normal(f, "prior", out.prior, b, d)
     check.normal(f, "posterior", out.posterior, b, d)
     post = check.tensor(f, "posterior_samples", out.posterior_samples, {"B": b, "S": None, "d": d})
     s = int(post.shape[1])
     check.tensor(f, "prior_samples", out.prior_samples, {"B": b, "S": s, "d": d})
-    index = check.tensor(f, "annotation_index", out.annotation_index, {"B": b}, kind="int")
-    if bool(((index < 0) | (index >= a)).any()):
-        check.fail(f"{f} returned annotation_index {index.tolist()}, expected values in 0..{a - 1} (A={a} "
-                   "annotators)")
     if out.base_samples is not None:
         check.tensor(f, "base_samples", out.base_samples, {"B": b, "d": d})
     if out.log_det is not None:
@@ -195,9 +209,19 @@ def _check_outputs(check: _Check, model: Any, d: int, x: torch.Tensor, masks: to
         check.fail(f"{f} returned sample_blocks = {blocks!r}, expected an integer >= 1 dividing S = {s} "
                    f"(posterior_samples {_shape(post)})")
     prior = check.normal("prior(x)", "", check.call("prior(x)", model.prior, x), b, d)
-    n = N_SAMPLES
-    call = f"sample(x, n={n})"
     check.tensor(call, "", check.call(call, model.sample, x, n), {"B": b, "n": n, "K": k, "H": h, "W": w})
     call = f"decode(x, z [{b}, {n}, {d}])"
     z = prior.loc[:, None].expand(b, n, d).contiguous()
     check.tensor(call, "", check.call(call, model.decode, x, z), {"B": b, "n": n, "K": k, "H": h, "W": w})
+
+
+def _check_no_latent(check: _Check, model: Any, x: torch.Tensor, out: TrainOutput) -> None:
+    """A model with ``latent_dim = 0``: no latent fields in ``forward``'s output, ``prior(x)`` None."""
+    f = "forward(x, masks)"
+    for name in ("prior", "posterior", "posterior_samples", "prior_samples", "base_samples", "log_det"):
+        if getattr(out, name) is not None:
+            check.fail(f"{f} returned {name}, expected None from a model with latent_dim = 0 (no latent prior)")
+    prior = check.call("prior(x)", model.prior, x)
+    if prior is not None:
+        check.fail(f"prior(x) returned {_a(type(prior).__name__)}, expected None from a model with latent_dim = 0 "
+                   "(no latent prior)")

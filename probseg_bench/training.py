@@ -55,6 +55,8 @@ class Objective:
             "reconstruction": F.binary_cross_entropy_with_logits(out.logits, out.target, reduction="none")
             .flatten(1)
             .sum(1)
+            if out.reconstruction is None
+            else out.reconstruction
         }
         for name, _, reg in self.terms:
             parts[name] = reg(out)
@@ -97,7 +99,7 @@ class EpochLog:
     train_loss: float
     train_terms: dict[str, float]
     val_loss: float
-    val_effective_rank: float
+    val_effective_rank: float | None  # None: a model without latent prior
     lr: float
     seconds: float
 
@@ -158,10 +160,11 @@ def _to_device(data: MultiRaterData, device: torch.device) -> tuple[torch.Tensor
 def validation_loss(
     model: torch.nn.Module, objective: Objective, images: torch.Tensor, masks: torch.Tensor,
     batch_size: int, seed: int,
-) -> tuple[float, float]:
+) -> tuple[float, float | None]:
     """Mean objective over the validation images (no augmentation), with the random draws (annotation k,
     posterior and prior samples) fixed by ``seed`` so that epochs are compared on equal terms; and the mean
-    effective rank of the prior sigma over those images (seed paper Fig. 7), from the same forward passes."""
+    effective rank of the prior sigma over those images (seed paper Fig. 7), from the same forward passes (None for
+    a model without latent prior)."""
     from probseg_bench.metrics import effective_rank
 
     model.eval()
@@ -175,8 +178,9 @@ def validation_loss(
             loss, _ = objective(out)
             total += float(loss.detach()) * x.shape[0]
             count += x.shape[0]
-            ranks.append(np.atleast_1d(effective_rank(out.prior.scale)))
-    return total / max(count, 1), float(np.concatenate(ranks).mean())
+            if out.prior is not None:  # no latent prior (latent_dim 0): no effective rank
+                ranks.append(np.atleast_1d(effective_rank(out.prior.scale)))
+    return total / max(count, 1), float(np.concatenate(ranks).mean()) if ranks else None
 
 
 @dataclass

@@ -34,10 +34,15 @@ def test_model_contract(name):
     out = model(x, y)
     assert isinstance(out, TrainOutput)
     assert out.logits.shape == out.target.shape == (2, 1, 32, 32)
-    assert isinstance(out.prior, Normal) and out.prior.loc.shape == (2, 3)
-    assert out.posterior.loc.shape == (2, 3)
-    assert out.posterior_samples.shape[0] == 2 and out.posterior_samples.shape[2] == 3
-    assert out.prior_samples.shape == out.posterior_samples.shape
+    latent = model.latent_dim != 0  # 0: a model without latent prior (ssn, unet-ensemble)
+    if latent:
+        assert isinstance(out.prior, Normal) and out.prior.loc.shape == (2, 3)
+        assert out.posterior.loc.shape == (2, 3)
+        assert out.posterior_samples.shape[0] == 2 and out.posterior_samples.shape[2] == 3
+        assert out.prior_samples.shape == out.posterior_samples.shape
+    else:
+        assert out.prior is out.posterior is out.posterior_samples is out.prior_samples is None
+        assert not spec.objective  # no latent regularizer without a latent
     objective = build_objective(spec, PLUGINS, hp)
     loss, parts = objective(out)
     loss.backward()
@@ -47,6 +52,9 @@ def test_model_contract(name):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     with torch.no_grad():
         assert model.sample(x, 5).shape == (2, 5, 1, 32, 32)
+        if not latent:
+            assert model.prior(x) is None
+            return
         assert model.decode(x, torch.zeros(2, 4, 3)).shape == (2, 4, 1, 32, 32)
         sigma = model.prior(x).scale
         assert sigma.shape == (2, 3) and (sigma > 0).all()
@@ -86,3 +94,13 @@ def test_regularizer_contract(name):
     )
     value = reg(out)
     assert value.shape == (4,) and torch.isfinite(value).all()
+
+
+@pytest.mark.parametrize("name", PLUGINS.regularizers.names())
+def test_regularizer_refuses_an_output_without_latent(name):
+    out = TrainOutput(
+        logits=torch.zeros(2, 1, 8, 8), target=torch.zeros(2, 1, 8, 8), prior=None, posterior=None,
+        posterior_samples=None, prior_samples=None, annotation_index=torch.zeros(2, dtype=torch.long),
+    )
+    with pytest.raises(ProbsegError, match="latent prior"):
+        PLUGINS.regularizers.get(name).factory()(out)

@@ -1,5 +1,6 @@
-"""Built-in model plugins: ``punet`` (Kohl et al. 2018), ``punet-nf`` (Valiuddin et al. 2021) and ``spunet``
-(Valiuddin et al. 2024).
+"""Built-in model plugins: ``punet`` (Kohl et al. 2018), ``punet-nf`` (Valiuddin et al. 2021), ``spunet``
+(Valiuddin et al. 2024), and two baselines without latent prior (``latent_dim = 0``): ``ssn`` (Monteiro et al.
+2020) and ``unet-ensemble``.
 
 Registered through the entry-point group ``probseg_bench`` like any third-party plugin. torch is imported by
 the factories, not here, so ``probseg-bench list`` stays fast.
@@ -39,6 +40,25 @@ def build_spunet(**kwargs: Any) -> Any:
 
     return SinkhornProbabilisticUNet(**kwargs)
 
+
+def build_ssn(**kwargs: Any) -> Any:
+    """Factory of ``ssn``: see :class:`probseg_models.ssn.StochasticSegmentationNetwork`."""
+    from probseg_models.ssn import StochasticSegmentationNetwork
+
+    return StochasticSegmentationNetwork(**kwargs)
+
+
+def build_unet_ensemble(**kwargs: Any) -> Any:
+    """Factory of ``unet-ensemble``: see :class:`probseg_models.ensemble.UNetEnsemble`."""
+    from probseg_models.ensemble import UNetEnsemble
+
+    return UNetEnsemble(**kwargs)
+
+
+UNET = (
+    HyperParameter("filters", "32,64,128,192", "U-Net filters per level", tunable=False),
+    HyperParameter("convs_per_block", 3, "3x3 convolutions per level", tunable=False),
+)
 
 PUNET = ModelSpec(
     name="punet",
@@ -95,8 +115,44 @@ SPUNET = ModelSpec(
 )
 
 
+SSN = ModelSpec(
+    name="ssn",
+    description="Stochastic Segmentation Network (Monteiro et al. 2020): logits ~ N(mu, P P^T + D) of rank R, "
+                "loss -log mean_s p(y|logits_s) over S samples; no latent prior",
+    factory=build_ssn,
+    hyperparameters=(
+        HyperParameter("rank", 10, "rank R of the logits' covariance factor (paper: 10)", low=1, high=20),
+        HyperParameter("mc_samples", 20, "Monte-Carlo samples S of the loss (paper: 20)", low=2, high=40),
+        HyperParameter("antithetic", False, "antithetic pairs mu +- (eta - mu) (PyTorch SSN; LIDC SSN-TF: off)",
+                       tunable=False),
+        HyperParameter("grad_clip", 0.0, "gradient-norm clip (0 = none)", tunable=False),
+        *UNET,
+    ),
+    grad_clip="grad_clip",
+    citation="Monteiro et al., Stochastic Segmentation Networks: Modelling Spatially Correlated Aleatoric "
+             "Uncertainty, NeurIPS 2020",
+)
+
+UNET_ENSEMBLE = ModelSpec(
+    name="unet-ensemble",
+    description="Ensemble of M deterministic U-Nets, each on its own random annotations and seed; sample i = "
+                "member i mod M; loss the members' summed BCE; no latent prior",
+    factory=build_unet_ensemble,
+    hyperparameters=(
+        HyperParameter("members", 4, "ensemble size M (default 4)", low=2, high=8),
+        HyperParameter("grad_clip", 0.0, "gradient-norm clip (0 = none)", tunable=False),
+        *UNET,
+    ),
+    grad_clip="grad_clip",
+    citation="Lakshminarayanan et al., Simple and Scalable Predictive Uncertainty Estimation using Deep "
+             "Ensembles, NeurIPS 2017",
+)
+
+
 @hookimpl
 def probseg_bench_register_models(registry: Registry[ModelSpec]) -> None:
     registry.add(PUNET)
     registry.add(PUNET_NF)
     registry.add(SPUNET)
+    registry.add(SSN)
+    registry.add(UNET_ENSEMBLE)

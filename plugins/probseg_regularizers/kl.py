@@ -18,13 +18,14 @@ class KLDivergence:
     """
 
     def __call__(self, out: TrainOutput) -> torch.Tensor:
+        prior, posterior, posterior_samples, _ = out.latent()
         if out.log_det is None:
-            return kl_divergence(out.posterior, out.prior).sum(-1)
+            return kl_divergence(posterior, prior).sum(-1)
         if out.base_samples is None:
             raise ValueError("a flow posterior must provide base_samples (z_0) with log_det")
-        b = out.posterior_samples.shape[0]
-        idx = out.annotation_index if out.posterior_samples.shape[1] > 1 else torch.zeros_like(out.annotation_index)
-        z_k = out.posterior_samples[torch.arange(b, device=idx.device), idx]
+        b = posterior_samples.shape[0]
+        idx = out.annotation_index if posterior_samples.shape[1] > 1 else torch.zeros_like(out.annotation_index)
+        z_k = posterior_samples[torch.arange(b, device=idx.device), idx]
         return (
-            out.posterior.log_prob(out.base_samples).sum(-1) - out.log_det - out.prior.log_prob(z_k).sum(-1)
+            posterior.log_prob(out.base_samples).sum(-1) - out.log_det - prior.log_prob(z_k).sum(-1)
         )

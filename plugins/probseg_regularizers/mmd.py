@@ -32,4 +32,5 @@ class MaximumMeanDiscrepancy:
         self.loss = SamplesLoss(mmd_kernel, blur=float(mmd_blur))
 
     def __call__(self, out: TrainOutput) -> torch.Tensor:
-        return self.loss(out.posterior_samples.contiguous(), out.prior_samples.contiguous())
+        _, _, posterior_samples, prior_samples = out.latent()
+        return self.loss(posterior_samples.contiguous(), prior_samples.contiguous())

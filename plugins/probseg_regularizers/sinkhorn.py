@@ -75,14 +75,15 @@ class SinkhornDivergence:
 
     def prior_points(self, out: TrainOutput) -> torch.Tensor:
         """The prior point set [B, M, d] this term compares the posterior samples with."""
+        prior, _, _, prior_samples = out.latent()
         if self.prior_samples:
-            p = out.prior.rsample((self.prior_samples,)).transpose(0, 1)
+            p = prior.rsample((self.prior_samples,)).transpose(0, 1)
         else:
-            p = out.prior_samples
+            p = prior_samples
         return p if self.prior_gradient else p.detach()
 
     def __call__(self, out: TrainOutput) -> torch.Tensor:
-        q = out.posterior_samples.contiguous()
+        q = out.latent()[2].contiguous()
         p = self.prior_points(out).contiguous()
         if self.correction == "none":
             return self.loss(q, p)

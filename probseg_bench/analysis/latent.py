@@ -51,12 +51,16 @@ def prior_statistics(model: torch.nn.Module, data: MultiRaterData, device: torch
 def prior_logits(model: torch.nn.Module, data: MultiRaterData, device: torch.device, n: int, seed: int,
                  batch_size: int = 8, frozen: tuple[int, ...] = ()) -> Iterator[torch.Tensor]:
     """Per batch, the logits [B, n, H, W] of n decoded prior draws (dimensions in ``frozen`` set to the prior
-    mean), drawn with torch's generator seeded with ``seed`` in the evaluation's order."""
+    mean), drawn with torch's generator seeded with ``seed`` in the evaluation's order; for a model without latent
+    prior (``prior(x)`` None), its ``sample(x, n)``."""
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for x, _ in _batches(data, batch_size, device):
             prior = model.prior(x)  # type: ignore[operator]
+            if prior is None:  # no latent prior (latent_dim 0): the model's own samples, the evaluation's draws
+                yield model.sample(x, n)[:, :, 0]  # type: ignore[operator]
+                continue
             z = prior.sample((n,)).transpose(0, 1)  # [B, n, d]
             if frozen:
                 idx = list(frozen)
