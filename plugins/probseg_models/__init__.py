@@ -1,6 +1,6 @@
 """Built-in model plugins: ``punet`` (Kohl et al. 2018), ``punet-nf`` (Valiuddin et al. 2021), ``spunet``
 (Valiuddin et al. 2024), and two baselines without latent prior (``latent_dim = 0``): ``ssn`` (Monteiro et al.
-2020) and ``unet-ensemble``.
+2020) and ``unet-ensemble``, and the hierarchical ``phiseg`` (Baumgartner et al. 2019).
 
 Registered through the entry-point group ``probseg_bench`` like any third-party plugin. torch is imported by
 the factories, not here, so ``probseg-bench list`` stays fast.
@@ -39,6 +39,13 @@ def build_spunet(**kwargs: Any) -> Any:
     from probseg_models.spunet import SinkhornProbabilisticUNet
 
     return SinkhornProbabilisticUNet(**kwargs)
+
+
+def build_phiseg(**kwargs: Any) -> Any:
+    """Factory of ``phiseg``: see :class:`probseg_models.phiseg.PHiSeg`."""
+    from probseg_models.phiseg import PHiSeg
+
+    return PHiSeg(**kwargs)
 
 
 def build_ssn(**kwargs: Any) -> Any:
@@ -133,6 +140,27 @@ SSN = ModelSpec(
              "Uncertainty, NeurIPS 2020",
 )
 
+PHISEG = ModelSpec(
+    name="phiseg",
+    description="PHiSeg (Baumgartner et al. 2019): L latent levels, residual CE sum_l CE(y, sum_{k>=l} s_k) + "
+                "beta * sum_l 4^l KL(q_l || p_l); ancestral prior samples",
+    factory=build_phiseg,
+    hyperparameters=(
+        HyperParameter("beta", 1.0, "weight of the level-weighted KL term (reference: 1)", low=0.01, high=100.0,
+                       log=True),
+        HyperParameter("latent_levels", 5, "latent levels L (reference LIDC: 5); min(L, R) are used", low=1,
+                       high=7),
+        HyperParameter("exponential_weighting", True, "KL weights 4^l per level (reference: on), else 1",
+                       choices=(True, False), tunable=False),
+        HyperParameter("filters", "32,64,128,192,192,192,192",
+                       "channels per resolution level, R = their number (reference: 7 levels)", tunable=False),
+        HyperParameter("grad_clip", 0.0, "gradient-norm clip (0 = none)", tunable=False),
+    ),
+    objective=(ObjectiveTerm("kl", "beta"),),
+    grad_clip="grad_clip",
+    citation="Baumgartner et al., PHiSeg: Capturing Uncertainty in Medical Image Segmentation, MICCAI 2019",
+)
+
 UNET_ENSEMBLE = ModelSpec(
     name="unet-ensemble",
     description="Ensemble of M deterministic U-Nets, each on its own random annotations and seed; sample i = "
@@ -155,4 +183,5 @@ def probseg_bench_register_models(registry: Registry[ModelSpec]) -> None:
     registry.add(PUNET_NF)
     registry.add(SPUNET)
     registry.add(SSN)
+    registry.add(PHISEG)
     registry.add(UNET_ENSEMBLE)

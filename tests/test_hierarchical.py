@@ -1,0 +1,174 @@
+"""Tests of the hierarchical baselines: PHiSeg (Baumgartner et al. 2019; /work/shared/BASELINES.md section 1 (e))
+and the hierarchical parts of the contract (TrainOutput.level_sizes / level_weights, per-level KL and ER)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal
+
+from probseg_bench.api import TrainOutput
+from probseg_bench.metrics import effective_rank, effective_rank_per_level
+from probseg_bench.plugins import get_plugins
+from probseg_models.phiseg import PHiSeg, residual_sums
+from probseg_regularizers.kl import KLDivergence, kl_per_level
+
+
+def small_phiseg(**kwargs) -> PHiSeg:
+    torch.manual_seed(0)
+    args = {"filters": "4,4,4,4", "latent_levels": 3, **kwargs}
+    return PHiSeg(2, **args)
+
+
+def batch(b: int = 2, a: int = 3, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    return torch.rand(b, 1, size, size), (torch.rand(b, a, size, size) > 0.6).to(torch.uint8)
+
+
+def test_phiseg_shapes_at_the_reference_size():
+    """128^2, L = 5, R = 7, d = 2: z_l has 128 / 2^(l + 2) pixels a side; alpha = 4^l."""
+    model = PHiSeg(2, filters="4,4,4,4,4,4,4", latent_levels=5)
+    assert model.level_shapes(128, 128) == [(2, 32, 32), (2, 16, 16), (2, 8, 8), (2, 4, 4), (2, 2, 2)]
+    assert model.level_weights == (1.0, 4.0, 16.0, 64.0, 256.0)
+    assert PHiSeg(2, filters="4,4,4", exponential_weighting=False).level_weights == (1.0, 1.0, 1.0)
+
+
+def test_phiseg_quick_levels():
+    """The quick preset's 4 filters (R = 4) on 32^2 crops: min(5, 4) = 4 latent levels of 32, 16, 8, 4 pixels."""
+    model = PHiSeg(2, filters="16,32,64,96")
+    assert model.latent_levels == 4
+    assert [s[1] for s in model.level_shapes(32, 32)] == [32, 16, 8, 4]
+
+
+def test_kl_per_level_closed_form_values():
+    """BASELINES 1(e): mu_q 0, sigma_q 1, mu_p 1, sigma_p 1 -> 0.5 per element (a 2x2x2 level: 4.0); equal means,
+    sigma_q 1, sigma_p 2 -> 0.31815 per element; q = p -> 0. Weighted sum with alpha."""
+    b, sizes = 1, (8, 8)
+    loc_q, scale_q = torch.zeros(b, 16), torch.ones(b, 16)
+    loc_p = torch.cat([torch.ones(b, 8), torch.zeros(b, 8)], 1)
+    scale_p = torch.cat([torch.ones(b, 8), 2 * torch.ones(b, 8)], 1)
+    out = TrainOutput(logits=torch.zeros(b, 1, 2, 2), target=torch.zeros(b, 1, 2, 2), prior=Normal(loc_p, scale_p),
+                      posterior=Normal(loc_q, scale_q), posterior_samples=torch.zeros(b, 1, 16),
+                      prior_samples=torch.zeros(b, 1, 16), annotation_index=torch.zeros(b, dtype=torch.long),
+                      level_sizes=sizes, level_weights=(1.0, 4.0))
+    per_level = kl_per_level(out)
+    torch.testing.assert_close(per_level, torch.tensor([[4.0, 8 * 0.31815]]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(KLDivergence()(out), torch.tensor([4.0 + 4 * 8 * 0.31815]), atol=1e-3, rtol=0)
+    same = TrainOutput(**{**out.__dict__, "prior": out.posterior})
+    assert float(kl_per_level(same).abs().max()) == 0.0
+
+
+def test_phiseg_kl_per_level_matches_a_monte_carlo_estimate():
+    """KL_l (closed form, teacher-forced prior) vs the mean of log q_l(z) - log p_l(z) over z ~ q_l."""
+    model = small_phiseg()
+    x, y = batch()
+    with torch.no_grad():
+        out = model(x, y)
+        exact = kl_per_level(out)
+        z = out.posterior.sample((20000,))
+        log_ratio = out.posterior.log_prob(z) - out.prior.log_prob(z)  # [S, B, D]
+        mc = torch.stack([blk.sum(-1).mean(0) for blk in torch.split(log_ratio, list(out.level_sizes), -1)], 1)
+    assert exact.shape == (2, 3) and (exact > 0).all()
+    torch.testing.assert_close(mc, exact, rtol=0.03, atol=0.05)
+    weights = torch.tensor(model.level_weights)
+    torch.testing.assert_close(KLDivergence()(out), (exact * weights).sum(1))
+
+
+def test_phiseg_residual_reconstruction_and_aggregation():
+    """The level-0 residual logits are the prediction (sum of all levels); the aggregation leaves its inputs
+    unchanged; the reconstruction is sum_l BCE(y, sum_{k>=l} s_k) summed over pixels."""
+    s = [torch.randn(2, 1, 4, 4) for _ in range(3)]
+    before = [t.clone() for t in s]
+    acc = residual_sums(s)
+    for a, b in zip(s, before, strict=True):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(acc[0], s[0] + s[1] + s[2])
+    torch.testing.assert_close(acc[2], s[2])
+    model = small_phiseg()
+    x, y = batch()
+    torch.manual_seed(5)
+    out = model(x, y)
+    torch.manual_seed(5)
+    k = torch.randint(3, (2,))
+    target = y[torch.arange(2), k].unsqueeze(1).float()
+    assert torch.equal(out.target, target)
+    bce0 = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, target, reduction="none").flatten(1).sum(1)
+    assert (out.reconstruction > bce0).all()  # the coarser residual terms add to the level-0 term
+
+
+def test_phiseg_prior_is_conditioned_on_the_coarser_posterior_sample_only_below_the_top():
+    model = small_phiseg().eval()
+    x, _ = batch()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        _, z = model.posterior_net(torch.cat([x, torch.zeros(2, 2, 16, 16)], 1))
+        p0, _ = model.prior_net(x, given=z)
+        z2 = [t.clone() for t in z]
+        z2[2] = z2[2] + 1.0  # perturb the top level's sample
+        p1, _ = model.prior_net(x, given=z2)
+    assert torch.equal(p0[2].loc, p1[2].loc) and torch.equal(p0[2].scale, p1[2].scale)  # top prior: x only
+    assert not torch.allclose(p0[1].loc, p1[1].loc)  # level 1 sees z_2
+    assert torch.equal(p0[0].loc, p1[0].loc)  # level 0 sees z_1 only (Markov chain), unchanged
+
+
+def test_phiseg_samples_and_decode_follow_the_flattened_layout():
+    model = small_phiseg().eval()
+    x, _ = batch()
+    with torch.no_grad():
+        prior = model.prior(x)
+        d = sum(a * b * c for a, b, c in model.level_shapes(16, 16))
+        assert prior.loc.shape == (2, d)
+        z = prior.loc[:, None].expand(2, 3, d)
+        logits = model.decode(x, z)
+        assert logits.shape == (2, 3, 1, 16, 16)
+        torch.testing.assert_close(logits[:, 0], logits[:, 2])  # same z, same logits (eval BN)
+        samples = model.sample(x, 4)
+    assert samples.shape == (2, 4, 1, 16, 16) and not torch.allclose(samples[:, 0], samples[:, 1])
+
+
+def test_effective_rank_per_level():
+    sigma = torch.tensor([[1.0, 1.0, 1.0, 1.0, 5.0, 0.0]])
+    per_level = effective_rank_per_level(sigma, (4, 2))
+    assert per_level[0] == pytest.approx([4.0]) and per_level[1] == pytest.approx([1.0])
+    assert effective_rank(sigma[0]) < 6
+    with pytest.raises(Exception, match="level_sizes"):
+        effective_rank_per_level(sigma, (4, 3))
+    assert math.isfinite(float(effective_rank_per_level(sigma[0], [6])[0]))
+
+
+def test_phiseg_declares_tunable_hyperparameters():
+    spec = get_plugins().models.get("phiseg")
+    assert {h.name for h in spec.hyperparameters if h.tunable} == {"beta", "latent_levels"}
+    assert [(t.regularizer, t.weight) for t in spec.objective] == [("kl", "beta")]
+
+
+@pytest.fixture(scope="module")
+def hierarchical_runs(tmp_path_factory: pytest.TempPathFactory):
+    """phiseg through `run` (quick, 1 epoch, fold 0) on lidc-sample and synthetic, one store."""
+    from typer.testing import CliRunner
+
+    from probseg_bench.cli import app
+
+    folder = tmp_path_factory.mktemp("hier")
+    db = f"sqlite:///{folder / 'r.db'}"
+    for dataset in ("lidc-sample", "synthetic"):
+        result = CliRunner().invoke(app, ["run", "--model", "phiseg", "--dataset", dataset, "--preset", "quick",
+                                          "--epochs", "1", "--fold", "0", "--latent-dim", "2", "--storage", db,
+                                          "--run-dir", str(folder / "runs")])
+        assert result.exit_code == 0, result.output
+    return folder, db
+
+
+def test_phiseg_trains_to_a_leaderboard_row(hierarchical_runs):
+    from probseg_bench.leaderboard import build_leaderboard
+    from probseg_bench.results import ResultsStore
+
+    _, db = hierarchical_runs
+    records = ResultsStore(db).records()
+    assert {(r.model, r.dataset) for r in records} == {("phiseg", "lidc-sample"), ("phiseg", "synthetic")}
+    assert all(r.metrics["er"] is not None and r.metrics["er"] >= 1 for r in records)
+    assert {"reconstruction", "kl"} <= set(records[0].history[0]["train_terms"])
+    rows = build_leaderboard(records)
+    assert {(r.model, r.dataset) for r in rows} == {("phiseg", "lidc-sample"), ("phiseg", "synthetic")}
