@@ -1,5 +1,6 @@
-"""Tests of the hierarchical baselines: PHiSeg (Baumgartner et al. 2019; /work/shared/BASELINES.md section 1 (e))
-and the hierarchical parts of the contract (TrainOutput.level_sizes / level_weights, per-level KL and ER)."""
+"""Tests of the hierarchical baselines: PHiSeg (Baumgartner et al. 2019; BASELINES.md section 1 (e)), the HPU-Net
+with GECO (Kohl et al. 2019; section 2 (e)) and the hierarchical parts of the contract (TrainOutput.level_sizes /
+level_weights, per-level KL and ER)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch.distributions import Normal
 from probseg_bench.api import TrainOutput
 from probseg_bench.metrics import effective_rank, effective_rank_per_level
 from probseg_bench.plugins import get_plugins
+from probseg_models.hpunet import GECO, HierarchicalProbabilisticUNet, top_k_mask
 from probseg_models.phiseg import PHiSeg, residual_sums
 from probseg_regularizers.kl import KLDivergence, kl_per_level
 
@@ -138,37 +140,155 @@ def test_effective_rank_per_level():
     assert math.isfinite(float(effective_rank_per_level(sigma[0], [6])[0]))
 
 
-def test_phiseg_declares_tunable_hyperparameters():
-    spec = get_plugins().models.get("phiseg")
-    assert {h.name for h in spec.hyperparameters if h.tunable} == {"beta", "latent_levels"}
+@pytest.mark.parametrize(("name", "tunable"), [("phiseg", {"beta", "latent_levels"}),
+                                               ("hpunet", {"kappa", "geco_rate"})])
+def test_hierarchical_models_declare_tunable_hyperparameters(name, tunable):
+    spec = get_plugins().models.get(name)
+    assert {h.name for h in spec.hyperparameters if h.tunable} == tunable
     assert [(t.regularizer, t.weight) for t in spec.objective] == [("kl", "beta")]
+
+
+# ------------------------------------------------------------------------------------------------ HPU-Net
+def small_hpunet(**kwargs) -> HierarchicalProbabilisticUNet:
+    torch.manual_seed(0)
+    args = {"filters": "4,6,8,8", "latent_levels": 4, "blocks_per_level": 1, **kwargs}
+    return HierarchicalProbabilisticUNet(1, **args)
+
+
+def test_hpunet_latent_scales():
+    """Defaults on 128^2: 8 levels, bottleneck 1^2, z_0..z_3 of 1, 2, 4, 8 pixels; quick filters on 32^2: 3 scales
+    (min(4, levels - 1)) of 4, 8, 16 pixels."""
+    model = HierarchicalProbabilisticUNet(1, filters="4,4,4,4,4,4,4,4", blocks_per_level=1)
+    assert [s[1] for s in model.level_shapes(128, 128)] == [1, 2, 4, 8]
+    assert [s[1] for s in HierarchicalProbabilisticUNet(1, filters="16,32,64,96").level_shapes(32, 32)] == [4, 8, 16]
+    x, y = batch(size=128)
+    with torch.no_grad():
+        out = model(x, y)
+    assert out.level_sizes == (1, 4, 16, 64) and out.logits.shape == (2, 1, 128, 128)
+
+
+def test_top_k_mask_counts_over_the_batch():
+    """B = 2, 128^2: k = floor(32768 * 0.02) = 655 over the batch, N = 327.5 per image, kappa N = 16.375."""
+    errors = torch.rand(2, 128 * 128)
+    for deterministic in (True, False):
+        mask = top_k_mask(errors, 0.02, deterministic)
+        assert float(mask.sum()) == 655 and float(mask.sum(1).mean()) == 327.5
+        assert 0.05 * float(mask.sum(1).mean()) == pytest.approx(16.375)
+    deterministic = top_k_mask(errors, 0.02, True).bool()
+    assert bool(errors[deterministic].min() >= errors[~deterministic].max())
+    model = small_hpunet(top_k_percentage=1.0)
+    logits, y = torch.randn(2, 1, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    r, n = model.reconstruction_terms(logits, y)
+    torch.testing.assert_close(r, torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, y, reduction="none").flatten(1).sum(1))
+    assert n.tolist() == [256.0, 256.0]
+
+
+def test_geco_initial_multiplier_moving_average_and_straight_through_gradient():
+    geco = GECO(kappa=0.05, decay=0.99, rate=0.01)
+    assert float(geco.multiplier.detach()) == pytest.approx(1.0, abs=1e-6)
+    r = torch.tensor([10.0, 20.0], requires_grad=True)
+    n = torch.tensor([100.0, 100.0])
+    term = geco(r, n)
+    assert float(geco.moving_average) == 15.0  # MA_1 = R_1
+    torch.testing.assert_close(term.mean(), geco.multiplier * (15.0 - 5.0))
+    term.mean().backward()
+    torch.testing.assert_close(r.grad, geco.multiplier.detach().expand(2) / 2)  # d mean / d r_b = lambda / B
+    geco(torch.tensor([30.0, 30.0]), n)
+    assert float(geco.moving_average) == pytest.approx(0.99 * 15.0 + 0.01 * 30.0)  # MA_2, no zero-debias
+    geco.eval()
+    before = float(geco.moving_average)
+    geco(torch.tensor([1.0, 1.0]), n)
+    assert float(geco.moving_average) == before  # evaluation does not move the average
+
+
+@pytest.mark.parametrize(("r", "grows"), [(20.0, True), (1.0, False)])
+def test_geco_multiplier_moves_with_the_constraint(r, grows):
+    """Plain SGD on lambda * C: lambda grows while C = MA - kappa N > 0 (violated), shrinks when C < 0."""
+    geco = GECO(kappa=0.05, decay=0.99, rate=0.01)
+    optimiser = torch.optim.SGD(geco.parameters(), lr=1.0)
+    n = torch.tensor([100.0, 100.0])  # kappa N = 5
+    for _ in range(3):
+        before = float(geco.multiplier.detach())
+        optimiser.zero_grad()
+        geco(torch.tensor([r, r]), n).mean().backward()
+        optimiser.step()
+        after = float(geco.multiplier.detach())
+        assert (after > before) if grows else (after < before)
+
+
+def test_hpunet_multiplier_is_trained_by_the_suite_objective():
+    """Through the model and Adam (the suite's optimiser): a violated constraint raises lambda."""
+    model = small_hpunet(kappa=1e-4)
+    spec = get_plugins().models.get("hpunet")
+    from probseg_bench.experiment import build_objective
+
+    objective = build_objective(spec, get_plugins(), {"beta": 1.0})
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = batch()
+    before = float(model.geco.multiplier.detach())
+    for _ in range(2):
+        loss, _ = objective(model(x, y))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert float(model.geco.multiplier.detach()) > before
+    assert {"geco.w", "geco.moving_average", "geco.steps"} <= set(model.state_dict())
+
+
+def test_hpunet_kl_per_level_matches_a_monte_carlo_estimate():
+    model = small_hpunet()
+    x, y = batch()
+    with torch.no_grad():
+        out = model(x, y)
+        exact = kl_per_level(out)
+        z = out.posterior.sample((20000,))
+        log_ratio = out.posterior.log_prob(z) - out.prior.log_prob(z)
+        mc = torch.stack([blk.sum(-1).mean(0) for blk in torch.split(log_ratio, list(out.level_sizes), -1)], 1)
+    assert exact.shape == (2, 3) and out.level_weights == ()  # min(4, levels - 1) = 3 scales
+    torch.testing.assert_close(mc, exact, rtol=0.03, atol=0.05)
+    torch.testing.assert_close(KLDivergence()(out), exact.sum(1))  # unweighted sum over the scales
+
+
+def test_hpunet_decode_injects_latents_into_the_prior_net():
+    model = small_hpunet().eval()
+    x, _ = batch()
+    with torch.no_grad():
+        prior = model.prior(x)
+        z = prior.loc[:, None].expand(2, 3, prior.loc.shape[1])
+        logits = model.decode(x, z)
+        torch.testing.assert_close(logits[:, 0], logits[:, 2])
+        samples = model.sample(x, 4)
+    assert logits.shape == (2, 3, 1, 16, 16) and samples.shape == (2, 4, 1, 16, 16)
+    assert not torch.allclose(samples[:, 0], samples[:, 1])
 
 
 @pytest.fixture(scope="module")
 def hierarchical_runs(tmp_path_factory: pytest.TempPathFactory):
-    """phiseg through `run` (quick, 1 epoch, fold 0) on lidc-sample and synthetic, one store."""
+    """phiseg and hpunet through `run` (quick, 1 epoch, fold 0) on lidc-sample and synthetic, one store."""
     from typer.testing import CliRunner
 
     from probseg_bench.cli import app
 
     folder = tmp_path_factory.mktemp("hier")
     db = f"sqlite:///{folder / 'r.db'}"
-    for dataset in ("lidc-sample", "synthetic"):
-        result = CliRunner().invoke(app, ["run", "--model", "phiseg", "--dataset", dataset, "--preset", "quick",
-                                          "--epochs", "1", "--fold", "0", "--latent-dim", "2", "--storage", db,
-                                          "--run-dir", str(folder / "runs")])
-        assert result.exit_code == 0, result.output
+    for model, d in (("phiseg", "2"), ("hpunet", "1")):
+        for dataset in ("lidc-sample", "synthetic"):
+            result = CliRunner().invoke(app, ["run", "--model", model, "--dataset", dataset, "--preset", "quick",
+                                              "--epochs", "1", "--fold", "0", "--latent-dim", d, "--storage", db,
+                                              "--run-dir", str(folder / "runs")])
+            assert result.exit_code == 0, result.output
     return folder, db
 
 
-def test_phiseg_trains_to_a_leaderboard_row(hierarchical_runs):
+def test_hierarchical_models_train_to_leaderboard_rows(hierarchical_runs):
     from probseg_bench.leaderboard import build_leaderboard
     from probseg_bench.results import ResultsStore
 
     _, db = hierarchical_runs
     records = ResultsStore(db).records()
-    assert {(r.model, r.dataset) for r in records} == {("phiseg", "lidc-sample"), ("phiseg", "synthetic")}
+    pairs = {(m, ds) for m in ("phiseg", "hpunet") for ds in ("lidc-sample", "synthetic")}
+    assert {(r.model, r.dataset) for r in records} == pairs
     assert all(r.metrics["er"] is not None and r.metrics["er"] >= 1 for r in records)
-    assert {"reconstruction", "kl"} <= set(records[0].history[0]["train_terms"])
-    rows = build_leaderboard(records)
-    assert {(r.model, r.dataset) for r in rows} == {("phiseg", "lidc-sample"), ("phiseg", "synthetic")}
+    assert all({"reconstruction", "kl"} <= set(r.history[0]["train_terms"]) for r in records)
+    assert {(r.model, r.dataset) for r in build_leaderboard(records)} == pairs
