@@ -292,3 +292,30 @@ def test_hierarchical_models_train_to_leaderboard_rows(hierarchical_runs):
     assert all(r.metrics["er"] is not None and r.metrics["er"] >= 1 for r in records)
     assert all({"reconstruction", "kl"} <= set(r.history[0]["train_terms"]) for r in records)
     assert {(r.model, r.dataset) for r in build_leaderboard(records)} == pairs
+
+
+@pytest.mark.parametrize(("model", "fixed", "names"), [
+    ("phiseg", ["filters=4,4,4"], ["beta", "latent_levels"]),
+    ("hpunet", ["filters=4,4,4", "blocks_per_level=1"], ["geco_rate", "kappa"]),
+])
+def test_hierarchical_models_tune(model, fixed, names, tiny_preset, tmp_path, monkeypatch):
+    """A search space from the declared hyperparameters, and one trial of `tune` to a parameters file."""
+    from typer.testing import CliRunner
+
+    from probseg_bench.cli import app
+    from probseg_bench.experiment import Experiment, RunRequest
+    from probseg_bench.tuning import search_space
+
+    synth = {"n_images": 40, "size": 32}
+    exp = Experiment.prepare(RunRequest(model=model, dataset="synthetic", latent_dims=(1,), folds=(0,),
+                                        preset=tiny_preset, dataset_params=synth))
+    assert [p.name for p in search_space(exp)] == names
+    monkeypatch.chdir(tmp_path)
+    args = ["tune", "--model", model, "--dataset", "synthetic", "--dataset-param", "n_images=40", "--dataset-param",
+            "size=32", "--latent-dim", "1", "--preset", tiny_preset, "--trials", "1", "--objective", "val_loss"]
+    for f in fixed:
+        args += ["--fix", f]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / f"{model}-synthetic-val_loss.toml").read_text()
+    assert all(f"{n} = " in text for n in names)
