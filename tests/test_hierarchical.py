@@ -20,7 +20,7 @@ from probseg_regularizers.kl import KLDivergence, kl_per_level
 
 def small_phiseg(**kwargs) -> PHiSeg:
     torch.manual_seed(0)
-    args = {"filters": "4,4,4,4", "latent_levels": 3, **kwargs}
+    args = {"filters": "4,4,4,4,4", "latent_levels": 3, **kwargs}
     return PHiSeg(2, **args)
 
 
@@ -34,14 +34,16 @@ def test_phiseg_shapes_at_the_reference_size():
     model = PHiSeg(2, filters="4,4,4,4,4,4,4", latent_levels=5)
     assert model.level_shapes(128, 128) == [(2, 32, 32), (2, 16, 16), (2, 8, 8), (2, 4, 4), (2, 2, 2)]
     assert model.level_weights == (1.0, 4.0, 16.0, 64.0, 256.0)
-    assert PHiSeg(2, filters="4,4,4", exponential_weighting=False).level_weights == (1.0, 1.0, 1.0)
+    assert PHiSeg(2, filters="4,4,4,4,4", exponential_weighting=False).level_weights == (1.0, 1.0, 1.0)
 
 
 def test_phiseg_quick_levels():
-    """The quick preset's 4 filters (R = 4) on 32^2 crops: min(5, 4) = 4 latent levels of 32, 16, 8, 4 pixels."""
+    """The quick preset's 4 filters (R = 4): min(5, R - 2) = 2 latent levels, the finest a quarter of the image
+    side as in the reference (lidc-sample's 32^2 crops: 8 and 4 pixels; synthetic's 128^2: 32 and 16)."""
     model = PHiSeg(2, filters="16,32,64,96")
-    assert model.latent_levels == 4
-    assert [s[1] for s in model.level_shapes(32, 32)] == [32, 16, 8, 4]
+    assert model.latent_levels == 2
+    assert [s[1] for s in model.level_shapes(32, 32)] == [8, 4]
+    assert [s[1] for s in model.level_shapes(128, 128)] == [32, 16]
 
 
 def test_kl_per_level_closed_form_values():
@@ -319,3 +321,19 @@ def test_hierarchical_models_tune(model, fixed, names, tiny_preset, tmp_path, mo
     assert result.exit_code == 0, result.output
     text = (tmp_path / f"{model}-synthetic-val_loss.toml").read_text()
     assert all(f"{n} = " in text for n in names)
+
+
+def test_analyze_skips_the_per_axis_figures_of_a_hierarchical_model(hierarchical_runs):
+    from typer.testing import CliRunner
+
+    from probseg_bench.cli import app
+
+    folder, db = hierarchical_runs
+    result = CliRunner().invoke(app, ["analyze", "--model", "hpunet", "--dataset", "lidc-sample", "--fold", "0",
+                                      "--storage", db, "--output", str(folder / "an")])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "skipped figures 4-6" in line]
+    assert len(lines) == 1 and "hierarchical" in lines[0]
+    out = next((folder / "an").iterdir())
+    assert (out / "fig7_effective_rank.png").is_file() and (out / "fig8_entropy.png").is_file()
+    assert not list(out.glob("fig[4-6]_*"))

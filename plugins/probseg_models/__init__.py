@@ -156,7 +156,7 @@ PHISEG = ModelSpec(
     hyperparameters=(
         HyperParameter("beta", 1.0, "weight of the level-weighted KL term (reference: 1)", low=0.01, high=100.0,
                        log=True),
-        HyperParameter("latent_levels", 5, "latent levels L (reference LIDC: 5); min(L, R) are used", low=1,
+        HyperParameter("latent_levels", 5, "latent levels L (reference LIDC: 5); min(L, R - 2) are used", low=1,
                        high=7),
         HyperParameter("exponential_weighting", True, "KL weights 4^l per level (reference: on), else 1",
                        choices=(True, False), tunable=False),

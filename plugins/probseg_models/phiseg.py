@@ -166,7 +166,8 @@ class PHiSeg(nn.Module):
         in_channels: image channels C.
         num_classes: K output channels (1: binary foreground logits).
         filters: channels per resolution level, R = their number (reference: 32,64,128,192,192,192,192).
-        latent_levels: L (reference: 5); min(L, R) levels are used.
+        latent_levels: L (reference: 5); min(L, R - 2) levels are used (at least 1), so that the finest latent
+            grid stays a quarter of the image side as in the reference (Delta = R - L = 2).
         exponential_weighting: KL weights alpha_l = 4^l (reference: on), else 1.
         **_: objective weights and the gradient clip are used by the training loop.
     """
@@ -179,7 +180,7 @@ class PHiSeg(nn.Module):
             raise ProbsegError(f"latent_dim: expected an integer >= 1, got {latent_dim}")
         channels = list(parse_filters(filters))
         self.latent_dim = int(latent_dim)
-        self.latent_levels = max(1, min(int(latent_levels), len(channels)))
+        self.latent_levels = max(1, min(int(latent_levels), len(channels) - 2))
         self.resolution_levels = len(channels)
         self.in_channels = int(in_channels)
         self.level_weights = tuple(4.0 ** lv if exponential_weighting else 1.0 for lv in range(self.latent_levels))
