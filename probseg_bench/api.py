@@ -135,6 +135,10 @@ class TrainOutput:
         reconstruction: float [B], the model's own per-image reconstruction loss (e.g. SSN's Monte-Carlo
             -log p(y|x), an ensemble's summed member losses), used by the objective in place of the binary
             cross-entropy of ``logits`` against ``target``; None (default): that cross-entropy.
+        level_sizes: a hierarchical model (several latent levels, e.g. PHiSeg, HPU-Net): the sizes of the levels'
+            consecutive blocks of the flattened latent, whose length D = sum(level_sizes) replaces d in every
+            latent shape above (and in ``prior(x)`` and ``decode``); () (default): one level of size d.
+        level_weights: per-level weights of the KL term (``kl`` returns sum_l w_l KL_l); () (default): all 1.
     """
 
     logits: torch.Tensor
@@ -148,7 +152,8 @@ class TrainOutput:
     log_det: torch.Tensor | None = None
     sample_blocks: int = 1
     reconstruction: torch.Tensor | None = None
-
+    level_sizes: tuple[int, ...] = ()
+    level_weights: tuple[float, ...] = ()
 
     def latent(self) -> tuple[Normal, Normal, torch.Tensor, torch.Tensor]:
         """(prior, posterior, posterior_samples, prior_samples), for a latent regularizer.
@@ -176,6 +181,7 @@ class TrainOutput:
             posterior_samples=f(self.posterior_samples), prior_samples=f(self.prior_samples),
             annotation_index=self.annotation_index, base_samples=f(self.base_samples), log_det=f(self.log_det),
             sample_blocks=self.sample_blocks, reconstruction=f(self.reconstruction),
+            level_sizes=self.level_sizes, level_weights=self.level_weights,
         )
 
 
@@ -187,6 +193,13 @@ class LatentSegmentationModel(Protocol):
     ensemble): such a model returns ``prior``/``posterior``/``posterior_samples``/``prior_samples`` None from
     ``forward``, None from ``prior(image)`` (the effective rank and ``analyze``'s latent figures 4-7 are then
     skipped), and its ``decode`` is never called. Its ``sample`` still returns [B, n, K, H, W].
+
+    A hierarchical model (several latent levels) keeps ``latent_dim`` = the d it was given (e.g. channels per
+    latent pixel), flattens its levels into one latent of size D (``TrainOutput.level_sizes``, which depends on
+    the image size) and uses D wherever d appears below: ``prior(x)`` returns the prior's conditionals along one
+    ancestral draw, flattened, and ``decode`` takes flattened latents [B, n, D]. Its effective rank is that of the
+    flattened sigma (over all levels); per level, that of each level's block
+    (:func:`probseg_bench.metrics.effective_rank_per_level`).
     """
 
     latent_dim: int

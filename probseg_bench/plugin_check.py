@@ -18,6 +18,9 @@ Checked (B images of the training split, A annotators, d = the latent dimension 
 * ``decode(x, z)`` with z [B, 2, d]: float [B, 2, K, H, W];
 * every floating-point output is finite.
 
+A hierarchical model returns ``level_sizes`` (positive integers; ``level_weights`` empty or one per level): D =
+sum(level_sizes) then replaces d in every latent shape above (the flattened levels, ``decode`` gets z [B, 2, D]).
+
 A model without latent prior declares ``latent_dim = 0`` (whatever d it was given): then ``forward``'s ``prior``,
 ``posterior``, ``posterior_samples`` and ``prior_samples`` must be None (``base_samples``/``log_det`` too),
 ``prior(x)`` must return None, ``decode`` is not called, and a ``reconstruction`` (always checked when given) must
@@ -192,6 +195,7 @@ def _check_outputs(check: _Check, model: Any, d: int, x: torch.Tensor, masks: to
         _check_no_latent(check, model, x, out)
         check.tensor(call, "", check.call(call, model.sample, x, n), {"B": b, "n": n, "K": k, "H": h, "W": w})
         return
+    d = _latent_size(check, f, out, d)
     check.normal(f, "prior", out.prior, b, d)
     check.normal(f, "posterior", out.posterior, b, d)
     post = check.tensor(f, "posterior_samples", out.posterior_samples, {"B": b, "S": None, "d": d})
@@ -213,6 +217,20 @@ def _check_outputs(check: _Check, model: Any, d: int, x: torch.Tensor, masks: to
     call = f"decode(x, z [{b}, {n}, {d}])"
     z = prior.loc[:, None].expand(b, n, d).contiguous()
     check.tensor(call, "", check.call(call, model.decode, x, z), {"B": b, "n": n, "K": k, "H": h, "W": w})
+
+
+def _latent_size(check: _Check, f: str, out: TrainOutput, d: int) -> int:
+    """The flattened latent size: d, or D = sum(level_sizes) for a hierarchical model (sizes checked)."""
+    sizes, weights = out.level_sizes, out.level_weights
+    if not sizes:
+        if weights:
+            check.fail(f"{f} returned level_weights without level_sizes")
+        return d
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes):
+        check.fail(f"{f} returned level_sizes = {sizes!r}, expected positive integers (one per latent level)")
+    if weights and len(weights) != len(sizes):
+        check.fail(f"{f} returned {len(weights)} level_weights for {len(sizes)} level_sizes, expected one per level")
+    return int(sum(sizes))
 
 
 def _check_no_latent(check: _Check, model: Any, x: torch.Tensor, out: TrainOutput) -> None:

@@ -35,10 +35,11 @@ def test_model_contract(name):
     assert isinstance(out, TrainOutput)
     assert out.logits.shape == out.target.shape == (2, 1, 32, 32)
     latent = model.latent_dim != 0  # 0: a model without latent prior (ssn, unet-ensemble)
+    size = sum(out.level_sizes) if out.level_sizes else 3  # a hierarchical model: D, its flattened levels
     if latent:
-        assert isinstance(out.prior, Normal) and out.prior.loc.shape == (2, 3)
-        assert out.posterior.loc.shape == (2, 3)
-        assert out.posterior_samples.shape[0] == 2 and out.posterior_samples.shape[2] == 3
+        assert isinstance(out.prior, Normal) and out.prior.loc.shape == (2, size)
+        assert out.posterior.loc.shape == (2, size)
+        assert out.posterior_samples.shape[0] == 2 and out.posterior_samples.shape[2] == size
         assert out.prior_samples.shape == out.posterior_samples.shape
     else:
         assert out.prior is out.posterior is out.posterior_samples is out.prior_samples is None
@@ -55,9 +56,9 @@ def test_model_contract(name):
         if not latent:
             assert model.prior(x) is None
             return
-        assert model.decode(x, torch.zeros(2, 4, 3)).shape == (2, 4, 1, 32, 32)
+        assert model.decode(x, torch.zeros(2, 4, size)).shape == (2, 4, 1, 32, 32)
         sigma = model.prior(x).scale
-        assert sigma.shape == (2, 3) and (sigma > 0).all()
+        assert sigma.shape == (2, size) and (sigma > 0).all()
 
 
 @pytest.mark.parametrize("name", PLUGINS.models.names())

@@ -233,3 +233,20 @@ def test_the_check_does_not_change_a_training(monkeypatch, tiny_preset):
     assert [h.val_loss for h in checked_result.history] == [h.val_loss for h in plain_result.history]
     for key, value in plain.state_dict().items():
         assert torch.equal(checked.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"level_sizes": lambda o: (2, 0, 1)}, r"level_sizes = \(2, 0, 1\), expected positive integers"),
+    ({"level_sizes": lambda o: (1, 2), "level_weights": lambda o: (1.0, 4.0, 16.0)},
+     "3 level_weights for 2 level_sizes"),
+    ({"level_weights": lambda o: (1.0,)}, "level_weights without level_sizes"),
+    ({"level_sizes": lambda o: (2, 2)}, r"prior.loc of shape \[2, 3\], expected \[B=2, d=4\]"),
+])
+def test_hierarchical_level_fields_are_checked(changes, message):
+    with pytest.raises(ProbsegError, match=message):
+        run_check(broken_forward(**changes)(3))
+
+
+def test_a_hierarchical_model_passes_with_its_flattened_size():
+    """level_sizes summing to d (one block of 1 and one of 2) pass; D replaces d in the shapes."""
+    run_check(broken_forward(level_sizes=lambda o: (1, 2), level_weights=lambda o: (1.0, 4.0))(3))

@@ -1,6 +1,7 @@
 """Built-in model plugins: ``punet`` (Kohl et al. 2018), ``punet-nf`` (Valiuddin et al. 2021), ``spunet``
 (Valiuddin et al. 2024), and two baselines without latent prior (``latent_dim = 0``): ``ssn`` (Monteiro et al.
-2020) and ``unet-ensemble``.
+2020) and ``unet-ensemble``, and the hierarchical ``phiseg`` (Baumgartner et al. 2019)
+and ``hpunet`` (Kohl et al. 2019, GECO objective).
 
 Registered through the entry-point group ``probseg_bench`` like any third-party plugin. torch is imported by
 the factories, not here, so ``probseg-bench list`` stays fast.
@@ -39,6 +40,20 @@ def build_spunet(**kwargs: Any) -> Any:
     from probseg_models.spunet import SinkhornProbabilisticUNet
 
     return SinkhornProbabilisticUNet(**kwargs)
+
+
+def build_phiseg(**kwargs: Any) -> Any:
+    """Factory of ``phiseg``: see :class:`probseg_models.phiseg.PHiSeg`."""
+    from probseg_models.phiseg import PHiSeg
+
+    return PHiSeg(**kwargs)
+
+
+def build_hpunet(**kwargs: Any) -> Any:
+    """Factory of ``hpunet``: see :class:`probseg_models.hpunet.HierarchicalProbabilisticUNet`."""
+    from probseg_models.hpunet import HierarchicalProbabilisticUNet
+
+    return HierarchicalProbabilisticUNet(**kwargs)
 
 
 def build_ssn(**kwargs: Any) -> Any:
@@ -133,6 +148,60 @@ SSN = ModelSpec(
              "Uncertainty, NeurIPS 2020",
 )
 
+PHISEG = ModelSpec(
+    name="phiseg",
+    description="PHiSeg (Baumgartner et al. 2019): L latent levels, residual CE sum_l CE(y, sum_{k>=l} s_k) + "
+                "beta * sum_l 4^l KL(q_l || p_l); ancestral prior samples",
+    factory=build_phiseg,
+    hyperparameters=(
+        HyperParameter("beta", 1.0, "weight of the level-weighted KL term (reference: 1)", low=0.01, high=100.0,
+                       log=True),
+        HyperParameter("latent_levels", 5, "latent levels L (reference LIDC: 5); min(L, R - 2) are used", low=1,
+                       high=7),
+        HyperParameter("exponential_weighting", True, "KL weights 4^l per level (reference: on), else 1",
+                       choices=(True, False), tunable=False),
+        HyperParameter("filters", "32,64,128,192,192,192,192",
+                       "channels per resolution level, R = their number (reference: 7 levels)", tunable=False),
+        HyperParameter("grad_clip", 0.0, "gradient-norm clip (0 = none)", tunable=False),
+    ),
+    objective=(ObjectiveTerm("kl", "beta"),),
+    grad_clip="grad_clip",
+    citation="Baumgartner et al., PHiSeg: Capturing Uncertainty in Medical Image Segmentation, MICCAI 2019",
+)
+
+HPUNET = ModelSpec(
+    name="hpunet",
+    description="Hierarchical PU-Net (Kohl et al. 2019): K latent scales in a residual U-Net decoder; GECO: "
+                "lambda * (MA(top-k CE) - kappa * N) + sum_l KL(q_l || p_l), lambda ascended; ancestral prior samples",
+    factory=build_hpunet,
+    hyperparameters=(
+        HyperParameter("kappa", 0.05, "GECO reconstruction constraint per kept pixel (reference: 0.05)",
+                       low=0.005, high=0.5, log=True),
+        HyperParameter("geco_rate", 0.01, "GECO: the multiplier's gradient scale -rate (reference: 0.01)",
+                       low=0.001, high=1.0, log=True),
+        HyperParameter("geco_decay", 0.99, "GECO: decay of the reconstruction's moving average (reference: 0.99)",
+                       tunable=False),
+        HyperParameter("top_k_percentage", 0.02, "fraction of the batch's pixels in the top-k CE (reference: 0.02)",
+                       tunable=False),
+        HyperParameter("deterministic_top_k", False, "plain top-k instead of Gumbel top-k (reference: off)",
+                       choices=(True, False), tunable=False),
+        HyperParameter("loss_type", "geco", "geco (reference) or elbo (R + beta * KL)", choices=("geco", "elbo"),
+                       tunable=False),
+        HyperParameter("beta", 1.0, "weight of the KL term (GECO: 1; the ELBO variant's beta)", tunable=False),
+        HyperParameter("latent_levels", 4, "latent scales K (reference: 4); min(K, levels - 1) are used",
+                       tunable=False),
+        HyperParameter("filters", "24,48,96,192,192,192,192,192", "channels per level (reference: 8 levels)",
+                       tunable=False),
+        HyperParameter("blocks_per_level", 3, "residual blocks per level (reference: 3)", tunable=False),
+        HyperParameter("convs_per_block", 3, "convolutions per residual block (reference: 3)", tunable=False),
+        HyperParameter("grad_clip", 0.0, "gradient-norm clip (0 = none)", tunable=False),
+    ),
+    objective=(ObjectiveTerm("kl", "beta"),),
+    grad_clip="grad_clip",
+    citation="Kohl et al., A Hierarchical Probabilistic U-Net for Modeling Multi-Scale Ambiguities, arXiv "
+             "1905.13077, 2019",
+)
+
 UNET_ENSEMBLE = ModelSpec(
     name="unet-ensemble",
     description="Ensemble of M deterministic U-Nets, each on its own random annotations and seed; sample i = "
@@ -155,4 +224,6 @@ def probseg_bench_register_models(registry: Registry[ModelSpec]) -> None:
     registry.add(PUNET_NF)
     registry.add(SPUNET)
     registry.add(SSN)
+    registry.add(PHISEG)
+    registry.add(HPUNET)
     registry.add(UNET_ENSEMBLE)

@@ -89,24 +89,29 @@ def analyze(run: LoadedRun, out_dir: Path, command: str, n_samples: int | None =
                        f"{rec.model} has no latent prior (latent_dim 0)")
     else:
         stats = latent.prior_statistics(model, test, device, batch)
-        keep(F.prior_figure(stats.mean, stats.std, f"Fig. 4 - prior statistics: {label}"), "fig4_prior",
-             "Fig. 4: prior statistics", "Prior means and standard deviations per latent dimension across the test "
-             "images; a sparse latent space shows few dimensions with large sigma.")
-        probs, offsets = latent.traversal(model, test.images[order[0]], device)
-        first = label_test_image(test, int(order[0])).replace("\n", ", ")
-        keep(F.traversal_figure(probs, offsets, f"Fig. 5 - latent traversal ({first}): {label}"),
-             "fig5_traversal", "Fig. 5: latent traversal", "Decoded foreground probability as each latent axis moves "
-             "from -2 to +2 prior standard deviations with the others at the prior mean.")
-        variances = (stats.std**2).mean(0)
-        freeze_order = np.argsort(variances, kind="stable")
-        ewd = latent.freezing_curve(model, test, device, n, seed, freeze_order, batch)
-        keep(F.freezing_figure(ewd, freeze_order, variances, f"Fig. 6 - freezing latent dimensions: {label}"),
-             "fig6_freezing", "Fig. 6: freezing", f"Test EWD as latent dimensions are frozen to their prior mean, "
-             f"lowest mean variance first: {ewd[0]:.3f} with none frozen, {ewd[-1]:.3f} with all frozen.")
+        size = int(stats.mean.shape[1])  # d, or D (flattened levels) for a hierarchical model
+        if size != int(getattr(model, "latent_dim", size)):
+            skipped.append(f"skipped figures 4-6 (prior statistics, latent traversal, freezing: one entry per latent "
+                           f"axis): {rec.model} is hierarchical, its prior has D = {size} flattened latents")
+        else:
+            keep(F.prior_figure(stats.mean, stats.std, f"Fig. 4 - prior statistics: {label}"), "fig4_prior",
+                 "Fig. 4: prior statistics", "Prior means and standard deviations per latent dimension across the test "
+                 "images; a sparse latent space shows few dimensions with large sigma.")
+            probs, offsets = latent.traversal(model, test.images[order[0]], device)
+            first = label_test_image(test, int(order[0])).replace("\n", ", ")
+            keep(F.traversal_figure(probs, offsets, f"Fig. 5 - latent traversal ({first}): {label}"),
+                 "fig5_traversal", "Fig. 5: latent traversal", "Decoded foreground probability as each latent axis "
+                 "moves from -2 to +2 prior standard deviations with the others at the prior mean.")
+            variances = (stats.std**2).mean(0)
+            freeze_order = np.argsort(variances, kind="stable")
+            ewd = latent.freezing_curve(model, test, device, n, seed, freeze_order, batch)
+            keep(F.freezing_figure(ewd, freeze_order, variances, f"Fig. 6 - freezing latent dimensions: {label}"),
+                 "fig6_freezing", "Fig. 6: freezing", f"Test EWD as latent dimensions are frozen to their prior mean, "
+                 f"lowest mean variance first: {ewd[0]:.3f} with none frozen, {ewd[-1]:.3f} with all frozen.")
         history = [h for h in rec.history if h.get("val_effective_rank") is not None]
         if history:
             keep(F.effective_rank_figure(np.array([h["epoch"] for h in history]),
-                                         np.array([h["val_effective_rank"] for h in history]), rec.latent_dim,
+                                         np.array([h["val_effective_rank"] for h in history]), size,
                                          rec.best_epoch, f"Fig. 7 - effective rank during training: {label}"),
                  "fig7_effective_rank", "Fig. 7: effective rank over training",
                  "Effective rank of the prior sigma on the validation images after every epoch.")

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from probseg_bench.metrics.distribution import (
         diversity,
         effective_rank,
+        effective_rank_per_level,
         empirical_wasserstein_distance,
         ged_from_iou,
         generalized_energy_distance,
@@ -35,8 +36,9 @@ if TYPE_CHECKING:  # pragma: no cover
     )
 
 _LAZY = {
-    **dict.fromkeys(("diversity", "effective_rank", "empirical_wasserstein_distance", "ged_from_iou",
-                     "generalized_energy_distance", "hm_iou_from_iou", "hungarian_matched_iou", "iou_matrix"),
+    **dict.fromkeys(("diversity", "effective_rank", "effective_rank_per_level", "empirical_wasserstein_distance",
+                     "ged_from_iou", "generalized_energy_distance", "hm_iou_from_iou", "hungarian_matched_iou",
+                     "iou_matrix"),
                     "distribution"),
     **dict.fromkeys(("entropy_correlation", "expected_calibration_error", "mean_prediction_overlap", "ncc",
                      "pixelwise_metrics"), "pixelwise"),
@@ -54,6 +56,7 @@ __all__ = [
     "Metric",
     "diversity",
     "effective_rank",
+    "effective_rank_per_level",
     "empirical_wasserstein_distance",
     "entropy_correlation",
     "expected_calibration_error",

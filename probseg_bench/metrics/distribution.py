@@ -252,3 +252,17 @@ def effective_rank(sigma: Any) -> Any:
     entropy = -torch.where(c > 0, c * torch.log(c), torch.zeros_like(c)).sum(-1)
     er = torch.exp(entropy)
     return float(er) if t.ndim == 1 else er.numpy()
+
+
+def effective_rank_per_level(sigma: Any, level_sizes: tuple[int, ...] | list[int]) -> list[Any]:
+    """Effective rank of each latent level of a hierarchical model: :func:`effective_rank` of each consecutive
+    block of ``sigma`` [d] or [B, d] (``level_sizes`` as in ``TrainOutput.level_sizes``, summing to d). The
+    effective rank over all levels is :func:`effective_rank` of the whole ``sigma``.
+
+    Raises:
+        ProbsegError: the sizes do not sum to the last dimension of ``sigma`` (or as :func:`effective_rank`).
+    """
+    t = torch.as_tensor(sigma.detach().cpu() if isinstance(sigma, torch.Tensor) else np.asarray(sigma))
+    if not level_sizes or sum(level_sizes) != t.shape[-1] or min(level_sizes) < 1:
+        raise ProbsegError(f"level_sizes {tuple(level_sizes)}: expected positive sizes summing to {t.shape[-1]}")
+    return [effective_rank(block) for block in torch.split(t, list(level_sizes), -1)]
