@@ -34,12 +34,14 @@ from probseg_bench.metrics.per_image import MissingPriorScale, SampleBatch
 @dataclass
 class EvaluationResult:
     """Per-image metrics (lists of length N, in test-set order; NaN = undefined), their means over the images
-    where defined (None if nowhere), and timings in seconds."""
+    where defined (None if nowhere), timings in seconds, and the latent size (the prior's number of dimensions,
+    over all levels; None without a latent prior)."""
 
     per_image: dict[str, list[float]]
     aggregate: dict[str, float | None]
     seconds_sampling: float
     seconds_metrics: float
+    latent_size: int | None = None
 
 
 def metric_values(metric: Metric, batch: SampleBatch) -> np.ndarray:
@@ -129,8 +131,11 @@ def evaluate(
     metrics = all_metrics()
     out: dict[str, list[float]] = {m.name: [] for m in metrics}
     t_sample = t_metric = 0.0
+    latent_size: int | None = None
     for _, logits, sigma, y, seconds in prior_sample_batches(model, data, device, n_samples, batch_size, seed):
         t1 = time.perf_counter()
+        if sigma is not None:
+            latent_size = int(sigma.shape[-1])
         batch = SampleBatch(logits, y, sigma)
         for metric in metrics:
             try:
@@ -143,4 +148,4 @@ def evaluate(
     for k, v in out.items():
         arr = np.asarray(v, dtype=np.float64)
         aggregate[k] = float(np.nanmean(arr)) if np.isfinite(arr).any() else None
-    return EvaluationResult(out, aggregate, t_sample, t_metric)
+    return EvaluationResult(out, aggregate, t_sample, t_metric, latent_size)

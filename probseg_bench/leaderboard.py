@@ -61,6 +61,7 @@ class LeaderboardRow:
     best: set[str] = field(default_factory=set)
     p_vs_best: float | None = None
     unpaired: str | None = None  # why a row that is not the best has no p_vs_best (another split, no common fold)
+    latent_size: int | None = None  # the prior's number of dimensions over all levels (ER is ranked within it)
     records: list[FoldRecord] = field(default_factory=list, repr=False)
 
     @property
@@ -144,6 +145,8 @@ def build_leaderboard(records: list[FoldRecord], test_metric: str = "ewd") -> li
             variant=recs[0].variant, preset=recs[0].preset, seed=recs[0].seed, config=config, folds=len(recs),
             expected_folds=int(recs[0].protocol.get("n_folds", len(recs))), n_test=len(recs[0].test_ids),
             mean=mean, std=std, records=recs,
+            # a record written before latent_size was stored: a one-level model, whose size is its latent dim
+            latent_size=recs[0].latent_size if recs[0].latent_size is not None else d,
         ))
     pools: dict[tuple[str, str], list[LeaderboardRow]] = {}
     for row in rows:
@@ -152,13 +155,18 @@ def build_leaderboard(records: list[FoldRecord], test_metric: str = "ewd") -> li
         ranked = [row for row in pool if not row.partial] or pool  # partial rows only when nothing is complete
         for metric in ranked_metrics():
             key = metric.name
-            finite = [row.mean[key] for row in ranked if math.isfinite(row.mean[key])]
-            if not finite:
-                continue
-            target = (max if metric.higher_is_better else min)(finite)
+            # a metric bounded by the latent size (ER) is ranked among the rows of one latent size only
+            cohorts: dict[int | None, list[LeaderboardRow]] = {}
             for row in ranked:
-                if math.isclose(row.mean[key], target, rel_tol=0, abs_tol=1e-12):
-                    row.best.add(key)
+                cohorts.setdefault(row.latent_size if metric.per_latent_size else None, []).append(row)
+            for cohort in cohorts.values():
+                finite = [row.mean[key] for row in cohort if math.isfinite(row.mean[key])]
+                if not finite:
+                    continue
+                target = (max if metric.higher_is_better else min)(finite)
+                for row in cohort:
+                    if math.isclose(row.mean[key], target, rel_tol=0, abs_tol=1e-12):
+                        row.best.add(key)
         best = next((row for row in ranked if test_metric in row.best), None)
         if best is None:  # no row of the pool has the test metric: nothing to pair with
             for row in pool:
@@ -283,8 +291,9 @@ def leaderboard_table(rows: list[LeaderboardRow], test_metric: str = "ewd",
         flags.append(False)
         body.append(cells)
         bold.append(flags)
-    caption = ("mean ± std over folds (ddof=1); ↓ lower / ↑ higher is better; best per dataset in bold; div.: "
-               "mean 1 - IoU over distinct pairs of a test image's samples / annotations (not ranked); p: "
+    caption = ("mean ± std over folds (ddof=1); ↓ lower / ↑ higher is better; best per dataset in bold (ER: "
+               "among rows of one latent size); div.: mean 1 - IoU over distinct pairs of a test image's samples / "
+               "annotations (not ranked); p: "
                "Wilcoxon signed-rank over test images vs. the best row, Holm-corrected")
     notes = reference.footnotes() if reference is not None else []
     if any(r.partial for r in rows):

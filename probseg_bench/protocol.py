@@ -244,6 +244,7 @@ def run_protocol(
                          "metrics_s": evaluation.seconds_metrics, "steps": result.steps},
                 best_epoch=result.best_epoch, best_val_loss=result.best_val_loss,
                 history=[asdict(h) for h in result.history], checkpoint=str(checkpoint),
+                latent_size=evaluation.latent_size,
             )
             store.add(record)
             partial.unlink(missing_ok=True)

@@ -79,7 +79,9 @@ class FoldRecord:
     ``dataset_params``: the dataset plugin's resolved parameters; ``timings``: seconds (training, sampling,
     metrics); ``protocol``: the resolved preset settings; ``hyperparameters``: model and regularizer
     hyperparameters and the objective's terms; ``versions``: package versions and git commit; ``status``:
-    ``ok``, or ``failed`` with ``failure`` the reason (e.g. a diverged training; no metrics then).
+    ``ok``, or ``failed`` with ``failure`` the reason (e.g. a diverged training; no metrics then); ``latent_size``: the
+    prior's number of dimensions over all levels (None without a latent prior, or in a record written before it
+    was stored).
     """
 
     model: str
@@ -107,6 +109,7 @@ class FoldRecord:
     status: str = "ok"
     failure: str | None = None
     created_at: float = field(default_factory=time.time)
+    latent_size: int | None = None
 
     @property
     def key(self) -> FoldKey:

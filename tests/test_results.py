@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from probseg_bench.errors import ProbsegError
-from probseg_bench.leaderboard import build_leaderboard, render
+from probseg_bench.leaderboard import build_leaderboard, leaderboard_table, render
 from probseg_bench.results import FoldRecord, ResultsStore
 
 
@@ -236,3 +236,19 @@ def test_models_run_on_different_folds_all_show_with_an_empty_p_and_a_footnote(t
     code, _, err = run_main("compare", "spunet", "punet", "--dataset", "lidc-sample", "--storage",
                             str(tmp_path / "r.db"))
     assert code == 2 and "spunet and punet have no fold in common" in err
+
+
+def test_effective_rank_is_ranked_only_among_rows_of_one_latent_size():
+    """ER is bounded by the latent size: a hierarchical model's ER over ~1,300 flattened dimensions (317) was bold
+    against a d=6 model's (5.1); d=4 and d=7 rows were compared the same way."""
+    rows_in = []
+    for model, d, er, size in (("punet", 6, 4.0, None), ("spunet", 6, 5.1, None), ("punet", 4, 3.5, None),
+                               ("hpunet", 1, 317.0, 1365)):
+        rec = record(model, 0, ewd=0.5, er=er, d=d, config=f"{model}{d}")
+        rec.latent_size = size
+        rows_in.append(rec)
+    rows = {(r.model, r.latent_dim): r for r in build_leaderboard(rows_in)}
+    assert "er" in rows[("spunet", 6)].best and "er" not in rows[("punet", 6)].best
+    assert "er" in rows[("punet", 4)].best and "er" in rows[("hpunet", 1)].best  # each alone at its size
+    assert rows[("hpunet", 1)].latent_size == 1365 and rows[("punet", 4)].latent_size == 4
+    assert "ER: among rows of one latent size" in leaderboard_table(list(rows.values())).caption

@@ -52,6 +52,8 @@ class Metric:
         objective: ``tune --objective val_<name>`` scores a trial by its mean over the fold's validation images,
             minimised or maximised after ``higher_is_better``. Needs a direction.
         decimals: digits after the point in ``run``'s per-fold line.
+        per_latent_size: ranked only among rows whose models have the same latent size (the prior's number of
+            dimensions, over all levels of a hierarchical model): its value is bounded by that size (ER).
         description: one line for readers of the catalogue.
     """
 
@@ -64,6 +66,7 @@ class Metric:
     objective: bool = False
     decimals: int = 3
     description: str = ""
+    per_latent_size: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -132,7 +135,7 @@ CATALOGUE: tuple[Metric, ...] = (
            description="Hungarian-matched IoU of samples and annotations (both tiled to lcm(N, M))"),
     Metric("ewd", "EWD", _PER_IMAGE + "ewd", higher_is_better=False, ranked=True, objective=True,
            description="empirical Wasserstein distance, 1 - HM-IoU (the seed paper's main metric)"),
-    Metric("er", "ER", _PER_IMAGE + "er", higher_is_better=True, ranked=True, decimals=2,
+    Metric("er", "ER", _PER_IMAGE + "er", higher_is_better=True, ranked=True, decimals=2, per_latent_size=True,
            description="effective rank of the prior's standard deviations, in [1, d] (a more homogeneous latent "
                        "space ranks higher, the seed paper's reading)"),
     Metric("sample_diversity", "sample div.", _PER_IMAGE + "sample_diversity", shown=True,
