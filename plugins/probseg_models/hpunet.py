@@ -34,6 +34,7 @@ from torch.nn import functional as F
 from probseg_bench.api import TrainOutput
 from probseg_bench.errors import ProbsegError
 from probseg_bench.nn import parse_filters
+from probseg_bench.nn.levels import flatten_levels, flatten_normals, split_levels
 
 
 class ResBlock(nn.Module):
@@ -245,29 +246,17 @@ class HierarchicalProbabilisticUNet(nn.Module):
                                "use fewer filters")
         return [(self.latent_dim, (h // f) << lv, (w // f) << lv) for lv in range(self.latent_levels)]
 
-    @staticmethod
-    def _flat(parts: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([p.flatten(1) for p in parts], 1)
-
-    def _flat_normal(self, dists: list[Normal]) -> Normal:
-        return Normal(self._flat([d.loc for d in dists]), self._flat([d.scale for d in dists]), validate_args=False)
-
-    def _split(self, z: torch.Tensor, h: int, w: int) -> list[torch.Tensor]:
-        shapes = self.level_shapes(h, w)
-        sizes = [a * b * c for a, b, c in shapes]
-        return [p.reshape(-1, *s) for p, s in zip(torch.split(z, sizes, 1), shapes, strict=True)]
-
     # ---------------------------------------------------------------------------------------------- protocol
     def prior(self, image: torch.Tensor) -> Normal:
         """The prior's conditionals along one ancestral draw, flattened: Normal loc/scale [B, D]."""
         _, _, dists, _ = self.prior_net(image)
-        return self._flat_normal(dists)
+        return flatten_normals(dists)
 
     def decode(self, image: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """z [B, n, D] injected into the prior net, then ``f_comb`` -> logits [B, n, K, H, W]."""
         b, n = z.shape[:2]
         h, w = image.shape[-2:]
-        given = self._split(z.reshape(b * n, -1), h, w)
+        given = split_levels(z.reshape(b * n, -1), self.level_shapes(h, w))
         out, feats, _, _ = self.prior_net(image, given=given, repeat=n)
         logits = self.f_comb(out, feats)
         return logits.reshape(b, n, *logits.shape[1:])
@@ -298,10 +287,10 @@ class HierarchicalProbabilisticUNet(nn.Module):
         logits = self.f_comb(out, feats)
         r, n = self.reconstruction_terms(logits.float(), y.float())
         reconstruction = self.geco(r, n) if self.loss_type == "geco" else r
-        prior, posterior = self._flat_normal(p), self._flat_normal(q)
+        prior, posterior = flatten_normals(p), flatten_normals(q)
         return TrainOutput(
             logits=logits, target=y, prior=prior, posterior=posterior,
-            posterior_samples=self._flat(z_q)[:, None], prior_samples=prior.rsample()[:, None],
+            posterior_samples=flatten_levels(z_q)[:, None], prior_samples=prior.rsample()[:, None],
             annotation_index=k, reconstruction=reconstruction,
             level_sizes=tuple(a_ * b_ * c_ for a_, b_, c_ in shapes),
         )

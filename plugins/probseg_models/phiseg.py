@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from probseg_bench.api import TrainOutput
 from probseg_bench.errors import ProbsegError
 from probseg_bench.nn import parse_filters
+from probseg_bench.nn.levels import flatten_levels, flatten_normals, split_levels
 
 EPS = 1e-10
 """Added to the softplus standard deviations (the reference adds 1e-10 inside the KL's logs and divisor)."""
@@ -203,29 +204,17 @@ class PHiSeg(nn.Module):
                                f"{2 ** (self.resolution_levels - 1)}, got {h} x {w}; use fewer filters")
         return [(self.latent_dim, h >> (lv + delta), w >> (lv + delta)) for lv in range(self.latent_levels)]
 
-    def _flat(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([p.flatten(1) for p in parts], 1)
-
-    def _flat_normal(self, dists: list[Normal]) -> Normal:
-        return Normal(self._flat([d.loc for d in dists]), self._flat([d.scale for d in dists]), validate_args=False)
-
-    def _split(self, z: torch.Tensor, h: int, w: int) -> list[torch.Tensor]:
-        """z [N, D] -> per-level [N, d, h_l, w_l]."""
-        shapes = self.level_shapes(h, w)
-        sizes = [a * b * c for a, b, c in shapes]
-        return [p.reshape(-1, *s) for p, s in zip(torch.split(z, sizes, 1), shapes, strict=True)]
-
     # ---------------------------------------------------------------------------------------------- protocol
     def prior(self, image: torch.Tensor) -> Normal:
         """The prior's conditionals along one ancestral draw, flattened: Normal loc/scale [B, D]."""
         dists, _ = self.prior_net(image)
-        return self._flat_normal(dists)
+        return flatten_normals(dists)
 
     def decode(self, image: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """z [B, n, D] (flattened levels) -> logits [B, n, K, H, W] (the likelihood does not see the image)."""
         b, n = z.shape[:2]
         h, w = image.shape[-2:]
-        logits = sum(self.likelihood(self._split(z.reshape(b * n, -1), h, w), (h, w)))
+        logits = sum(self.likelihood(split_levels(z.reshape(b * n, -1), self.level_shapes(h, w)), (h, w)))
         assert isinstance(logits, torch.Tensor)
         return logits.reshape(b, n, *logits.shape[1:])
 
@@ -255,10 +244,10 @@ class PHiSeg(nn.Module):
             F.binary_cross_entropy_with_logits(t, y, reduction="none").flatten(1).sum(1) for t in acc
         )
         assert isinstance(reconstruction, torch.Tensor)
-        prior, posterior = self._flat_normal(p), self._flat_normal(q)
+        prior, posterior = flatten_normals(p), flatten_normals(q)
         return TrainOutput(
             logits=acc[0], target=y, prior=prior, posterior=posterior,
-            posterior_samples=self._flat(z_q)[:, None], prior_samples=prior.rsample()[:, None],
+            posterior_samples=flatten_levels(z_q)[:, None], prior_samples=prior.rsample()[:, None],
             annotation_index=k, reconstruction=reconstruction,
             level_sizes=tuple(a_ * b_ * c_ for a_, b_, c_ in shapes), level_weights=self.level_weights,
         )
