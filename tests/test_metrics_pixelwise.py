@@ -137,3 +137,13 @@ def test_spearman_with_ties_matches_scipy_and_all_metrics_agree_with_the_single_
     np.testing.assert_allclose(everything["entropy_pearson"], pear)
     np.testing.assert_allclose(everything["ncc"], ncc(p, y))
     np.testing.assert_allclose(everything["ece"], expected_calibration_error(p, y))
+
+
+def test_ncc_of_a_perfect_anticorrelation_stays_in_range():
+    """The fuzz test's failing input: three samples of a 1 x 2 image against one empty annotation gave
+    S_NCC = -1.0000000317612543 (the moment expansion rounds past -1)."""
+    from probseg_bench.metrics.pixelwise import ncc
+
+    probabilities = np.array([[[1.0, 0.0]], [[0.0, 0.0]], [[1.0, 1.0]]], dtype=np.float32)
+    value = float(ncc(probabilities, np.array([[[0, 0]]], dtype=np.uint8)))
+    assert -1.0 <= value <= 1.0 and value == pytest.approx(-1.0, abs=1e-6)

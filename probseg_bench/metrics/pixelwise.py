@@ -74,7 +74,8 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a = a - a.mean(-1, keepdim=True)
     b = b - b.mean(-1, keepdim=True)
     den = torch.sqrt((a * a).mean(-1) * (b * b).mean(-1))
-    return torch.where(den > 0, (a * b).mean(-1) / den.clamp_min(1e-300), torch.full_like(den, float("nan")))
+    corr = torch.where(den > 0, (a * b).mean(-1) / den.clamp_min(1e-300), torch.full_like(den, float("nan")))
+    return corr.clamp(-1.0, 1.0)  # rounding can leave |r| a few ulps above 1; NaN stays NaN
 
 
 def _average_ranks(x: torch.Tensor) -> torch.Tensor:
@@ -113,7 +114,8 @@ def _ncc(s: _Stats) -> torch.Tensor:
     den = torch.sqrt(var_s * var_y)
     corr = torch.where(den > 1e-12 * (1 + mean_yy), (mean_sy - mean_s * mean_y) / den.clamp_min(1e-300),
                        torch.full_like(den, float("nan")))
-    return corr.mean(1)
+    # the moment expansion E[xy] - E[x]E[y] can round a perfect (anti-)correlation to 1 + 3e-8: clamp, NaN stays
+    return corr.clamp(-1.0, 1.0).mean(1)
 
 
 def _entropy_correlation(s: _Stats) -> tuple[torch.Tensor, torch.Tensor]:
