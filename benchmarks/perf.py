@@ -1,14 +1,14 @@
 """Performance figures of issue 8, measured in one run (ratios comparable within the run).
 
-    python -m benchmarks.perf [--quick-run] [--device cpu|cuda] [--steps 3]      (nox -s bench)
+    python -m benchmarks.perf [--quick-run] [--device cpu|cuda] [--steps 3] [--models punet ssn ...]  (nox -s bench)
 
 Prints a table and writes benchmarks/results/perf.json:
 - the fp32 matrix-multiply rate of this machine (torch.mm 2048^3, best of 5);
-- per model (punet, punet-nf, spunet; paper architecture, d = 6, 128 x 128, 4 annotators, channels_last as in
-  training) and batch (8, 32):
+- per model (the seven built-ins; each at its paper architecture and reference d: d = 6, phiseg 2 per level,
+  hpunet 1 per scale; 128 x 128, 4 annotators, channels_last as in training) and batch (8, 32):
   FLOPs per image per training step (torch.utils.flop_counter), median step time, images/s, achieved FLOP/s
   and its fraction of the matmul rate;
-- spunet / punet step-time ratio next to their FLOP ratio;
+- each model's step-time ratio to punet's next to their FLOP ratio;
 - 16-sample inference time per image against one U-Net + prior forward;
 - evaluation (all metrics) time against sampling time for 32 images;
 - with --quick-run: the peak resident memory (VmHWM) of one quick-preset punet fold on lidc-sample.
@@ -35,7 +35,7 @@ from probseg_bench.experiment import build_objective
 from probseg_bench.metrics import effective_rank
 from probseg_bench.plugins import get_plugins
 
-MODELS = ("punet", "punet-nf", "spunet")
+MODELS = ("punet", "punet-nf", "spunet", "ssn", "unet-ensemble", "phiseg", "hpunet")
 
 
 def sync(device: torch.device) -> None:
@@ -62,7 +62,8 @@ def build(name: str, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
     spec = plugins.models.get(name)
     hp = {h.name: h.default for h in spec.hyperparameters}
     torch.manual_seed(0)
-    model = spec.factory(latent_dim=6, in_channels=1, **hp).to(device).to(memory_format=torch.channels_last)
+    model = spec.factory(latent_dim=spec.default_latent_dim, in_channels=1, **hp)
+    model = model.to(device).to(memory_format=torch.channels_last)
     return spec, model, hp
 
 
@@ -154,6 +155,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batches", default="8,32")
     parser.add_argument("--quick-run", action="store_true", help="also measure a quick-preset fold's memory")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), help="models (default: the seven built-ins)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/perf.json"))
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -161,18 +163,20 @@ def main() -> None:
     print(f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {device}: "
           f"fp32 matmul {rate / 1e9:.1f} GFLOP/s")
     results: dict[str, Any] = {"matmul_flops_per_s": rate, "training": {}}
-    print(f"{'model':9} {'batch':>5} {'GFLOP/img':>9} {'step s':>8} {'img/s':>7} {'GFLOP/s':>8} {'of matmul':>9}")
+    print(f"{'model':13} {'batch':>5} {'GFLOP/img':>9} {'step s':>8} {'img/s':>7} {'GFLOP/s':>8} {'of matmul':>9} "
+          f"{'time/punet':>10} {'FLOP/punet':>10}")
     for b in (int(v) for v in args.batches.split(",")):
-        for name in MODELS:
+        for name in args.models:
             r = training_step(name, b, args.steps, device)
             results["training"][f"{name}@{b}"] = r
-            print(f"{name:9} {b:5d} {r['flops_per_image'] / 1e9:9.2f} {r['step_s']:8.3f} {r['images_per_s']:7.2f} "
-                  f"{r['flops_per_s'] / 1e9:8.1f} {r['flops_per_s'] / rate:9.2f}")
-        sp, pu = results["training"][f"spunet@{b}"], results["training"][f"punet@{b}"]
-        time_ratio, flop_ratio = sp["step_s"] / pu["step_s"], sp["flops_per_image"] / pu["flops_per_image"]
-        results[f"spunet_over_punet@{b}"] = {"time": time_ratio, "flops": flop_ratio}
-        print(f"batch {b}: spunet/punet step time {time_ratio:.3f}, FLOP ratio {flop_ratio:.3f} "
-              f"({100 * (time_ratio / flop_ratio - 1):+.1f}%)")
+            pu = results["training"].get(f"punet@{b}")
+            if pu is not None:
+                r["time_over_punet"] = r["step_s"] / pu["step_s"]
+                r["flops_over_punet"] = r["flops_per_image"] / pu["flops_per_image"]
+            ratios = (f"{r['time_over_punet']:10.2f} {r['flops_over_punet']:10.2f}" if pu is not None
+                      else f"{'':>10} {'':>10}")
+            print(f"{name:13} {b:5d} {r['flops_per_image'] / 1e9:9.2f} {r['step_s']:8.3f} {r['images_per_s']:7.2f} "
+                  f"{r['flops_per_s'] / 1e9:8.1f} {r['flops_per_s'] / rate:9.2f} {ratios}", flush=True)
     inf = inference(device)
     results["inference"] = inf
     print(f"16 samples {inf['sample16_per_image_s'] * 1e3:.1f} ms/image vs one U-Net + prior forward "

@@ -1,13 +1,15 @@
 """The quick start, measured: does every model segment the embedded LIDC sample after a quick run?
 
-    python -m benchmarks.quickstart [--models punet punet-nf spunet] [--output benchmarks/results/quickstart.json]
+    python -m benchmarks.quickstart [--models punet punet-nf spunet ...] [--output benchmarks/results/quickstart.json]
 
 For each model, runs the README's main job exactly as a user does, in a fresh process and a fresh results store:
 
     probseg-bench run --model MODEL --dataset lidc-sample --preset quick
 
-(3 folds, the quick preset) and reports, from the stored records: the mean over the 3 folds of the test HM-IoU,
-EWD and GED, the sample diversity next to the annotator diversity, the effective rank, the empty-sample rate (of
+(3 folds, the quick preset, each model at its reference d: `ModelSpec.default_latent_dim`) and reports, from the
+stored records: the mean over the 3 folds of the test HM-IoU,
+EWD and GED, the sample diversity next to the annotator diversity, the effective rank ("–" for a model without a
+latent prior; a hierarchical model's runs over all its levels' dimensions), the empty-sample rate (of
 the test images where at least 3 of the 4 radiologists marked a nodule, over the 3 folds: the fraction whose 16
 samples are ALL empty) and the wall time of the whole command, start-up included. Each fold's learning curve
 (train / validation loss per epoch) and best epoch go to the JSON.
@@ -30,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-MODELS = ("punet", "punet-nf", "spunet")
+MODELS = ("punet", "punet-nf", "spunet", "ssn", "unet-ensemble", "phiseg", "hpunet")
 TARGETS = {"hm_iou": 0.45, "ewd": 0.55, "empty_rate": 0.1, "wall_s": 300.0}
 MARKED = 3  # a test image counts for the empty-sample rate when at least this many annotators marked something
 
@@ -47,8 +49,9 @@ def run_model(model: str, workdir: Path, extra: list[str]) -> float:
 
 def summarise(model: str, records: list[Any], marked: np.ndarray, wall: float) -> dict[str, Any]:
     """The benchmark's row for one model from its fold records (see the module docstring)."""
-    def mean(key: str) -> float:
-        return float(np.mean([r.metrics[key] for r in records]))
+    def mean(key: str) -> float | None:
+        values = [r.metrics[key] for r in records if r.metrics.get(key) is not None]
+        return float(np.mean(values)) if values else None
 
     empty = total = 0
     for r in records:
@@ -57,7 +60,8 @@ def summarise(model: str, records: list[Any], marked: np.ndarray, wall: float) -
                 total += 1
                 empty += int(fraction == 1.0)
     return {
-        "model": model, "folds": len(records), "hm_iou": mean("hm_iou"), "ewd": mean("ewd"), "ged": mean("ged"),
+        "model": model, "latent_dim": records[0].latent_dim, "latent_size": records[0].latent_size,
+        "folds": len(records), "hm_iou": mean("hm_iou"), "ewd": mean("ewd"), "ged": mean("ged"),
         "er": mean("er"), "sample_diversity": mean("sample_diversity"),
         "annotator_diversity": mean("annotator_diversity"),
         "hm_iou_per_fold": [r.metrics["hm_iou"] for r in sorted(records, key=lambda r: r.fold)],
@@ -68,6 +72,13 @@ def summarise(model: str, records: list[Any], marked: np.ndarray, wall: float) -
                                  for h in r.history] for r in records},
         "protocol": records[0].protocol,
     }
+
+
+def _er(row: dict[str, Any]) -> str:
+    """ER, "–" without a latent prior, marked † when it runs over several latent levels."""
+    if row["er"] is None:
+        return "–"
+    return f"{row['er']:.2f}" + (" †" if row["latent_size"] not in (None, row["latent_dim"]) else "")
 
 
 def meets(row: dict[str, Any]) -> dict[str, bool]:
@@ -99,21 +110,24 @@ def main() -> None:
             records = ResultsStore(f"sqlite:///{workdir / 'results.db'}").records(models=[model])
             rows.append(summarise(model, records, marked, wall))
             print(f"{model}: done in {wall:.0f} s", file=sys.stderr, flush=True)
-    header = "| model | HM-IoU ↑ | EWD ↓ | GED ↓ | sample div. | annotator div. | ER | all-empty images | wall s |"
-    lines = [header, "|" + "---|" * 9]
+    header = ("| model | d | HM-IoU ↑ | EWD ↓ | GED ↓ | sample div. | annotator div. | ER | all-empty images "
+              "| wall s |")
+    lines = [header, "|" + "---|" * 10]
     for r in rows:
         ok = meets(r)
         flag = {k: "" if v else " ✗" for k, v in ok.items()}
         lines.append(
-            f"| {r['model']} | {r['hm_iou']:.3f}{flag['hm_iou']} | {r['ewd']:.3f}{flag['ewd']} | {r['ged']:.3f} | "
-            f"{r['sample_diversity']:.3f} | {r['annotator_diversity']:.3f} | {r['er']:.2f} | "
+            f"| {r['model']} | {r['latent_dim']} | {r['hm_iou']:.3f}{flag['hm_iou']} | {r['ewd']:.3f}{flag['ewd']} "
+            f"| {r['ged']:.3f} | "
+            f"{r['sample_diversity']:.3f} | {r['annotator_diversity']:.3f} | {_er(r)} | "
             f"{r['empty_images']}/{r['marked_images']} = {r['empty_rate']:.2f}{flag['empty_rate']} | "
             f"{r['wall_s']:.0f}{flag['wall_s']} |"
         )
     print("\n".join(lines))
     print(f"targets: HM-IoU >= {TARGETS['hm_iou']}, EWD <= {TARGETS['ewd']}, all-empty rate <= "
           f"{TARGETS['empty_rate']} (test images with >= {MARKED} annotators marking, 3 folds), wall <= "
-          f"{TARGETS['wall_s']:.0f} s; ✗ = missed")
+          f"{TARGETS['wall_s']:.0f} s; ✗ = missed; ER: – no latent prior, † over all levels of a hierarchical "
+          "model (not comparable with one level's)")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     import torch
 

@@ -235,6 +235,10 @@ class ObjectiveTerm:
     swappable: bool = False
 
 
+DEFAULT_LATENT_DIM = 6
+"""The latent dimension d of a run that names none, for a model that declares no ``ModelSpec.latent_dim``."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A model plugin.
@@ -246,7 +250,9 @@ class ModelSpec:
     ``reconstruction + sum(hyperparameters[t.weight] * regularizer_t(out) for t in objective)``, with the
     reconstruction the binary cross-entropy summed over pixels (or the model's own ``TrainOutput.reconstruction``),
     each term a per-image value, averaged over the batch. ``grad_clip`` names the hyperparameter holding the
-    gradient-norm clip (0 = none), if any.
+    gradient-norm clip (0 = none), if any. ``latent_dim`` is the d of the model's reference code (e.g. PHiSeg's
+    2 channels per pixel per level), used by ``run``, ``tune`` and ``validate`` when ``--latent-dim`` is not
+    given; None means :data:`DEFAULT_LATENT_DIM` (6, the middle of the seed paper's d = 4..7).
     """
 
     name: str
@@ -256,6 +262,12 @@ class ModelSpec:
     objective: tuple[ObjectiveTerm, ...] = ()
     grad_clip: str | None = None
     citation: str = ""
+    latent_dim: int | None = None
+
+    @property
+    def default_latent_dim(self) -> int:
+        """The d used when the user gives none: ``latent_dim``, else :data:`DEFAULT_LATENT_DIM`."""
+        return self.latent_dim if self.latent_dim is not None else DEFAULT_LATENT_DIM
 
 
 # ----------------------------------------------------------------------------------------------- regularizers

@@ -8,20 +8,22 @@ puts side by side:
 
 * EWD and GED of the model next to the oracle's (``oracle_metrics``: 16 draws from the true distribution per
   image scored against the same annotations with the same metric code), their ratio and difference;
-* the effective rank of the prior next to the data's intrinsic dimension;
+* the effective rank of the prior next to the data's intrinsic dimension (models with one latent level; a model
+  without a latent prior, or a hierarchical one whose ER runs over every level's dimensions, has none here);
 * the model's sample diversity (mean 1 - IoU over distinct pairs of its 16 samples) next to the annotator
   diversity (the same over the annotations) and the true diversity (the exact expected 1 - IoU between two
   independent draws of the true distribution);
 * paired Wilcoxon signed-rank tests between every pair of models on the per-image EWD, GED and ER
   (two-sided, per image averaged over the common folds, Holm-corrected over the model pairs of each metric;
-  :mod:`probseg_bench.comparison`);
+  :mod:`probseg_bench.comparison`; ER only between models of one latent size);
 * what bounds a model, from its stored checkpoint and the evaluation's very samples (same seed and batches):
   ``nearest_true_iou``, the mean over samples of the IoU with the closest mask of the true distribution (1 for the
   oracle: how precise the samples are); ``true_mask_tv``, the total variation between the frequencies of the
   samples' closest true masks and the true probabilities (how well the distribution is matched; the oracle's
   value, with the same number of draws, is its finite-sample floor); ``reconstruction_iou``, the IoU between an
   annotation and the model's reconstruction of it from its posterior (``forward``), mean over the annotations:
-  what the decoder achieves when it is told the answer, an upper bound for its prior samples.
+  what the decoder achieves when it is told the answer, an upper bound for its prior samples (NaN, shown "–",
+  for a model without a latent posterior).
 
 A model's row is the mean over its folds of each fold's mean over the test images.
 """
@@ -63,12 +65,20 @@ class ModelValidation:
     label: str
     folds: list[int]
     metrics: dict[str, float]
+    latent_dim: int
+    latent_size: int | None
     ewd_ratio: float
     ged_ratio: float
     ewd_gap: float
     ged_gap: float
     train_seconds: float
     records: list[FoldRecord] = field(default_factory=list, repr=False)
+
+    @property
+    def single_level(self) -> bool:
+        """One latent level (its ER compares with the intrinsic dimension); False for a hierarchical model, whose
+        ER runs over every level's dimensions."""
+        return self.latent_size is None or self.latent_size == self.latent_dim
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -84,7 +94,7 @@ class ValidationReport:
     dataset_params: dict[str, Any]
     preset: str
     protocol: dict[str, Any]
-    latent_dim: int
+    latent_dim: int | None
     seed: int
     n_test: int
     test_ids: list[str]
@@ -117,14 +127,15 @@ class ValidationReport:
 
 def validation_requests(
     models: Sequence[str], dataset: str = "synthetic", dataset_params: Mapping[str, Any] | None = None,
-    preset: str = "quick", latent_dim: int = 6, folds: Sequence[int] = (0,), seed: int = 0,
+    preset: str = "quick", latent_dim: int | None = None, folds: Sequence[int] = (0,), seed: int = 0,
     protocol_overrides: Mapping[str, Any] | None = None, device: str = "auto", run_dir: Path = Path("probseg-runs"),
     plugins: Plugins | None = None,
 ) -> list[RunRequest]:
     """One protocol request per model, all on the same data, split, preset and folds.
 
     ``dataset_params`` are laid over the dataset's ``known_distribution.validation_params`` (for ``synthetic``:
-    size 64, 160 images, 4 annotators, 3 blobs, 3 radius levels).
+    size 64, 160 images, 4 annotators, 3 blobs, 3 radius levels). ``latent_dim`` None: each model's reference d
+    (``ModelSpec.default_latent_dim``).
 
     Raises:
         ProbsegError: no models, a repeated model, unknown plugins, or a dataset without a known distribution.
@@ -143,7 +154,8 @@ def validation_requests(
         raise ProbsegError(f"validate: dataset '{dataset}' has no known true distribution to validate against; "
                            f"datasets that have one: {', '.join(known) or 'none'}")
     params = {**spec.known_distribution.validation_params, **(dataset_params or {})}
-    return [RunRequest(model=m, dataset=dataset, latent_dims=(latent_dim,), folds=tuple(folds), seed=seed,
+    dims = {m: latent_dim if latent_dim is not None else plugins.models.get(m).default_latent_dim for m in models}
+    return [RunRequest(model=m, dataset=dataset, folds=tuple(folds), seed=seed, latent_dims=(dims[m],),
                        preset=preset, device=device, dataset_params=params,
                        protocol_overrides=dict(protocol_overrides or {}), run_dir=run_dir)
             for m in models]
@@ -194,16 +206,26 @@ def validate(
     comparisons: list[PairedComparison] = []
     for metric in COMPARED_METRICS:
         pairs = [compare_pair(a.records, b.records, metric, a.label, b.label)
-                 for a, b in itertools.combinations(models, 2)]
+                 for a, b in itertools.combinations(models, 2) if _comparable(a, b, metric)]
         for c, p in zip(pairs, holm([c.p_value for c in pairs]), strict=True):
             c.p_holm = p
         comparisons += pairs
+    dims = {r.latent_dims[0] for r in requests}
     return ValidationReport(
         dataset=first.dataset, dataset_params=params, preset=first.preset, protocol=dict(reference.protocol),
-        latent_dim=first.latent_dims[0], seed=first.seed, n_test=len(test_ids), test_ids=list(test_ids),
+        latent_dim=dims.pop() if len(dims) == 1 else None, seed=first.seed, n_test=len(test_ids),
+        test_ids=list(test_ids),
         intrinsic_dimension=int(truth.intrinsic_dimension(**params)), oracle=oracle, models=models,
         comparisons=comparisons, protocol_overrides=dict(first.protocol_overrides),
     )
+
+
+def _comparable(a: ModelValidation, b: ModelValidation, metric: str) -> bool:
+    """Whether a paired test of ``metric`` between two models means something: both define it, and for ER (a
+    count of dimensions) both have latents of one size."""
+    if not (np.isfinite(a.metrics[metric]) and np.isfinite(b.metrics[metric])):
+        return False
+    return metric != "er" or a.latent_size == b.latent_size
 
 
 def _nearest_true(samples: np.ndarray, support: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
@@ -270,7 +292,7 @@ def sample_diagnostics(record: FoldRecord, truth: KnownDistribution, device: str
             a, b = _nearest_true(samples[j], support, probs)
             nearest.append(a)
             tv.append(b)
-    reconstruction = []
+    reconstruction: list[float] = []
     with torch.no_grad(), torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
         torch.manual_seed(fold_seed(record.seed, record.latent_dim, record.fold) + 1)
         for _ in range(run.test.num_annotators):  # each pass reconstructs one random annotation per image
@@ -279,12 +301,14 @@ def sample_diagnostics(record: FoldRecord, truth: KnownDistribution, device: str
                                     device=run.device).float()
                 y = torch.as_tensor(run.test.masks[start : start + int(protocol["batch_size"])], device=run.device)
                 out = run.model(x, y)
+                if out.posterior is None:  # no latent posterior to reconstruct from (e.g. ssn, unet-ensemble)
+                    break
                 pred, target = out.logits[:, 0] > 0, out.target[:, 0] > 0.5
                 union = (pred | target).flatten(1).sum(1)
                 iou = torch.where(union > 0, (pred & target).flatten(1).sum(1) / union.clamp(min=1), 1.0)
                 reconstruction += iou.double().cpu().tolist()
     return {"nearest_true_iou": float(np.mean(nearest)), "true_mask_tv": float(np.mean(tv)),
-            "reconstruction_iou": float(np.mean(reconstruction))}
+            "reconstruction_iou": float(np.mean(reconstruction)) if reconstruction else float("nan")}
 
 
 def _model_row(request: RunRequest, records: list[FoldRecord]) -> ModelValidation:
@@ -296,7 +320,8 @@ def _model_row(request: RunRequest, records: list[FoldRecord]) -> ModelValidatio
     label = request.variant(with_protocol=False)  # the report's title names the protocol overrides
     return ModelValidation(
         model=request.model, label=f"{request.model} ({label})" if label else request.model,
-        folds=sorted(r.fold for r in records), metrics=metrics, ewd_ratio=float("nan"), ged_ratio=float("nan"),
+        folds=sorted(r.fold for r in records), metrics=metrics, latent_dim=request.latent_dims[0],
+        latent_size=records[0].latent_size if records else None, ewd_ratio=float("nan"), ged_ratio=float("nan"),
         ewd_gap=float("nan"), ged_gap=float("nan"),
         train_seconds=float(sum(r.timings.get("train_s", 0.0) for r in records)), records=records,
     )
@@ -340,19 +365,21 @@ def validation_figure(report: ValidationReport, folder: Path) -> list[Path]:
     ]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (key, title, lines) in zip(axes, panels, strict=True):
-        values = [m.metrics[key] for m in report.models]
-        ax.bar(range(len(values)), values, color=colors[: len(values)])
+        values = [m.metrics[key] if key != "er" or m.single_level else float("nan") for m in report.models]
+        ax.bar(range(len(values)), np.nan_to_num(values), color=[colors[i % len(colors)] for i in range(len(values))])
         for i, v in enumerate(values):
-            ax.text(i, v, f"{v:.3f}" if key != "er" else f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+            ax.text(i, np.nan_to_num(v), "–" if not np.isfinite(v) else f"{v:.3f}" if key != "er" else f"{v:.2f}",
+                    ha="center", va="bottom", fontsize=7)
         for text, value, color in lines:
             ax.axhline(value, ls="--", color=color, lw=1.2, label=f"{text}: {value:.3g}")
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
         ax.set_title(title, fontsize=9)
-        top = max([*values, *(v for _, v, _ in lines)])
+        top = max([*np.nan_to_num(values), *(v for _, v, _ in lines)])
         ax.set_ylim(0, top * 1.5 if top > 0 else 1)
         ax.legend(fontsize=6, loc="upper center")
     params = ", ".join(f"{k}={v}" for k, v in sorted(report.dataset_params.items()))
-    fig.suptitle(f"{report.dataset} ({params}): d={report.latent_dim}, preset {report.preset_label}, "
+    dims = f"d={report.latent_dim}" if report.latent_dim is not None else "d per model"
+    fig.suptitle(f"{report.dataset} ({params}): {dims}, preset {report.preset_label}, "
                  f"{report.n_test} test images", fontsize=9)
     fig.tight_layout()
     return save(fig, folder, "validation")

@@ -267,7 +267,8 @@ def test_hpunet_decode_injects_latents_into_the_prior_net():
 
 @pytest.fixture(scope="module")
 def hierarchical_runs(tmp_path_factory: pytest.TempPathFactory):
-    """phiseg and hpunet through `run` (quick, 1 epoch, fold 0) on lidc-sample and synthetic, one store."""
+    """phiseg and hpunet through `run` (quick, 1 epoch, fold 0) on lidc-sample (d given) and synthetic (no -d:
+    the model's reference d), one store."""
     from typer.testing import CliRunner
 
     from probseg_bench.cli import app
@@ -276,8 +277,9 @@ def hierarchical_runs(tmp_path_factory: pytest.TempPathFactory):
     db = f"sqlite:///{folder / 'r.db'}"
     for model, d in (("phiseg", "2"), ("hpunet", "1")):
         for dataset in ("lidc-sample", "synthetic"):
+            dims = ["--latent-dim", d] if dataset == "lidc-sample" else []
             result = CliRunner().invoke(app, ["run", "--model", model, "--dataset", dataset, "--preset", "quick",
-                                              "--epochs", "1", "--fold", "0", "--latent-dim", d, "--storage", db,
+                                              "--epochs", "1", "--fold", "0", *dims, "--storage", db,
                                               "--run-dir", str(folder / "runs")])
             assert result.exit_code == 0, result.output
     return folder, db
@@ -291,6 +293,8 @@ def test_hierarchical_models_train_to_leaderboard_rows(hierarchical_runs):
     records = ResultsStore(db).records()
     pairs = {(m, ds) for m in ("phiseg", "hpunet") for ds in ("lidc-sample", "synthetic")}
     assert {(r.model, r.dataset) for r in records} == pairs
+    # without --latent-dim, each runs at its reference code's d: PHiSeg 2, HPU-Net 1 channel(s) per level
+    assert {(r.model, r.latent_dim) for r in records} == {("phiseg", 2), ("hpunet", 1)}
     assert all(r.metrics["er"] is not None and r.metrics["er"] >= 1 for r in records)
     assert all({"reconstruction", "kl"} <= set(r.history[0]["train_terms"]) for r in records)
     assert {(r.model, r.dataset) for r in build_leaderboard(records)} == pairs
@@ -314,13 +318,14 @@ def test_hierarchical_models_tune(model, fixed, names, tiny_preset, tmp_path, mo
     assert [p.name for p in search_space(exp)] == names
     monkeypatch.chdir(tmp_path)
     args = ["tune", "--model", model, "--dataset", "synthetic", "--dataset-param", "n_images=40", "--dataset-param",
-            "size=32", "--latent-dim", "1", "--preset", tiny_preset, "--trials", "1", "--objective", "val_loss"]
+            "size=32", "--preset", tiny_preset, "--trials", "1", "--objective", "val_loss"]
     for f in fixed:
         args += ["--fix", f]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     text = (tmp_path / f"{model}-synthetic-val_loss.toml").read_text()
     assert all(f"{n} = " in text for n in names)
+    assert f"latent_dim = {2 if model == 'phiseg' else 1}" in text  # no -d: the reference code's d
 
 
 def test_analyze_skips_the_per_axis_figures_of_a_hierarchical_model(hierarchical_runs):

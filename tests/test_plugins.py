@@ -104,7 +104,9 @@ def test_list_name_shows_one_plugin_in_detail(run_main):
     assert code == 0
     text = " ".join(out.split())
     assert text.startswith("model punet: Probabilistic U-Net")
-    assert "provided by: probseg-bench " in text and "objective: reconstruction (BCE) + beta * kl" in text
+    assert "provided by: probseg-bench " in text
+    assert "objective: reconstruction (the model's own if it returns one, else BCE) + beta * kl" in text
+    assert "latent dim when -d is not given: 6" in text
     assert "│ beta │ 1 │ 0.01 .. 100 │ yes │ yes │ weight of the KL" in text
     assert "│ filters │ 32,64,128,192 │" in text
     code, out, _ = run_main("list", "qubiq-brain-tumor")

@@ -16,7 +16,7 @@ from probseg_bench.api import HyperParameter, ModelSpec, ObjectiveTerm
 from probseg_bench.cli import app
 from probseg_bench.plugins import get_plugins, reset_plugins
 from probseg_bench.results import ResultsStore
-from probseg_bench.validation import validate, validation_requests
+from probseg_bench.validation import validate, validation_requests, write_report
 from probseg_datasets.synthetic import load_synthetic, oracle_metrics, true_distribution
 
 from fakeplugin import TinyLatentModel, install_fake_distribution, make_model_plugin_module
@@ -103,8 +103,9 @@ def test_validate_command_writes_the_report_and_reuses_stored_folds(tmp_path, ti
     assert {"ged", "hm_iou", "ewd", "ged_expected", "diversity"} <= set(report["oracle"])
     assert [m["model"] for m in report["models"]] == ["punet", "spunet"]
     for m in report["models"]:
-        assert set(m) == {"model", "label", "folds", "metrics", "ewd_ratio", "ged_ratio", "ewd_gap", "ged_gap",
-                          "train_seconds"}
+        assert set(m) == {"model", "label", "folds", "metrics", "latent_dim", "latent_size", "ewd_ratio",
+                          "ged_ratio", "ewd_gap", "ged_gap", "train_seconds"}
+        assert m["latent_dim"] == m["latent_size"] == 2
         assert m["folds"] == [0] and 1.0 <= m["metrics"]["er"] <= 2.0
         assert m["ewd_ratio"] == pytest.approx(m["metrics"]["ewd"] / report["oracle"]["ewd"])
     assert report["best_model"] == min(report["models"], key=lambda m: m["metrics"]["ewd"])["label"]
@@ -122,6 +123,36 @@ def test_validate_command_writes_the_report_and_reuses_stored_folds(tmp_path, ti
     assert table.exit_code == 0, table.output
     assert f"preset {tiny_preset} (epochs=1)" in table.stdout  # the override is part of what is shown
     assert "punet" in table.stdout and "spunet" in table.stdout and "…" not in table.stdout  # nothing cut off
+
+
+def test_baselines_validate_with_their_reference_d_and_dashes_where_a_metric_does_not_apply(tmp_path, tiny_preset):
+    """ssn has no latent prior (no ER, no posterior reconstruction), phiseg / hpunet run at their reference d
+    (2 and 1 channels per level) and their ER spans every level: no ER test pairs any of them with punet."""
+    store = ResultsStore(str(tmp_path / "r.db"))
+    requests = validation_requests(["ssn", "phiseg", "hpunet", "punet"], dataset_params=PARAMS,
+                                   preset=tiny_preset, run_dir=tmp_path / "runs")
+    assert [r.latent_dims for r in requests] == [(6,), (2,), (1,), (6,)]
+    small = {"ssn": SMALL, "phiseg": {"filters": "4,4,4,4"}, "hpunet": {"filters": "4,4,4", "blocks_per_level": 1},
+             "punet": SMALL}
+    requests = [replace(r, hyperparameters=small[r.model]) for r in requests]
+    report = validate(requests, store)
+    ssn, phiseg, hpunet, punet = report.models
+    assert report.latent_dim is None  # d differs per model
+    assert (ssn.latent_dim, phiseg.latent_dim, hpunet.latent_dim) == (6, 2, 1)
+    assert np.isnan(ssn.metrics["er"]) and np.isnan(ssn.metrics["reconstruction_iou"])
+    assert 0 <= phiseg.metrics["reconstruction_iou"] <= 1 and 0 <= punet.metrics["reconstruction_iou"] <= 1
+    assert phiseg.latent_size > phiseg.latent_dim and not phiseg.single_level and punet.single_level
+    pairs = {(c.a.split()[0], c.b.split()[0], c.metric) for c in report.comparisons}
+    assert len([p for p in pairs if p[2] in ("ewd", "ged")]) == 2 * 6  # every pair of the 4 models
+    assert not [p for p in pairs if p[2] == "er"]  # no two models share a latent size here
+    from probseg_bench.cli.validate import _markdown
+
+    text = _markdown(report)
+    ssn_row = next(line for line in text.splitlines() if line.startswith("| ssn"))
+    assert ssn_row.count("| – |") == 2 and ssn_row.endswith("| – |")  # ER and reconstruction IoU
+    assert "†" in next(line for line in text.splitlines() if line.startswith("| phiseg"))
+    paths = write_report(report, tmp_path / "out")
+    assert json.loads(paths[0].read_text())["latent_dim"] is None
 
 
 @pytest.mark.parametrize(("args", "expected"), [

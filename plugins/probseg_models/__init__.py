@@ -167,6 +167,7 @@ PHISEG = ModelSpec(
     objective=(ObjectiveTerm("kl", "beta"),),
     grad_clip="grad_clip",
     citation="Baumgartner et al., PHiSeg: Capturing Uncertainty in Medical Image Segmentation, MICCAI 2019",
+    latent_dim=2,  # reference zdim0: 2 channels per pixel per level
 )
 
 HPUNET = ModelSpec(
@@ -200,6 +201,7 @@ HPUNET = ModelSpec(
     grad_clip="grad_clip",
     citation="Kohl et al., A Hierarchical Probabilistic U-Net for Modeling Multi-Scale Ambiguities, arXiv "
              "1905.13077, 2019",
+    latent_dim=1,  # reference latent_dims (1, 1, 1, 1): 1 channel per pixel per scale
 )
 
 UNET_ENSEMBLE = ModelSpec(

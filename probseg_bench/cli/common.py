@@ -28,6 +28,16 @@ REFERENCE_HELP = (
 MACHINE_FORMATS = ("csv", "json", "latex")  # their notes go to stderr, so that stdout stays parseable
 
 
+def default_latent_dim(model: str | None) -> int:
+    """The d of a run that names none: the model plugin's reference d (``ModelSpec.default_latent_dim``), or
+    :data:`~probseg_bench.api.DEFAULT_LATENT_DIM` for a name that is not a model (the run's checks then name it)."""
+    from probseg_bench.api import DEFAULT_LATENT_DIM
+    from probseg_bench.plugins import get_plugins
+
+    models = get_plugins().models
+    return models.get(model).default_latent_dim if model in models.names() else DEFAULT_LATENT_DIM
+
+
 def resolve_reference(name: str | None) -> ReferenceTable | None:
     """The ``--reference`` table, or None without the option.
 

@@ -69,6 +69,8 @@ def plugin_json(plugins: Plugins, info: PluginInfo) -> dict[str, Any]:
         return out
     out["hyperparameters"] = [hyperparameter_json(hp) for hp in spec.hyperparameters]
     if isinstance(spec, ModelSpec):
+        out["default_latent_dim"] = spec.default_latent_dim
+    if isinstance(spec, ModelSpec):
         out["objective"] = [dict(t.__dict__) for t in spec.objective]
         out["grad_clip"] = spec.grad_clip
     return out
@@ -77,7 +79,7 @@ def plugin_json(plugins: Plugins, info: PluginInfo) -> dict[str, Any]:
 def _objective(spec: ModelSpec) -> str:
     terms = [f"{t.weight} * {t.regularizer}{' (swappable: --regularizer)' if t.swappable else ''}"
              for t in spec.objective]
-    return " + ".join(["reconstruction (BCE)", *terms])
+    return " + ".join(["reconstruction (the model's own if it returns one, else BCE)", *terms])
 
 
 def _parameter_table(title: str, rows: list[tuple[PluginInfo, HyperParameter]], plugin_column: bool) -> Table:
@@ -128,6 +130,8 @@ def _print_details(plugins: Plugins, info: PluginInfo) -> None:
     lines = [f"provided by: {info.distribution} (entry point `{info.entry_point}`)"]
     if isinstance(spec, ModelSpec):
         lines.append(f"objective: {_objective(spec)}")
+        lines.append(f"latent dim when -d is not given: {spec.default_latent_dim}"
+                     + (" (its reference code's)" if spec.latent_dim is not None else ""))
         regs = [t.regularizer for t in spec.objective if t.regularizer in plugins.regularizers.names()
                 and plugins.regularizers.get(t.regularizer).hyperparameters]
         if regs:

@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from probseg_bench.cli._app import FORMAT_HELP, STORAGE_HELP, app, err_console
-from probseg_bench.cli.common import REFERENCE_HELP, parse_hp, print_rows, resolve_reference
+from probseg_bench.cli.common import REFERENCE_HELP, default_latent_dim, parse_hp, print_rows, resolve_reference
 from probseg_bench.cli.progress import RichReporter, describe_run, duration, planned_epochs
 from probseg_bench.errors import ProbsegError
 from probseg_bench.executors import EXECUTORS
@@ -35,7 +35,8 @@ def run(
     dataset: str | None = typer.Option(None, "--dataset", help="Dataset plugin (see `probseg-bench list`)."),
     config: Path | None = typer.Option(None, "--config", help="A grid (TOML) of models x datasets x latent dims."),
     latent_dim: list[int] = typer.Option(
-        [], "--latent-dim", "-d", help="Latent dimension; repeat for a grid (default: 6)."),
+        [], "--latent-dim", "-d", help="Latent dimension; repeat for a grid (default: the model's reference d, see "
+                                  "`list --details`; else 6)."),
     fold: list[int] = typer.Option([], "--fold", help="Only these CV folds (repeatable) [default: all]."),
     seed: int | None = typer.Option(
         None, "--seed", help="Seed of the split, initialisation and sampling (default: 0)."),
@@ -124,8 +125,9 @@ def run(
             if "flow" in overrides:
                 raise ProbsegError("--flow and --hp flow=... both given: use one")
             overrides["flow"] = flow
+        latent_dim = latent_dim or [default_latent_dim(model)]
         requests = [RunRequest(
-            model=model, dataset=dataset, latent_dims=tuple(latent_dim or [6]), folds=tuple(fold) or None,
+            model=model, dataset=dataset, latent_dims=tuple(latent_dim), folds=tuple(fold) or None,
             seed=seed or 0, preset=preset, device=device or "auto", data_root=data_root, hyperparameters=overrides,
             regularizer=regularizer, dataset_params=dataset_params,
             trust_pickle=trust_pickle, run_dir=run_dir,

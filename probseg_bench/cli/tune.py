@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from probseg_bench.cli._app import STORAGE_HELP, app, console, err_console
-from probseg_bench.cli.common import parse_hp
+from probseg_bench.cli.common import default_latent_dim, parse_hp
 from probseg_bench.errors import ProbsegError
 from probseg_bench.presets import PRESETS
 from probseg_bench.results import DEFAULT_STORAGE
@@ -92,7 +92,8 @@ def tune(
     study: str | None = typer.Option(None, "--study", help="Study name [default: MODEL-DATASET-OBJECTIVE]."),
     objective: str = typer.Option(DEFAULT_OBJECTIVE, "--objective", help=objective_help()),
     fold: int = typer.Option(0, "--fold", help="The CV fold whose validation split scores a trial."),
-    latent_dim: int = typer.Option(6, "--latent-dim", "-d", help="Latent dimension."),
+    latent_dim: int | None = typer.Option(
+        None, "--latent-dim", "-d", help="Latent dimension (default: the model's reference d; else 6)."),
     param: list[str] = typer.Option([], "--param", help="Search range NAME=LOW:HIGH[:log] (repeatable)."),
     fix: list[str] = typer.Option([], "--fix", help="Fixed hyperparameter NAME=VALUE (repeatable)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the training and the TPE sampler."),
@@ -122,7 +123,8 @@ def tune(
     if trials < 1:
         raise ProbsegError(f"--trials: expected >= 1, got {trials}")
     fixed = parse_hp(fix, "--fix")
-    request = RunRequest(model=model, dataset=dataset, latent_dims=(latent_dim,), folds=(fold,), seed=seed,
+    d = latent_dim if latent_dim is not None else default_latent_dim(model)
+    request = RunRequest(model=model, dataset=dataset, latent_dims=(d,), folds=(fold,), seed=seed,
                          preset=preset, device=device, data_root=data_root,
                          dataset_params=parse_hp(dataset_param, "--dataset-param"),
                          protocol_overrides={"epochs": epochs} if epochs is not None else {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -17,35 +18,50 @@ from probseg_bench.errors import ProbsegError
 from probseg_bench.experiment import Experiment
 from probseg_bench.protocol import config_hash
 from probseg_bench.results import DEFAULT_STORAGE, ResultsStore
-from probseg_bench.validation import ValidationReport, validate, validation_requests, write_report
+from probseg_bench.validation import ModelValidation, ValidationReport, validate, validation_requests, write_report
 
 PAPER_MODELS = ["punet", "punet-nf", "spunet"]
+HIERARCHICAL_ER = ("†: a hierarchical model's ER runs over all its levels' latent dimensions, not comparable "
+                   "with the intrinsic dimension or a one-level model's ER")
 VALIDATE_FORMATS = ("table", "markdown", "json")
+
+
+def _num(value: float, digits: int = 3) -> str:
+    """A number, or "–" where the metric does not apply (NaN: no latent prior / posterior)."""
+    return f"{value:.{digits}f}" if math.isfinite(value) else "–"
+
+
+def _er(m: ModelValidation) -> str:
+    """ER next to the intrinsic dimension: only for a model with one latent level (a hierarchical model's ER runs
+    over all its levels' dimensions and is shown with a dagger)."""
+    return _num(m.metrics["er"], 2) + ("" if m.single_level or not math.isfinite(m.metrics["er"]) else " †")
 
 
 def _markdown(report: ValidationReport) -> str:
     o = report.oracle
     lines = [
-        "| model | EWD ↓ | oracle EWD | EWD / oracle | GED ↓ | oracle GED | GED / oracle | ER | intrinsic dim "
+        "| model | d | EWD ↓ | oracle EWD | EWD / oracle | GED ↓ | oracle GED | GED / oracle | ER | intrinsic dim "
         "| sample diversity | true diversity | annotator diversity | nearest true mask IoU | true-mask TV "
         "| reconstruction IoU |",
-        "|" + "---|" * 15,
+        "|" + "---|" * 16,
     ]
     for m in report.models:
         x = m.metrics
         lines.append(
-            f"| {m.label} | {x['ewd']:.3f} | {o['ewd']:.3f} | {m.ewd_ratio:.2f} | {x['ged']:.3f} | {o['ged']:.3f} "
-            f"| {m.ged_ratio:.2f} | {x['er']:.2f} | {report.intrinsic_dimension} | {x['sample_diversity']:.3f} "
-            f"| {o['diversity']:.3f} | {x['annotator_diversity']:.3f} | {x['nearest_true_iou']:.3f} "
-            f"| {x['true_mask_tv']:.3f} | {x['reconstruction_iou']:.3f} |"
+            f"| {m.label} | {m.latent_dim} | {x['ewd']:.3f} | {o['ewd']:.3f} | {m.ewd_ratio:.2f} | {x['ged']:.3f} "
+            f"| {o['ged']:.3f} | {m.ged_ratio:.2f} | {_er(m)} | {report.intrinsic_dimension} "
+            f"| {x['sample_diversity']:.3f} | {o['diversity']:.3f} | {x['annotator_diversity']:.3f} "
+            f"| {x['nearest_true_iou']:.3f} | {x['true_mask_tv']:.3f} | {_num(x['reconstruction_iou'])} |"
         )
-    lines.append(f"| oracle (true distribution) | {o['ewd']:.3f} | | 1 | {o['ged']:.3f} | | 1 | | "
+    lines.append(f"| oracle (true distribution) | | {o['ewd']:.3f} | | 1 | {o['ged']:.3f} | | 1 | | "
                  f"{report.intrinsic_dimension} | {o['diversity']:.3f} | | | {o['nearest_true_iou']:.3f} "
                  f"| {o['true_mask_tv']:.3f} | |")
     lines += ["", "| A | B | metric | median A - B [95% CI] | p | p (Holm) |", "|---|---|---|---|---|---|"]
     for c in report.comparisons:
         lines.append(f"| {c.a} | {c.b} | {c.metric} | {c.median_difference:+.4f} [{c.ci_low:+.4f}, "
                      f"{c.ci_high:+.4f}] | {c.p_value:.3g} | {c.p_holm:.3g} |")
+    if any(not m.single_level for m in report.models):
+        lines += ["", HIERARCHICAL_ER]
     return "\n".join(lines) + "\n"
 
 
@@ -62,18 +78,22 @@ def _print_table(report: ValidationReport) -> None:
     diversity and what bounds each model; then the paired tests."""
     o = report.oracle
     params = ", ".join(f"{k}={v}" for k, v in sorted(report.dataset_params.items()))
-    title = (f"validity against the true distribution: {report.dataset} ({params}), d={report.latent_dim}, "
+    dims = f"d={report.latent_dim}" if report.latent_dim is not None else "d per model"
+    title = (f"validity against the true distribution: {report.dataset} ({params}), {dims}, "
              f"preset {report.preset_label}, {report.n_test} test images")
-    truth = Table(title=title, caption="oracle: 16 draws per image from the true distribution, scored like a "
-                                       "model; ratio: model / oracle")
-    for col in ("model", "fold(s)", "EWD ↓", "oracle", "ratio", "GED ↓", "oracle ", "ratio ", "ER", "intrinsic\ndim"):
+    caption = "oracle: 16 draws per image from the true distribution, scored like a model; ratio: model / oracle"
+    if any(not m.single_level for m in report.models):
+        caption += "; " + HIERARCHICAL_ER
+    truth = Table(title=title, caption=caption)
+    for col in ("model", "d", "fold(s)", "EWD ↓", "oracle", "ratio", "GED ↓", "oracle ", "ratio ", "ER",
+                "intrinsic\ndim"):
         _add_column(truth, col)
     for m in report.models:
         x = m.metrics
-        truth.add_row(m.label, ",".join(map(str, m.folds)), f"{x['ewd']:.3f}", f"{o['ewd']:.3f}",
+        truth.add_row(m.label, str(m.latent_dim), ",".join(map(str, m.folds)), f"{x['ewd']:.3f}", f"{o['ewd']:.3f}",
                       f"{m.ewd_ratio:.2f}", f"{x['ged']:.3f}", f"{o['ged']:.3f}", f"{m.ged_ratio:.2f}",
-                      f"{x['er']:.2f}", str(report.intrinsic_dimension))
-    truth.add_row("oracle (true distribution)", "", f"{o['ewd']:.3f}", "", "1", f"{o['ged']:.3f}", "", "1", "",
+                      _er(m), str(report.intrinsic_dimension))
+    truth.add_row("oracle (true distribution)", "", "", f"{o['ewd']:.3f}", "", "1", f"{o['ged']:.3f}", "", "1", "",
                   str(report.intrinsic_dimension), style="dim")
     console.print(truth)
     bounds = Table(
@@ -89,7 +109,7 @@ def _print_table(report: ValidationReport) -> None:
         x = m.metrics
         bounds.add_row(m.label, f"{x['sample_diversity']:.3f}", f"{o['diversity']:.3f}",
                        f"{x['annotator_diversity']:.3f}", f"{x['nearest_true_iou']:.3f}", f"{x['true_mask_tv']:.3f}",
-                       f"{x['reconstruction_iou']:.3f}", f"{m.train_seconds:.0f}")
+                       _num(x['reconstruction_iou']), f"{m.train_seconds:.0f}")
     bounds.add_row("oracle (true distribution)", f"{o['diversity']:.3f}", "", "", f"{o['nearest_true_iou']:.3f}",
                    f"{o['true_mask_tv']:.3f}", "", "", style="dim")
     console.print(bounds)
@@ -113,7 +133,8 @@ def validate_command(
     dataset_param: list[str] = typer.Option(
         [], "--dataset-param", help="Dataset parameter NAME=VALUE over the validation defaults (repeatable)."
     ),
-    latent_dim: int = typer.Option(6, "--latent-dim", "-d", help="Latent dimension."),
+    latent_dim: int | None = typer.Option(
+        None, "--latent-dim", "-d", help="Latent dimension (default: each model's reference d; else 6)."),
     fold: list[int] = typer.Option([0], "--fold", help="CV folds to train (repeatable)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation and sampling."),
     preset: str = typer.Option("quick", "--preset", help="Protocol preset."),
@@ -138,14 +159,15 @@ def validate_command(
     for request in requests:  # every check that needs no data, before the store file is written
         Experiment.check(request)
     store = ResultsStore(storage)
+    dims = ", ".join(f"{r.model} d={r.latent_dims[0]}" for r in requests)
     err_console.print(f"validate: {', '.join(model)} on {dataset} "
                       f"({', '.join(f'{k}={v}' for k, v in requests[0].dataset_params.items())}), "
-                      f"preset {preset}, d={latent_dim}, fold(s) {', '.join(map(str, fold))}", highlight=False)
+                      f"preset {preset}, {dims}, fold(s) {', '.join(map(str, fold))}", highlight=False)
     with RichReporter(len(requests) * len(fold)) as reporter:
         report = validate(requests, store, reporter)
     identity = {"models": model, "dataset": dataset, "params": report.dataset_params, "protocol": report.protocol,
-                "d": latent_dim, "folds": fold, "seed": seed}
-    folder = output / f"{dataset}-d{latent_dim}-{preset}-{config_hash(identity)}"
+                "d": [r.latent_dims[0] for r in requests], "folds": fold, "seed": seed}
+    folder = output / f"{dataset}-d{report.latent_dim or 'model'}-{preset}-{config_hash(identity)}"
     paths = write_report(report, folder)
     if fmt == "json":
         print(json.dumps(report.as_dict(), indent=2, default=float))
