@@ -103,7 +103,7 @@ def main() -> None:
     marked = (np.asarray(data.masks).reshape(len(data), data.num_annotators, -1).max(-1) > 0).sum(1) >= MARKED
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = args.workdir or Path(tmp)
+        workdir = (args.workdir or Path(tmp)).resolve()  # the runs start in it: a relative path would nest
         workdir.mkdir(parents=True, exist_ok=True)
         for model in args.models:
             wall = run_model(model, workdir, args.extra)

@@ -252,7 +252,9 @@ class ModelSpec:
     each term a per-image value, averaged over the batch. ``grad_clip`` names the hyperparameter holding the
     gradient-norm clip (0 = none), if any. ``latent_dim`` is the d of the model's reference code (e.g. PHiSeg's
     2 channels per pixel per level), used by ``run``, ``tune`` and ``validate`` when ``--latent-dim`` is not
-    given; None means :data:`DEFAULT_LATENT_DIM` (6, the middle of the seed paper's d = 4..7).
+    given; None means :data:`DEFAULT_LATENT_DIM` (6, the middle of the seed paper's d = 4..7). ``revision``: raise
+    it when a fix changes what a configuration of the model trains; from 1 on it is part of the configuration hash,
+    so results stored before the fix are not taken for the fixed model's (0 leaves the hashes as they were).
     """
 
     name: str
@@ -263,6 +265,7 @@ class ModelSpec:
     grad_clip: str | None = None
     citation: str = ""
     latent_dim: int | None = None
+    revision: int = 0
 
     @property
     def default_latent_dim(self) -> int:

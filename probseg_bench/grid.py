@@ -4,7 +4,7 @@ Keys (all but ``models`` and ``datasets`` optional)::
 
     models = ["punet", "punet-nf", "spunet"]
     datasets = ["lidc", "qubiq-pancreas"]
-    latent_dims = [4, 5, 6, 7]          # default [6]
+    latent_dims = [4, 5, 6, 7]          # default: each model's reference d (6; phiseg 2, hpunet 1)
     folds = [0, 1, 2]                   # default: all folds of the preset
     preset = "paper"                    # default "paper"
     seed = 0
@@ -42,7 +42,7 @@ class GridConfig:
 
     models: tuple[str, ...]
     datasets: tuple[str, ...]
-    latent_dims: tuple[int, ...] = (6,)
+    latent_dims: tuple[int, ...] | None = None  # None: each model's ``ModelSpec.default_latent_dim``
     folds: tuple[int, ...] | None = None
     preset: str = "paper"
     seed: int = 0
@@ -54,9 +54,13 @@ class GridConfig:
 
     def requests(self, run_dir: Path = Path("probseg-runs")) -> list[RunRequest]:
         """One request per (dataset, model), datasets outermost."""
+        from probseg_bench.plugins import get_plugins
+
+        models = get_plugins().models
         return [
             RunRequest(
-                model=m, dataset=d, latent_dims=self.latent_dims, folds=self.folds, seed=self.seed,
+                model=m, dataset=d, latent_dims=self.latent_dims or (models.get(m).default_latent_dim,),
+                folds=self.folds, seed=self.seed,
                 preset=self.preset, device=self.device, data_root=self.data_roots.get(d),
                 hyperparameters=self.hyperparameters.get(m, {}), dataset_params=self.dataset_params.get(d, {}),
                 run_dir=run_dir, protocol_overrides=self.protocol,
@@ -182,7 +186,7 @@ def load_grid(path: Path) -> GridConfig:
     grid = GridConfig(
         models=_names(path, raw, "models", True),
         datasets=_names(path, raw, "datasets", True),
-        latent_dims=_ints(path, raw, "latent_dims", 1) or (6,),
+        latent_dims=_ints(path, raw, "latent_dims", 1),
         folds=_ints(path, raw, "folds", 0),
         preset=raw.get("preset", "paper"),
         seed=raw.get("seed", 0),

@@ -161,8 +161,8 @@ def build_leaderboard(records: list[FoldRecord], test_metric: str = "ewd") -> li
                 cohorts.setdefault(row.latent_size if metric.per_latent_size else None, []).append(row)
             for cohort in cohorts.values():
                 finite = [row.mean[key] for row in cohort if math.isfinite(row.mean[key])]
-                if not finite:
-                    continue
+                if not finite or (metric.per_latent_size and len(finite) == 1 and len(ranked) > 1):
+                    continue  # nothing to rank, or rows to rank but none other of this latent size: no bold
                 target = (max if metric.higher_is_better else min)(finite)
                 for row in cohort:
                     if math.isclose(row.mean[key], target, rel_tol=0, abs_tol=1e-12):
@@ -292,8 +292,8 @@ def leaderboard_table(rows: list[LeaderboardRow], test_metric: str = "ewd",
         body.append(cells)
         bold.append(flags)
     caption = ("mean ± std over folds (ddof=1); ↓ lower / ↑ higher is better; best per dataset in bold (ER: "
-               "among rows of one latent size); div.: mean 1 - IoU over distinct pairs of a test image's samples / "
-               "annotations (not ranked); p: "
+               "among rows of one latent size, none alone); div.: mean 1 - IoU over distinct pairs of a test "
+               "image's samples / annotations (not ranked); p: "
                "Wilcoxon signed-rank over test images vs. the best row, Holm-corrected")
     notes = reference.footnotes() if reference is not None else []
     if any(r.partial for r in rows):

@@ -121,8 +121,11 @@ class RunPlan:
         protocol = exp.protocol_settings()
         hyperparameters = {"model": model_hp, "regularizers": reg_hp,
                            "objective": [[t.regularizer, t.weight] for t in exp.terms]}
-        chash = config_hash({"seed": request.seed, "protocol": protocol, "hyperparameters": hyperparameters,
-                             "split": exp.splits.split_hash, "dataset": exp.dataset_params})
+        payload: dict[str, Any] = {"seed": request.seed, "protocol": protocol, "hyperparameters": hyperparameters,
+                                   "split": exp.splits.split_hash, "dataset": exp.dataset_params}
+        if exp.model_spec.revision:  # a fix changed what this model trains: its older records no longer match
+            payload["model_revision"] = exp.model_spec.revision
+        chash = config_hash(payload)
         versions = package_versions("probseg-bench", "torch", "numpy", "scipy", "geomloss")
         return cls(request, exp, model_hp, reg_hp, hyperparameters, protocol, chash, versions,
                    exp.data.subset(exp.splits.test))

@@ -8,8 +8,9 @@ puts side by side:
 
 * EWD and GED of the model next to the oracle's (``oracle_metrics``: 16 draws from the true distribution per
   image scored against the same annotations with the same metric code), their ratio and difference;
-* the effective rank of the prior next to the data's intrinsic dimension (models with one latent level; a model
-  without a latent prior, or a hierarchical one whose ER runs over every level's dimensions, has none here);
+* the effective rank of the prior next to the data's intrinsic dimension (NaN for a model without a latent
+  prior; a hierarchical model's runs over every level's dimensions: ``ModelValidation.single_level`` is False,
+  the report marks it and leaves it out of the figure's ER panel);
 * the model's sample diversity (mean 1 - IoU over distinct pairs of its 16 samples) next to the annotator
   diversity (the same over the annotations) and the true diversity (the exact expected 1 - IoU between two
   independent draws of the true distribution);

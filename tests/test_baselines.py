@@ -65,7 +65,7 @@ def test_ssn_mc_loss_by_hand():
     l2 = -1.0 - math.log(math.exp(1.0) + math.exp(-1.0))
     expected = -math.log((math.exp(l1) + math.exp(l2)) / 2)
     assert float(mc_nll(eta, y)[0]) == pytest.approx(expected, abs=1e-6)
-    # BASELINES.md: log-likelihoods -1 and -3 give log-mean-exp -1.5662; S copies of one draw give its NLL
+    # hand-computed: log-likelihoods -1 and -3 give log-mean-exp -1.5662; S copies of one draw give its NLL
     ll = torch.tensor([[-1.0, -3.0]])
     assert float(torch.logsumexp(ll, 1) - math.log(2)) == pytest.approx(-1.5662, abs=1e-4)
     same = eta[:, :1].expand(1, 5, 2)

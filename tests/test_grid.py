@@ -25,6 +25,14 @@ def test_the_shipped_grids_parse():
     assert load_grid(REPO / "benchmarks" / "quick_grid.toml").preset == "quick"
 
 
+def test_a_grid_without_latent_dims_runs_each_model_at_its_reference_d(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('models = ["punet", "phiseg", "hpunet"]\ndatasets = ["synthetic"]\n')
+    assert [r.latent_dims for r in load_grid(grid).requests()] == [(6,), (2,), (1,)]
+    grid.write_text('models = ["punet", "phiseg"]\ndatasets = ["synthetic"]\nlatent_dims = [4]\n')
+    assert [r.latent_dims for r in load_grid(grid).requests()] == [(4,), (4,)]  # given: the same for all
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("models = ['punet']", "'datasets' must be a non-empty list"),
     ("models = ['punet']\ndatasets = ['x']\nlatent_dim = [4]", "unknown key 'latent_dim'"),

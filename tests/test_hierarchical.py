@@ -1,6 +1,6 @@
-"""Tests of the hierarchical baselines: PHiSeg (Baumgartner et al. 2019; BASELINES.md section 1 (e)), the HPU-Net
-with GECO (Kohl et al. 2019; section 2 (e)) and the hierarchical parts of the contract (TrainOutput.level_sizes /
-level_weights, per-level KL and ER)."""
+"""Tests of the hierarchical baselines: PHiSeg (Baumgartner et al. 2019; baumgach/PHiSeg-code), the HPU-Net with
+GECO (Kohl et al. 2019; deepmind-research hierarchical_probabilistic_unet) and the hierarchical parts of the
+contract (TrainOutput.level_sizes / level_weights, per-level KL and ER)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from torch.distributions import Normal
 
 from probseg_bench.api import TrainOutput
+from probseg_bench.errors import ProbsegError
 from probseg_bench.metrics import effective_rank, effective_rank_per_level
 from probseg_bench.plugins import get_plugins
 from probseg_models.hpunet import GECO, HierarchicalProbabilisticUNet, top_k_mask
@@ -236,6 +237,57 @@ def test_hpunet_multiplier_is_trained_by_the_suite_objective():
         optimiser.step()
     assert float(model.geco.multiplier.detach()) > before
     assert {"geco.w", "geco.moving_average", "geco.steps"} <= set(model.state_dict())
+
+
+def test_hpunet_per_scale_mean_sampling():
+    """The reference's sample(img, mean=[...]): all means are deterministic, and varying only the coarsest scale
+    (mean=[0, 1, 1]) draws fewer distinct masks than sampling every scale; the default samples every scale."""
+    model = small_hpunet().eval()
+    x, _ = batch()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        default = model.sample(x, 3)
+        torch.manual_seed(0)
+        torch.testing.assert_close(model.sample(x, 3, mean=[False] * 3), default)  # same draws as the default
+        means = model.sample(x, 3, mean=True)
+        torch.testing.assert_close(means[:, 0], means[:, 1])
+        torch.testing.assert_close(model.sample(x, 3, mean=[True, True, True]), means)
+        global_only = model.sample(x, 3, mean=[False, True, True])
+    assert not torch.allclose(global_only[:, 0], global_only[:, 1])  # z_0 still varies
+    finer = (default[:, 0] - default[:, 1]).abs().mean()
+    assert (global_only[:, 0] - global_only[:, 1]).abs().mean() < finer
+    with pytest.raises(ProbsegError, match="one flag per latent scale \\(3\\), got 2"):
+        model.sample(x, 2, mean=[True, False])
+
+
+def test_hpunet_validation_loss_does_not_depend_on_lambda():
+    """The checkpoint is the epoch of lowest validation loss; with lambda * C in it, an hpunet fold picked epoch 9
+    of 73 on synthetic (lambda still high, C < 0). In eval mode the reconstruction is the BCE over all pixels
+    (the negative ELBO's), whatever lambda is; training keeps lambda * C."""
+    from torch.nn import functional as F
+
+    from probseg_bench.experiment import build_objective
+    from probseg_bench.training import validation_loss
+
+    model = small_hpunet()
+    objective = build_objective(get_plugins().models.get("hpunet"), get_plugins(), {"beta": 1.0})
+    x, y = batch()
+    losses = []
+    for multiplier in (1.0, 50.0):
+        with torch.no_grad():
+            model.geco.w.fill_(float(torch.log(torch.expm1(torch.tensor(multiplier**0.5)))))
+        losses.append(validation_loss(model, objective, x, y, batch_size=2, seed=3)[0])
+        model.eval()
+        torch.manual_seed(3)
+        with torch.no_grad():
+            out = model(x, y)
+        bce = F.binary_cross_entropy_with_logits(out.logits, out.target, reduction="none").flatten(1).sum(1)
+        torch.testing.assert_close(out.reconstruction, bce)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    model.train()
+    with torch.no_grad():
+        trained = model(x, y).reconstruction
+    assert not torch.allclose(trained, bce)  # training: lambda * (MA - kappa * N) over the top-k pixels
 
 
 def test_hpunet_kl_per_level_matches_a_monte_carlo_estimate():

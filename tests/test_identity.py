@@ -232,3 +232,27 @@ def test_tune_names_a_bad_fixed_value_and_an_interrupted_trial(run_main, tmp_pat
     assert "Traceback" not in err
     code, _, err = run_main("tune", "--model", "punet", "--dataset", "synthetic", "--objective", "val_loss", "--show")
     assert "trial 0 failed: interrupted (Ctrl-C) during training" in err
+
+
+def test_a_model_revision_is_part_of_the_configuration_hash(monkeypatch, tiny_preset):
+    """A fix that changes what a model trains raises its ModelSpec.revision (hpunet: 1, its lambda-free validation
+    loss), so results stored before the fix are not reused as the fixed model's; revision 0 keeps old hashes."""
+    import hashlib
+    from dataclasses import replace
+
+    from probseg_bench.experiment import RunRequest
+    from probseg_bench.plugins import get_plugins
+    from probseg_bench.protocol import RunPlan
+
+    plugins = get_plugins()
+    assert plugins.models.get("hpunet").revision == 1 and plugins.models.get("punet").revision == 0
+    request = RunRequest(model="punet", dataset="synthetic", latent_dims=(2,), folds=(0,), preset=tiny_preset,
+                         dataset_params={"n_images": 40, "size": 32})
+    plan = RunPlan.prepare(request, plugins)
+    payload = {"seed": 0, "protocol": plan.protocol, "hyperparameters": plan.hyperparameters,
+               "split": plan.exp.splits.split_hash, "dataset": plan.exp.dataset_params}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    assert plan.config_hash == digest  # revision 0: the hash of earlier versions
+    monkeypatch.setitem(plugins.models._items, "punet", replace(plugins.models.get("punet"), revision=1))
+    revised = RunPlan.prepare(request, plugins).config_hash
+    assert revised != plan.config_hash

@@ -202,6 +202,7 @@ HPUNET = ModelSpec(
     citation="Kohl et al., A Hierarchical Probabilistic U-Net for Modeling Multi-Scale Ambiguities, arXiv "
              "1905.13077, 2019",
     latent_dim=1,  # reference latent_dims (1, 1, 1, 1): 1 channel per pixel per scale
+    revision=1,  # 1: the validation loss (checkpoint selection) is the negative ELBO, free of GECO's lambda
 )
 
 UNET_ENSEMBLE = ModelSpec(

@@ -1,6 +1,6 @@
 """The Hierarchical Probabilistic U-Net (Kohl et al. 2019) with its GECO objective, after the authors' public code
-(deepmind-research ``hierarchical_probabilistic_unet``, Sonnet v1.35's GECO primitives; /work/shared/BASELINES.md
-section 2).
+(github.com/google-deepmind/deepmind-research, ``hierarchical_probabilistic_unet``; Sonnet v1.35's GECO primitives
+``LagrangeMultiplier`` and ``MovingAverage``).
 
 A U-Net of pre-activation residual blocks (no normalisation) whose decoder interleaves K latent scales from the
 bottleneck up (l = 0 the coarsest): at decoder level l, (mu_l, log sigma_l) = conv1x1(h_l), z_l ~ N(mu_l, sigma_l^2)
@@ -25,6 +25,7 @@ Flattened latent layout: the levels' z_l (d, h_l, w_l) from l = 0 (coarsest) to 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -89,12 +90,13 @@ class HierarchicalCore(nn.Module):
                 self.decoder.append(res_stack(h + d + rev[level + 1], rev[level + 1], blocks, convs))
             h = rev[level + 1]
 
-    def forward(self, x: torch.Tensor, given: list[torch.Tensor] | None = None, repeat: int = 1
-                ) -> tuple[torch.Tensor, list[torch.Tensor], list[Normal], list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, given: list[torch.Tensor] | None = None, repeat: int = 1,
+                mean: Sequence[bool] = ()) -> tuple[torch.Tensor, list[torch.Tensor], list[Normal], list[torch.Tensor]]:
         """-> (decoder features, encoder features, per-level distributions, the latents used), l = 0 coarsest.
 
         ``given``: latents to inject (teacher forcing / decoding) instead of this net's samples. ``repeat``: the
-        encoder runs once and its features are repeated (B -> B * repeat) for ancestral samples."""
+        encoder runs once and its features are repeated (B -> B * repeat) for ancestral samples. ``mean[l]``: use
+        the level's mean instead of a sample (the reference's ``sample(mean=[...])``)."""
         feats = []
         h = x
         for i, stage in enumerate(self.encoder):
@@ -108,7 +110,10 @@ class HierarchicalCore(nn.Module):
         for level in range(self.levels):
             mu, log_sigma = self.heads[level](h).chunk(2, 1)
             dist = Normal(mu, torch.exp(log_sigma))
-            z = given[level] if given is not None else dist.rsample()
+            if given is not None:
+                z = given[level]
+            else:
+                z = dist.loc if level < len(mean) and mean[level] else dist.rsample()
             dists.append(dist)
             used.append(z)
             if level == len(self.decoder):  # the posterior: no decoder after the last latent
@@ -261,11 +266,22 @@ class HierarchicalProbabilisticUNet(nn.Module):
         logits = self.f_comb(out, feats)
         return logits.reshape(b, n, *logits.shape[1:])
 
-    def sample(self, image: torch.Tensor, n: int) -> torch.Tensor:
-        """n ancestral samples of the prior (encoder run once) -> logits [B, n, K, H, W]."""
+    def sample(self, image: torch.Tensor, n: int, mean: bool | Sequence[bool] = False) -> torch.Tensor:
+        """n ancestral samples of the prior (encoder run once) -> logits [B, n, K, H, W].
+
+        ``mean``: True takes every scale's mean (deterministic), a list of one bool per latent scale (l = 0 the
+        coarsest) the means of the scales marked True, e.g. ``[False, True, True]`` varies only the global z_0 (the
+        reference's ``sample(img, mean=[0, 1, 1, 1])``). The evaluation calls ``sample(image, n)``: all sampled.
+
+        Raises:
+            ProbsegError: a list whose length is not the number of latent scales.
+        """
         b = image.shape[0]
         self.level_shapes(*image.shape[-2:])
-        out, feats, _, _ = self.prior_net(image, repeat=n)
+        flags = [bool(mean)] * self.latent_levels if isinstance(mean, bool) else [bool(m) for m in mean]
+        if len(flags) != self.latent_levels:
+            raise ProbsegError(f"mean: expected one flag per latent scale ({self.latent_levels}), got {len(flags)}")
+        out, feats, _, _ = self.prior_net(image, repeat=n, mean=flags)
         logits = self.f_comb(out, feats)
         return logits.reshape(b, n, *logits.shape[1:])
 
@@ -276,7 +292,11 @@ class HierarchicalProbabilisticUNet(nn.Module):
         return (mask * e).sum(1), mask.sum(1)
 
     def forward(self, image: torch.Tensor, masks: torch.Tensor) -> TrainOutput:
-        """One annotation k per image; posterior latents injected into the prior net; GECO (or ELBO) term."""
+        """One annotation k per image; posterior latents injected into the prior net; ``reconstruction`` [B] the
+        GECO term lambda * (MA(R) - kappa * N) (or the ELBO variant's top-k R) in training mode. In eval mode (the
+        suite's validation loss, which selects the checkpoint and scores ``tune``'s val_loss) it is the BCE summed
+        over all pixels, so the validation loss is the negative ELBO: GECO's lambda changes from epoch to epoch,
+        and a loss scaled by it would pick the epoch with the most convenient lambda, not the best model."""
         b, a = masks.shape[:2]
         h, w = image.shape[-2:]
         shapes = self.level_shapes(h, w)
@@ -285,8 +305,12 @@ class HierarchicalProbabilisticUNet(nn.Module):
         _, _, q, z_q = self.posterior_net(torch.cat([1.0 - y, y, image], 1))
         out, feats, p, _ = self.prior_net(image, given=z_q)
         logits = self.f_comb(out, feats)
-        r, n = self.reconstruction_terms(logits.float(), y.float())
-        reconstruction = self.geco(r, n) if self.loss_type == "geco" else r
+        if self.training:
+            r, n = self.reconstruction_terms(logits.float(), y.float())
+            reconstruction = self.geco(r, n) if self.loss_type == "geco" else r
+        else:  # validation: the negative ELBO's BCE over every pixel, free of lambda and of the top-k draw
+            reconstruction = F.binary_cross_entropy_with_logits(logits.float(), y.float(), reduction="none").flatten(
+                1).sum(1)
         prior, posterior = flatten_normals(p), flatten_normals(q)
         return TrainOutput(
             logits=logits, target=y, prior=prior, posterior=posterior,

@@ -1,5 +1,5 @@
 """PHiSeg (Baumgartner et al., MICCAI 2019): a hierarchy of per-pixel latent levels, after the public reference
-code (baumgach/PHiSeg-code, config ``phiseg_7_5``; /work/shared/BASELINES.md section 1).
+code (github.com/baumgach/PHiSeg-code, config ``phiseg_7_5``).
 
 Levels l = 0..L-1, l = 0 the finest; R resolution levels (one per entry of ``filters``), Delta = R - L; latent
 z_l has d channels on a (H / 2^(l + Delta)) x (W / 2^(l + Delta)) grid. Prior p(z_{L-1}|x) prod_l p(z_l|z_{l+1}, x)

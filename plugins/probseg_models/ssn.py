@@ -11,9 +11,11 @@ per image, summed over pixels (not averaged), from S reparameterised samples (no
 is the sigmoid of that difference), so the evaluation scores it unchanged. The model has no latent prior
 (``latent_dim = 0``, see :class:`probseg_bench.api.LatentSegmentationModel`).
 
-Defaults taken (BASELINES.md section 3): rank R = 10, S = 20 MC samples, 2 classes, D = exp(log_cov_diag) + 1e-5,
-no ROI mask and no antithetic pairs (the LIDC settings of SSN-TF; ``antithetic=True`` gives the PyTorch SSN's
-pairs mu +- (eta - mu), S even), event order (C, H, W) with cov-factor channel r*C + c (PyTorch SSN's layout).
+Defaults taken from the authors' code (github.com/biomedia-mira/stochastic_segmentation_networks, and its TF fork
+MiguelMonteiro/PHiSeg-code for LIDC-2D, "SSN-TF"): rank R = 10, S = 20 MC samples, 2 classes,
+D = exp(log_cov_diag) + 1e-5, no ROI mask and no antithetic pairs (the LIDC settings of SSN-TF; ``antithetic=True``
+gives the PyTorch SSN's pairs mu +- (eta - mu), S even), event order (C, H, W) with cov-factor channel r*C + c
+(PyTorch SSN's layout).
 Training reconstructs one annotation drawn uniformly per image, as the other built-ins do.
 """
 

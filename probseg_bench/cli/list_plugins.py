@@ -70,7 +70,6 @@ def plugin_json(plugins: Plugins, info: PluginInfo) -> dict[str, Any]:
     out["hyperparameters"] = [hyperparameter_json(hp) for hp in spec.hyperparameters]
     if isinstance(spec, ModelSpec):
         out["default_latent_dim"] = spec.default_latent_dim
-    if isinstance(spec, ModelSpec):
         out["objective"] = [dict(t.__dict__) for t in spec.objective]
         out["grad_clip"] = spec.grad_clip
     return out

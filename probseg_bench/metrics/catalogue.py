@@ -53,7 +53,8 @@ class Metric:
             minimised or maximised after ``higher_is_better``. Needs a direction.
         decimals: digits after the point in ``run``'s per-fold line.
         per_latent_size: ranked only among rows whose models have the same latent size (the prior's number of
-            dimensions, over all levels of a hierarchical model): its value is bounded by that size (ER).
+            dimensions, over all levels of a hierarchical model): its value is bounded by that size (ER). A row
+            whose latent size no other ranked row of its dataset has is not bold in it (unless it is the only one).
         description: one line for readers of the catalogue.
     """
 
