@@ -296,14 +296,14 @@ def sample_diagnostics(record: FoldRecord, truth: KnownDistribution, device: str
     reconstruction: list[float] = []
     with torch.no_grad(), torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
         torch.manual_seed(fold_seed(record.seed, record.latent_dim, record.fold) + 1)
-        for _ in range(run.test.num_annotators):  # each pass reconstructs one random annotation per image
+        # latent_dim 0: no latent posterior to reconstruct from (e.g. ssn, unet-ensemble): no passes, NaN
+        passes = run.test.num_annotators if int(run.model.latent_dim) > 0 else 0
+        for _ in range(passes):  # each pass reconstructs one random annotation per image
             for start in range(0, len(run.test), int(protocol["batch_size"])):
                 x = torch.as_tensor(run.test.images[start : start + int(protocol["batch_size"])],
                                     device=run.device).float()
                 y = torch.as_tensor(run.test.masks[start : start + int(protocol["batch_size"])], device=run.device)
                 out = run.model(x, y)
-                if out.posterior is None:  # no latent posterior to reconstruct from (e.g. ssn, unet-ensemble)
-                    break
                 pred, target = out.logits[:, 0] > 0, out.target[:, 0] > 0.5
                 union = (pred | target).flatten(1).sum(1)
                 iou = torch.where(union > 0, (pred & target).flatten(1).sum(1) / union.clamp(min=1), 1.0)

@@ -65,6 +65,13 @@ def test_kl_per_level_closed_form_values():
     assert float(kl_per_level(same).abs().max()) == 0.0
 
 
+def monte_carlo_kl_per_level(out: TrainOutput, draws: int = 20000) -> torch.Tensor:
+    """Per level, the mean over z ~ q of log q_l(z) - log p_l(z): [B, L], independent of the closed form."""
+    z = out.posterior.sample((draws,))
+    log_ratio = out.posterior.log_prob(z) - out.prior.log_prob(z)  # [S, B, D]
+    return torch.stack([blk.sum(-1).mean(0) for blk in torch.split(log_ratio, list(out.level_sizes), -1)], 1)
+
+
 def test_phiseg_kl_per_level_matches_a_monte_carlo_estimate():
     """KL_l (closed form, teacher-forced prior) vs the mean of log q_l(z) - log p_l(z) over z ~ q_l."""
     model = small_phiseg()
@@ -72,9 +79,7 @@ def test_phiseg_kl_per_level_matches_a_monte_carlo_estimate():
     with torch.no_grad():
         out = model(x, y)
         exact = kl_per_level(out)
-        z = out.posterior.sample((20000,))
-        log_ratio = out.posterior.log_prob(z) - out.prior.log_prob(z)  # [S, B, D]
-        mc = torch.stack([blk.sum(-1).mean(0) for blk in torch.split(log_ratio, list(out.level_sizes), -1)], 1)
+        mc = monte_carlo_kl_per_level(out)
     assert exact.shape == (2, 3) and (exact > 0).all()
     torch.testing.assert_close(mc, exact, rtol=0.03, atol=0.05)
     weights = torch.tensor(model.level_weights)
@@ -296,9 +301,7 @@ def test_hpunet_kl_per_level_matches_a_monte_carlo_estimate():
     with torch.no_grad():
         out = model(x, y)
         exact = kl_per_level(out)
-        z = out.posterior.sample((20000,))
-        log_ratio = out.posterior.log_prob(z) - out.prior.log_prob(z)
-        mc = torch.stack([blk.sum(-1).mean(0) for blk in torch.split(log_ratio, list(out.level_sizes), -1)], 1)
+        mc = monte_carlo_kl_per_level(out)
     assert exact.shape == (2, 3) and out.level_weights == ()  # min(4, levels - 1) = 3 scales
     torch.testing.assert_close(mc, exact, rtol=0.03, atol=0.05)
     torch.testing.assert_close(KLDivergence()(out), exact.sum(1))  # unweighted sum over the scales
