@@ -1,15 +1,19 @@
 """Performance figures of issue 8, measured in one run (ratios comparable within the run).
 
     python -m benchmarks.perf [--quick-run] [--device cpu|cuda] [--steps 3] [--models punet ssn ...]  (nox -s bench)
+    python -m benchmarks.perf --sampling-only     # only what a sample costs, every model
 
 Prints a table and writes benchmarks/results/perf.json:
 - the fp32 matrix-multiply rate of this machine (torch.mm 2048^3, best of 5);
-- per model (the seven built-ins; each at its paper architecture and reference d: d = 6, phiseg 2 per level,
+- per model (the eight built-ins; each at its paper architecture and reference d: d = 6, phiseg 2 per level,
   hpunet 1 per scale; 128 x 128, 4 annotators, channels_last as in training) and batch (8, 32):
   FLOPs per image per training step (torch.utils.flop_counter), median step time, images/s, achieved FLOP/s
   and its fraction of the matmul rate;
 - each model's step-time ratio to punet's next to their FLOP ratio;
-- 16-sample inference time per image against one U-Net + prior forward;
+- per model, what a sample costs: the time for 16 samples of one 128 x 128 image (``model.sample(x, 16)``, eval
+  mode, the reference configuration: ccdm 250 denoiser passes per sample) next to one forward pass of the suite's
+  U-Net (filters 32,64,128,192, 3 convolutions per level) on that image, and their ratio;
+- 16-sample inference time per image against one U-Net + prior forward (punet, batch 8);
 - evaluation (all metrics) time against sampling time for 32 images;
 - with --quick-run: the peak resident memory (VmHWM) of one quick-preset punet fold on lidc-sample.
 """
@@ -35,7 +39,7 @@ from probseg_bench.experiment import build_objective
 from probseg_bench.metrics import effective_rank
 from probseg_bench.plugins import get_plugins
 
-MODELS = ("punet", "punet-nf", "spunet", "ssn", "unet-ensemble", "phiseg", "hpunet")
+MODELS = ("punet", "punet-nf", "spunet", "ssn", "unet-ensemble", "phiseg", "hpunet", "ccdm")
 
 
 def sync(device: torch.device) -> None:
@@ -109,27 +113,57 @@ def inference(device: torch.device, b: int = 8, n: int = 16, repeats: int = 3) -
     model.eval()
     x, y = batch(32, device)
 
-    def timed(fn: Any) -> float:
-        fn()
-        out = []
-        for _ in range(repeats):
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            out.append(time.perf_counter() - t0)
-        return statistics.median(out)
-
     xb = x[:b]
-    forward = timed(lambda: (model.unet(xb), model.prior(xb)))
-    sampling_b = timed(lambda: model.sample(xb, n))
-    sample_32 = timed(lambda: (model.sample(x, n), model.prior(x)))
+    forward = timed(lambda: (model.unet(xb), model.prior(xb)), device, repeats)
+    sampling_b = timed(lambda: model.sample(xb, n), device, repeats)
+    sample_32 = timed(lambda: (model.sample(x, n), model.prior(x)), device, repeats)
     logits = model.sample(x, n)[:, :, 0]
     sigma = model.prior(x).scale
-    metrics_32 = timed(lambda: (image_metrics(logits, y), effective_rank(sigma)))
+    metrics_32 = timed(lambda: (image_metrics(logits, y), effective_rank(sigma)), device, repeats)
     return {"forward_per_image_s": forward / b, "sample16_per_image_s": sampling_b / b,
             "sample_over_forward": sampling_b / forward, "sampling_32_s": sample_32, "metrics_32_s": metrics_32,
             "metrics_over_sampling": metrics_32 / sample_32}
+
+
+def timed(fn: Any, device: torch.device, repeats: int = 3, slow_s: float = 20.0) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` calls after one warm-up call (one timed call when the
+    warm-up took longer than ``slow_s``: its time is the measurement)."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    first = time.perf_counter() - t0
+    if first > slow_s:
+        return first
+    out = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+@torch.no_grad()
+def sampling_costs(names: list[str], device: torch.device, n: int = 16) -> dict[str, dict[str, float]]:
+    """Per model: seconds for ``n`` samples of one 128 x 128 image, one forward of the suite's U-Net on it, ratio."""
+    from probseg_bench.nn import UNet
+
+    x, _ = batch(1, device)
+    torch.manual_seed(0)
+    unet = UNet(1, (32, 64, 128, 192), 3).to(device).to(memory_format=torch.channels_last).eval()
+    forward = timed(lambda: unet(x), device, repeats=5)
+    out = {}
+    for name in names:
+        _, model, _ = build(name, device)
+        model.eval()
+        torch.manual_seed(0)
+        seconds = timed(lambda m=model: m.sample(x, n), device)
+        out[name] = {"sample16_s": seconds, "unet_forward_s": forward, "over_unet_forward": seconds / forward}
+        print(f"{name:13} {n} samples of one 128 x 128 image: {seconds:8.3f} s = {seconds / forward:8.1f} x one "
+              f"U-Net forward ({forward * 1e3:.1f} ms)", flush=True)
+    return out
 
 
 def quick_run_memory() -> dict[str, float]:
@@ -155,7 +189,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batches", default="8,32")
     parser.add_argument("--quick-run", action="store_true", help="also measure a quick-preset fold's memory")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), help="models (default: the seven built-ins)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), help="models (default: the eight built-ins)")
+    parser.add_argument("--sampling-only", action="store_true", help="only the per-model sampling costs")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/perf.json"))
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -163,6 +198,11 @@ def main() -> None:
     print(f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {device}: "
           f"fp32 matmul {rate / 1e9:.1f} GFLOP/s")
     results: dict[str, Any] = {"matmul_flops_per_s": rate, "training": {}}
+    if args.sampling_only:
+        results["sampling"] = sampling_costs(args.models, device)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2, default=float))
+        return
     print(f"{'model':13} {'batch':>5} {'GFLOP/img':>9} {'step s':>8} {'img/s':>7} {'GFLOP/s':>8} {'of matmul':>9} "
           f"{'time/punet':>10} {'FLOP/punet':>10}")
     for b in (int(v) for v in args.batches.split(",")):
@@ -177,6 +217,7 @@ def main() -> None:
                       else f"{'':>10} {'':>10}")
             print(f"{name:13} {b:5d} {r['flops_per_image'] / 1e9:9.2f} {r['step_s']:8.3f} {r['images_per_s']:7.2f} "
                   f"{r['flops_per_s'] / 1e9:8.1f} {r['flops_per_s'] / rate:9.2f} {ratios}", flush=True)
+    results["sampling"] = sampling_costs(args.models, device)
     inf = inference(device)
     results["inference"] = inf
     print(f"16 samples {inf['sample16_per_image_s'] * 1e3:.1f} ms/image vs one U-Net + prior forward "

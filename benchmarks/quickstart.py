@@ -15,7 +15,8 @@ samples are ALL empty) and the wall time of the whole command, start-up included
 (train / validation loss per epoch) and best epoch go to the JSON.
 
 Targets (issue 13): HM-IoU >= 0.45 (EWD <= 0.55), empty-sample rate <= 0.1, wall time <= 300 s per model on 2
-CPU cores with nothing else running. Prints a table and writes the JSON.
+CPU cores with nothing else running (ccdm, a diffusion model with 250 network passes per sample: <= 600 s, issue
+24). Prints a table and writes the JSON.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-MODELS = ("punet", "punet-nf", "spunet", "ssn", "unet-ensemble", "phiseg", "hpunet")
+MODELS = ("punet", "punet-nf", "spunet", "ssn", "unet-ensemble", "phiseg", "hpunet", "ccdm")
 TARGETS = {"hm_iou": 0.45, "ewd": 0.55, "empty_rate": 0.1, "wall_s": 300.0}
+WALL_S = {"ccdm": 600.0}  # a model's own wall-time target where it differs (a diffusion model's sampling)
 MARKED = 3  # a test image counts for the empty-sample rate when at least this many annotators marked something
 
 
@@ -83,7 +85,8 @@ def _er(row: dict[str, Any]) -> str:
 
 def meets(row: dict[str, Any]) -> dict[str, bool]:
     return {"hm_iou": row["hm_iou"] >= TARGETS["hm_iou"], "ewd": row["ewd"] <= TARGETS["ewd"],
-            "empty_rate": row["empty_rate"] <= TARGETS["empty_rate"], "wall_s": row["wall_s"] <= TARGETS["wall_s"]}
+            "empty_rate": row["empty_rate"] <= TARGETS["empty_rate"],
+            "wall_s": row["wall_s"] <= WALL_S.get(row["model"], TARGETS["wall_s"])}
 
 
 def main() -> None:
@@ -126,8 +129,8 @@ def main() -> None:
     print("\n".join(lines))
     print(f"targets: HM-IoU >= {TARGETS['hm_iou']}, EWD <= {TARGETS['ewd']}, all-empty rate <= "
           f"{TARGETS['empty_rate']} (test images with >= {MARKED} annotators marking, 3 folds), wall <= "
-          f"{TARGETS['wall_s']:.0f} s; ✗ = missed; ER: – no latent prior, † over all levels of a hierarchical "
-          "model (not comparable with one level's)")
+          f"{TARGETS['wall_s']:.0f} s (ccdm {WALL_S['ccdm']:.0f} s); ✗ = missed; ER: – no latent prior, † over all "
+          "levels of a hierarchical model (not comparable with one level's)")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     import torch
 

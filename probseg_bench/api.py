@@ -200,6 +200,10 @@ class LatentSegmentationModel(Protocol):
     ancestral draw, flattened, and ``decode`` takes flattened latents [B, n, D]. Its effective rank is that of the
     flattened sigma (over all levels); per level, that of each level's block
     (:func:`probseg_bench.metrics.effective_rank_per_level`).
+
+    Optional: a method ``on_optimizer_step()`` (no arguments), which the training loop calls after every optimiser
+    step, e.g. to update a weight average that the model uses in eval mode (``ccdm``'s ``ema_decay``). Whatever it
+    keeps belongs in the module's ``state_dict`` so that checkpoints and resumed folds carry it.
     """
 
     latent_dim: int

@@ -13,12 +13,17 @@ empty)), each by its per-image function on a :class:`probseg_bench.metrics.per_i
 computed batched, in torch, on the model's device, with one ``linear_sum_assignment`` per image for HM-IoU. The
 aggregate of a metric is the mean over the test images where it is defined (NaN marks an undefined value, e.g. a
 correlation with a constant map); None if it is defined for none.
+
+With ``sample_counts`` (a preset's, e.g. the field's 16, 32 and 100 of the LIDC protocols), one pass draws
+max(n_samples, *sample_counts) samples per image; the catalogue's metrics score its first ``n_samples``, and
+GED_n and HM-IoU_n (``ged_<n>``, ``hm_iou_<n>``: :func:`probseg_bench.metrics.catalogue.at_samples`) its first n,
+as CCDM's evaluation (``evaluate_lidc_uncertainty.py``) scores the first n of one pass.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -27,14 +32,15 @@ import torch
 
 from probseg_bench.api import LatentSegmentationModel, MultiRaterData
 from probseg_bench.errors import ProbsegError
-from probseg_bench.metrics.catalogue import Metric, all_metrics
+from probseg_bench.metrics.catalogue import SAMPLE_COUNT_METRICS, Metric, all_metrics, at_samples
 from probseg_bench.metrics.per_image import MissingPriorScale, SampleBatch
 
 
 @dataclass
 class EvaluationResult:
     """Per-image metrics (lists of length N, in test-set order; NaN = undefined), their means over the images
-    where defined (None if nowhere), timings in seconds, and the latent size (the prior's number of dimensions,
+    where defined (None if nowhere), timings in seconds (sampling: the model's ``sample`` and ``prior`` calls for
+    ``samples_drawn`` samples per image, over all images), and the latent size (the prior's number of dimensions,
     over all levels; None without a latent prior)."""
 
     per_image: dict[str, list[float]]
@@ -42,6 +48,7 @@ class EvaluationResult:
     seconds_sampling: float
     seconds_metrics: float
     latent_size: int | None = None
+    samples_drawn: int = 16
 
 
 def metric_values(metric: Metric, batch: SampleBatch) -> np.ndarray:
@@ -122,30 +129,34 @@ def evaluate(
     n_samples: int = 16,
     batch_size: int = 8,
     seed: int = 0,
+    sample_counts: Sequence[int] = (),
 ) -> EvaluationResult:
-    """Evaluate ``model`` on every item of ``data`` with ``n_samples`` prior samples per image.
+    """Evaluate ``model`` on every item of ``data`` with ``n_samples`` prior samples per image, and GED_n / HM-IoU_n
+    on the first n of one pass for each n in ``sample_counts`` (see the module docstring).
 
     The draws are made with torch's generator seeded with ``seed`` (restored afterwards), so the same model,
     data and seed give the same numbers (see :func:`prior_sample_batches`).
     """
-    metrics = all_metrics()
-    out: dict[str, list[float]] = {m.name: [] for m in metrics}
+    drawn = max((n_samples, *sample_counts))
+    metrics = [(m, n_samples) for m in all_metrics()]
+    metrics += [(at_samples(name, n), n) for name in SAMPLE_COUNT_METRICS for n in sorted(set(sample_counts))]
+    out: dict[str, list[float]] = {m.name: [] for m, _ in metrics}
     t_sample = t_metric = 0.0
     latent_size: int | None = None
-    for _, logits, sigma, y, seconds in prior_sample_batches(model, data, device, n_samples, batch_size, seed):
+    for _, logits, sigma, y, seconds in prior_sample_batches(model, data, device, drawn, batch_size, seed):
         t1 = time.perf_counter()
         if sigma is not None:
             latent_size = int(sigma.shape[-1])
-        batch = SampleBatch(logits, y, sigma)
-        for metric in metrics:
+        batches = {n: SampleBatch(logits[:, :n], y, sigma) for n in {n for _, n in metrics}}
+        for metric, n in metrics:
             try:
-                out[metric.name] += metric_values(metric, batch).tolist()
+                out[metric.name] += metric_values(metric, batches[n]).tolist()
             except MissingPriorScale:  # a metric of the prior (ER), and the model has none: undefined
-                out[metric.name] += [float("nan")] * len(batch)
+                out[metric.name] += [float("nan")] * len(y)
         t_sample += seconds
         t_metric += time.perf_counter() - t1
     aggregate: dict[str, float | None] = {}
     for k, v in out.items():
         arr = np.asarray(v, dtype=np.float64)
         aggregate[k] = float(np.nanmean(arr)) if np.isfinite(arr).any() else None
-    return EvaluationResult(out, aggregate, t_sample, t_metric, latent_size)
+    return EvaluationResult(out, aggregate, t_sample, t_metric, latent_size, drawn)

@@ -272,7 +272,7 @@ class Experiment:
         Raises:
             ProbsegError: unknown plugin / preset / fold / regularizer, bad latent dims, bad data, no device.
         """
-        from probseg_bench.data.splits import grouped_splits
+        from probseg_bench.data.splits import protocol_splits
 
         plugins = plugins or get_plugins()
         c = cls.check(request, plugins)
@@ -281,7 +281,8 @@ class Experiment:
         crop = c.preset.crop(c.dataset_spec.protocol)
         if crop is not None:  # the preset crops to the dataset's region of interest (quick)
             data = center_crop(data, crop)
-        splits = grouped_splits(data.groups, c.preset.n_folds, c.preset.test_fraction, request.seed)
+        splits = protocol_splits(data.groups, data.metadata, c.preset.split, c.preset.n_folds, c.preset.test_fraction,
+                                 request.seed, c.preset.split_seed, f"dataset '{request.dataset}'")
         return cls(request, plugins, c.model_spec, c.dataset_spec, c.preset, c.terms, c.dataset_params, data, splits,
                    c.device, c.folds, c.model_hp, c.reg_hp)
 
@@ -316,9 +317,8 @@ class Experiment:
 
     @property
     def train_items(self) -> float:
-        """The mean number of items of the folds' training splits (all but one fold of the non-test items)."""
-        n_folds = len(self.splits.folds)
-        return sum(len(f) for f in self.splits.folds) * (n_folds - 1) / max(n_folds, 1)
+        """The mean number of items of the folds' training splits."""
+        return self.splits.train_items
 
     @property
     def schedule(self) -> tuple[int, int]:
@@ -328,7 +328,8 @@ class Experiment:
 
     def protocol_settings(self) -> dict[str, Any]:
         """The resolved preset settings stored with every record (epochs, warm-up and crop resolved)."""
-        return self.preset.settings(self.dataset_spec.protocol, self.train_items)
+        return self.preset.settings(self.dataset_spec.protocol, self.train_items,
+                                    declared={hp.name for hp in self.model_spec.hyperparameters})
 
     def hyperparameters(
         self, overrides: Mapping[str, Any] | None = None

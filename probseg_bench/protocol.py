@@ -238,13 +238,15 @@ def run_protocol(
                 reporter.fold_failed(record)
                 continue
             evaluation = evaluate(model, plan.test, exp.device, n_samples=exp.preset.n_eval_samples,
-                                  batch_size=exp.preset.batch_size, seed=fold_seed(request.seed, d, fold))
+                                  batch_size=exp.preset.batch_size, seed=fold_seed(request.seed, d, fold),
+                                  sample_counts=exp.preset.sample_counts)
             atomic_torch_save({**identity, "model_hyperparameters": model_hp,
                                 "state_dict": {k: v.cpu() for k, v in result.best_state.items()}}, checkpoint)
             record = FoldRecord(
                 **plan.common(d, fold), metrics=evaluation.aggregate, per_image=evaluation.per_image,
                 timings={"train_s": result.seconds, "sampling_s": evaluation.seconds_sampling,
-                         "metrics_s": evaluation.seconds_metrics, "steps": result.steps},
+                         "metrics_s": evaluation.seconds_metrics, "steps": result.steps,
+                         "samples_per_image": evaluation.samples_drawn},
                 best_epoch=result.best_epoch, best_val_loss=result.best_val_loss,
                 history=[asdict(h) for h in result.history], checkpoint=str(checkpoint),
                 latent_size=evaluation.latent_size,

@@ -248,6 +248,7 @@ def _train_epoch(loop: _Loop, x_train: torch.Tensor, y_train: torch.Tensor, prog
     model, config, device = loop.model, loop.config, loop.device
     augment = config.augmentation if config.augment else None
     steps_per_epoch = math.ceil(x_train.shape[0] / config.batch_size)
+    after_step = getattr(model, "on_optimizer_step", None)  # optional hook of the plugin contract (a weight average)
     model.train()
     order = torch.randperm(x_train.shape[0], generator=loop.generator).to(device)
     # sums and the first non-finite step stay on the device: one host synchronisation per epoch
@@ -272,6 +273,8 @@ def _train_epoch(loop: _Loop, x_train: torch.Tensor, y_train: torch.Tensor, prog
             model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf
         )
         loop.optimizer.step()
+        if after_step is not None:
+            after_step()
         loop.schedule.step()
         progress.step += 1
         n = x.shape[0]

@@ -284,10 +284,12 @@ def sample_diagnostics(record: FoldRecord, truth: KnownDistribution, device: str
     protocol = record.protocol
     ids = [int(t) for t in record.test_ids]
     nearest, tv = [], []
+    n_eval = int(protocol["n_eval_samples"])
+    drawn = max((n_eval, *protocol.get("sample_counts", ())))  # the evaluation's pass: its first n_eval samples
     for start, logits, _, _, _ in prior_sample_batches(
-            run.model, run.test, run.device, int(protocol["n_eval_samples"]), int(protocol["batch_size"]),
+            run.model, run.test, run.device, drawn, int(protocol["batch_size"]),
             fold_seed(record.seed, record.latent_dim, record.fold)):
-        samples = (logits > 0).cpu().numpy()
+        samples = (logits[:, :n_eval] > 0).cpu().numpy()
         for j in range(samples.shape[0]):
             support, probs = _support(truth, ids[start + j], record.dataset_params, protocol.get("crop"))
             a, b = _nearest_true(samples[j], support, probs)

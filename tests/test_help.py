@@ -57,11 +57,12 @@ def test_help_shows_bracketed_defaults_and_no_bool_type_for_flags(monkeypatch, r
 
 
 @pytest.mark.parametrize(("path", "expected"), [
-    (("run",), "Only these CV folds (repeatable) [default: all]."),
+    (("run",), "Only these folds: CV folds, or training runs of a fixed-split preset (lidc-v1, lidc-v2) (repeatable) "
+               "[default: all]."),
     (("run",), "With --executor ray: the cluster [default: new]."),
     (("analyze",), "Latent dim (needed when the store holds several for the model)."),
     (("analyze",), "Fold (default: the configuration's lowest stored fold)."),
-    (("run",), "Protocol preset: paper, quick (default: paper, or the --params file's)."),
+    (("run",), "Protocol preset: paper, quick, lidc-v1, lidc-v2 (default: paper, or the --params file's)."),
     (("analyze",), "Samples per image [default: the run's, 16]."),
     (("tune",), "Study name [default: MODEL-DATASET-OBJECTIVE]."),
     (("tune",), "TOML for the best parameters [default: STUDY.toml]."),

@@ -9,6 +9,7 @@ from probseg_bench.api import MultiRaterData
 from probseg_bench.data.crop import center_crop
 from probseg_bench.errors import ProbsegError
 from probseg_bench.experiment import Experiment, RunRequest
+from probseg_bench.plugins import get_plugins
 from probseg_bench.presets import PRESETS, Augmentation, Preset
 
 
@@ -62,7 +63,12 @@ def test_quick_differs_from_paper_only_where_its_description_says():
     assert "lr 3e-4" in text and quick.lr == 3e-4 and "filters 16,32,64,96" in text and "32 x 32 centre crop" in text
     a = quick.augmentation
     assert f"rotation ±{a.rotation:g}°, scale ±{a.scale:g}, translation {a.translate:g}, shear {a.shear:g}" in text
-    assert dict(quick.model_defaults) == {"filters": "16,32,64,96"}
+    assert dict(quick.model_defaults) == {"filters": "16,32,64,96", "res_blocks": "1", "ema_decay": "0.99",
+                                          "validation_timesteps": "4"}
+    assert "res_blocks 1, ema_decay 0.99, validation_timesteps 4" in text
+    ccdm_only = {"res_blocks", "ema_decay", "validation_timesteps"}
+    declared = {m: {h.name for h in get_plugins().models.get(m).hyperparameters} for m in get_plugins().models.names()}
+    assert [m for m, names in declared.items() if names & ccdm_only] == ["ccdm"]
 
 
 def test_a_step_budget_gives_the_same_steps_whatever_the_dataset_size():

@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 
 from probseg_bench.cli import app
 from probseg_bench.errors import ProbsegError
-from probseg_bench.leaderboard import build_leaderboard, match_reference, render, signed
+from probseg_bench.leaderboard import build_leaderboard, render
 from probseg_bench.presets import PRESETS
+from probseg_bench.published import match_reference, signed
 from probseg_bench.references import REFERENCES, get_reference, load_reference_text
 from probseg_bench.results import FoldRecord, ResultsStore
 
@@ -47,20 +48,24 @@ NO_MATCH = "no published value for these rows: the paper (Table II) reports lidc
     ("qubiq-pancreatic-lesion", "punet", 6, (0.618, 0.002), (1.07, 0.02)),
 ])
 def test_shipped_values_are_the_papers(dataset, model, d, ewd, er):
-    value = get_reference("paper").lookup(dataset, model, d)
-    assert value is not None
-    assert (value.ewd_mean, value.ewd_std) == ewd and (value.er_mean, value.er_std) == er
+    cell = get_reference("paper").lookup(dataset, model, "paper", d)
+    assert cell is not None and cell.latent_dim == d and cell.preset == "paper"
+    assert (cell.values["ewd"].mean, cell.values["ewd"].std) == ewd
+    assert (cell.values["er"].mean, cell.values["er"].std) == er
 
 
 def test_all_36_cells_and_the_provenance():
     table = get_reference("paper")
     cells = {(ds, m, d) for ds in ("lidc", "qubiq-pancreas", "qubiq-pancreatic-lesion")
              for m in ("punet", "punet-nf", "spunet") for d in (4, 5, 6, 7)}
-    assert set(table.values) == cells and len(table.values) == 36
-    assert table.lookup("lidc", "spunet", 8) is None and table.lookup("lidc-sample", "spunet", 6) is None
-    assert table.lookup("lidc", "spunet", 6).ewd_printed == "0.440 ± 0.006"
-    assert table.lookup("qubiq-pancreatic-lesion", "spunet", 4).er_printed == "3.522 ± 0.11"
-    assert table.lookup("qubiq-pancreatic-lesion", "spunet", 4).er_mean_printed == "3.522"
+    assert {(ds, m, d) for ds, m, _, d in table.cells} == cells and len(table.cells) == 36
+    assert {p for _, _, p, _ in table.cells} == {"paper"} and table.metrics == ("ewd", "er")
+    assert table.lookup("lidc", "spunet", "paper", 8) is None
+    assert table.lookup("lidc-sample", "spunet", "paper", 6) is None
+    assert table.lookup("lidc", "spunet", "quick", 6) is None  # another protocol
+    assert table.lookup("lidc", "spunet", "paper", 6).values["ewd"].printed == "0.440 ± 0.006"
+    lesion = table.lookup("qubiq-pancreatic-lesion", "spunet", "paper", 4).values["er"]
+    assert lesion.printed == "3.522 ± 0.11" and lesion.mean_printed == "3.522" and lesion.decimals == 3
     assert table.source == "Table II" and "2307.16694" in table.citation and "Valiuddin" in table.citation
     summary = table.protocol["summary"]
     assert "full datasets" in summary and "16" in summary and "3-fold" in summary
@@ -70,7 +75,7 @@ def test_all_36_cells_and_the_provenance():
     assert table.model_names == {"PU-Net": "punet", "PU-Net+NF": "punet-nf", "Ours": "spunet"}
     ged = [n for n in table.notes if "0.327 ± 0.003" in n]
     assert len(ged) == 1 and "GED" in ged[0] and "PU-Net" in ged[0] and "LIDC" in ged[0]
-    assert not any(v.ewd_mean == 0.327 or v.er_mean == 0.327 for v in table.values.values())
+    assert not any(v.mean == 0.327 for c in table.cells.values() for v in c.values.values())
 
 
 @pytest.mark.parametrize(("dataset", "best"), [
@@ -83,17 +88,17 @@ def test_all_36_cells_and_the_provenance():
 def test_best_per_dataset_agrees_with_paper_md(dataset, best):
     table = get_reference("paper")
     for model, (ewd, er, d) in best.items():
-        values = [table.lookup(dataset, model, k) for k in (4, 5, 6, 7)]
-        lowest = min(values, key=lambda v: v.ewd_mean)
-        assert (lowest.ewd_mean, lowest.er_mean, lowest.latent_dim) == (ewd, er, d)
-        assert sum(v.ewd_mean == ewd for v in values) == 1
+        values = [table.lookup(dataset, model, "paper", k) for k in (4, 5, 6, 7)]
+        lowest = min(values, key=lambda v: v.mean("ewd"))
+        assert (lowest.mean("ewd"), lowest.mean("er"), lowest.latent_dim) == (ewd, er, d)
+        assert sum(v.mean("ewd") == ewd for v in values) == 1
 
 
 def test_unknown_reference_name_lists_the_known_ones():
     with pytest.raises(ProbsegError, match=r"unknown reference 'papr' \(did you mean 'paper'\?\); known references: "
-                                           r"paper"):
+                                           r"paper, literature"):
         get_reference("papr")
-    assert list(REFERENCES) == ["paper"]
+    assert list(REFERENCES) == ["paper", "literature"]
 
 
 def _broken(edit) -> str:
@@ -167,8 +172,8 @@ def test_which_rows_match_a_published_value():
         *three_folds("punet-nf", (0.5, 0.5, 0.5), (1.2, 1.2, 1.2), preset="quick"),  # another protocol
     ]
     matched = {(r.dataset_label, r.label, r.latent_dim): match_reference(r, paper) for r in build_leaderboard(recs)}
-    assert matched[("lidc", "punet", 4)] == paper.lookup("lidc", "punet", 4)
-    assert matched[("qubiq-pancreas", "punet", 4)] == paper.lookup("qubiq-pancreas", "punet", 4)
+    assert matched[("lidc", "punet", 4)] == paper.lookup("lidc", "punet", "paper", 4)
+    assert matched[("qubiq-pancreas", "punet", 4)] == paper.lookup("qubiq-pancreas", "punet", "paper", 4)
     assert matched[("lidc", "spunet (regularizer=mmd)", 4)] is None
     assert matched[("qubiq-pancreas (crop=center)", "spunet", 4)] is None
     assert matched[("lidc-sample", "punet", 6)] is None
@@ -181,14 +186,14 @@ def test_delta_is_measured_minus_published_by_hand():
     recs = three_folds("punet", (0.46, 0.47, 0.48), (1.5, 1.6, 1.7))  # mean EWD 0.47, ER 1.6
     recs += three_folds("spunet", (0.42, 0.43, 0.44), (3.6, 3.7, 3.8))  # mean EWD 0.43, ER 3.7
     rows = build_leaderboard(recs)
-    out = {r["model"]: r for r in json.loads(render(rows, "json", reference=get_reference("paper")))}
+    out = {r["model"]: r for r in json.loads(render(rows, "json", references=[get_reference("paper")]))}
     # lidc d=4: punet 0.451 ± 0.001, ER 1.68 ± 0.07; spunet 0.447 ± 0.005, ER 3.52 ± 0.04
     assert out["punet"]["delta_ewd"] == pytest.approx(0.47 - 0.451) and out["punet"]["delta_ewd"] > 0
     assert out["punet"]["delta_er"] == pytest.approx(1.6 - 1.68) and out["punet"]["delta_er"] < 0
     assert out["spunet"]["delta_ewd"] == pytest.approx(-0.017) and out["spunet"]["delta_er"] == pytest.approx(0.18)
     assert out["punet"]["reference"] == {"name": "paper", "ewd_mean": 0.451, "ewd_std": 0.001, "er_mean": 1.68,
-                                         "er_std": 0.07}
-    md = render(rows, "markdown", reference=get_reference("paper"))
+                                         "er_std": 0.07, "ewd_source": "Table II", "er_source": "Table II"}
+    md = render(rows, "markdown", references=[get_reference("paper")])
     assert "| 0.470 ± 0.010 | 0.451 ± 0.001 | +0.019 | 1.600 ± 0.100 | 1.68 ± 0.07 | −0.08 |" in md
     assert "| **0.430 ± 0.010** | 0.447 ± 0.005 | −0.017 | **3.700 ± 0.100** | 3.52 ± 0.04 | +0.18 |" in md
     assert (signed(0.0191, 3), signed(-0.0804, 2), signed(-0.0001, 3), signed(0.0, 2)) == (
@@ -252,7 +257,8 @@ def test_standard_layout_in_every_format(store):
     out = leaderboard(store, "--reference", "paper", "--format", "json")
     objs = {(o["dataset_label"], o["model"], o["variant"], o["latent_dim"]): o for o in json.loads(out.stdout)}
     assert objs[("lidc", "punet-nf", "", 4)]["reference"] == {
-        "name": "paper", "ewd_mean": 0.451, "ewd_std": 0.004, "er_mean": 2.9, "er_std": 0.39}
+        "name": "paper", "ewd_mean": 0.451, "ewd_std": 0.004, "er_mean": 2.9, "er_std": 0.39, "ewd_source": "Table II",
+        "er_source": "Table II"}
     assert objs[("lidc", "punet-nf", "", 4)]["delta_ewd"] == pytest.approx(0.019)
     unmatched = [objs[("lidc", "spunet", "regularizer=mmd", 6)], objs[("lidc-sample", "punet", "", 6)],
                  objs[("qubiq-pancreas (crop=center)", "punet", "", 4)]]

@@ -1,7 +1,8 @@
 """Built-in model plugins: ``punet`` (Kohl et al. 2018), ``punet-nf`` (Valiuddin et al. 2021), ``spunet``
 (Valiuddin et al. 2024), and two baselines without latent prior (``latent_dim = 0``): ``ssn`` (Monteiro et al.
 2020) and ``unet-ensemble``, and the hierarchical ``phiseg`` (Baumgartner et al. 2019)
-and ``hpunet`` (Kohl et al. 2019, GECO objective).
+and ``hpunet`` (Kohl et al. 2019, GECO objective), and the categorical diffusion model ``ccdm`` (Zbinden et al. 2023,
+no latent prior).
 
 Registered through the entry-point group ``probseg_bench`` like any third-party plugin. torch is imported by
 the factories, not here, so ``probseg-bench list`` stays fast.
@@ -61,6 +62,13 @@ def build_ssn(**kwargs: Any) -> Any:
     from probseg_models.ssn import StochasticSegmentationNetwork
 
     return StochasticSegmentationNetwork(**kwargs)
+
+
+def build_ccdm(**kwargs: Any) -> Any:
+    """Factory of ``ccdm``: see :class:`probseg_models.ccdm.CategoricalDiffusion`."""
+    from probseg_models.ccdm import CategoricalDiffusion
+
+    return CategoricalDiffusion(**kwargs)
 
 
 def build_unet_ensemble(**kwargs: Any) -> Any:
@@ -221,6 +229,37 @@ UNET_ENSEMBLE = ModelSpec(
 )
 
 
+CCDM = ModelSpec(
+    name="ccdm",
+    description="Categorical conditional diffusion (Zbinden et al. 2023): T-step diffusion of the one-hot mask to "
+                "uniform, a time-conditioned U-Net predicts p(x_0 | x_t, image), loss KL(q(x_{t-1}|x_t,x_0) || "
+                "p(x_{t-1}|x_t)); ancestral sampling; no latent prior",
+    factory=build_ccdm,
+    hyperparameters=(
+        HyperParameter("timesteps", 250, "diffusion steps T (reference: 250)", low=10, high=1000, log=True),
+        HyperParameter("sampling_steps", 250, "reverse steps per sample; fewer than T: a strided schedule",
+                       tunable=False),
+        HyperParameter("ema_decay", 0.9999, "decay of the weight average used to evaluate (reference: 0.9999; "
+                       "0 = none)", tunable=False),
+        HyperParameter("filters", "32,64,64,128,160",
+                       "denoiser channels per level (reference LIDC: 32 x (1, 2, 2, 4, 5), 9.1M parameters)",
+                       tunable=False),
+        HyperParameter("res_blocks", 2, "residual blocks per level (reference: 2)", tunable=False),
+        HyperParameter("attention_ds", "8,16,32", "downsampling factors of the levels with self-attention "
+                       "(reference: 8,16,32; the middle block always attends)", tunable=False),
+        HyperParameter("head_channels", 32, "channels per attention head (reference: 32)", tunable=False),
+        HyperParameter("validation_timesteps", 10, "stratified steps per image of the validation loss",
+                       tunable=False),
+        HyperParameter("sample_batch", 256, "images x samples per denoiser pass while sampling (memory)",
+                       tunable=False),
+        HyperParameter("grad_clip", 0.0, "gradient-norm clip (0 = none; reference: none)", tunable=False),
+    ),
+    grad_clip="grad_clip",
+    citation="Zbinden, Doorenbos et al., Stochastic Segmentation with Conditional Categorical Diffusion Models, "
+             "ICCV 2023",
+)
+
+
 @hookimpl
 def probseg_bench_register_models(registry: Registry[ModelSpec]) -> None:
     registry.add(PUNET)
@@ -230,3 +269,4 @@ def probseg_bench_register_models(registry: Registry[ModelSpec]) -> None:
     registry.add(PHISEG)
     registry.add(HPUNET)
     registry.add(UNET_ENSEMBLE)
+    registry.add(CCDM)

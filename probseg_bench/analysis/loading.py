@@ -67,7 +67,7 @@ def load_run(record: FoldRecord, data_root: Path | None, device_name: str = "aut
 
     from probseg_bench.data.crop import center_crop
     from probseg_bench.data.loading import load_dataset
-    from probseg_bench.data.splits import grouped_splits
+    from probseg_bench.data.splits import protocol_splits
     from probseg_bench.experiment import resolve_device
     from probseg_bench.plugins import get_plugins
 
@@ -88,7 +88,9 @@ def load_run(record: FoldRecord, data_root: Path | None, device_name: str = "aut
     protocol = record.protocol
     if protocol.get("crop") is not None:  # the run's protocol cropped the images (e.g. the quick preset)
         data = center_crop(data, int(protocol["crop"]))
-    splits = grouped_splits(data.groups, int(protocol["n_folds"]), float(protocol["test_fraction"]), record.seed)
+    splits = protocol_splits(data.groups, data.metadata, str(protocol.get("split", "cv")), int(protocol["n_folds"]),
+                             float(protocol["test_fraction"]), record.seed, protocol.get("split_seed"),
+                             f"dataset '{record.dataset}'")
     if splits.split_hash != record.split_hash:
         raise ProbsegError(f"dataset '{record.dataset}' (data root {data_root}) no longer gives the split of the "
                            "stored run: the data changed")

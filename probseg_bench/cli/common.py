@@ -6,8 +6,9 @@ from __future__ import annotations
 from probseg_bench.cli._app import console, err_console
 from probseg_bench.diagnostics import collapse_warning
 from probseg_bench.errors import ProbsegError
-from probseg_bench.leaderboard import LeaderboardRow, reference_gap, render
-from probseg_bench.references import REFERENCES, ReferenceTable, get_reference
+from probseg_bench.leaderboard import LeaderboardRow, render
+from probseg_bench.published import reference_gap
+from probseg_bench.references import REFERENCES, ReferenceTable, get_references
 
 
 def parse_hp(items: list[str], option: str = "--hp") -> dict[str, str]:
@@ -22,8 +23,9 @@ def parse_hp(items: list[str], option: str = "--hp") -> dict[str, str]:
 
 
 REFERENCE_HELP = (
-    f"Show published values ({', '.join(REFERENCES)}: the seed paper's Table II) beside the measured ones, with "
-    "the difference measured − published."
+    f"Show published values beside the measured ones, with the difference measured − published; repeatable "
+    f"({', '.join(REFERENCES)}: the seed paper's Table II; the field's LIDC GED_n / HM-IoU_n on the v1 / v2 splits). "
+    "A value is shown only beside a row of its dataset, preset (split, n) and model with default settings."
 )
 MACHINE_FORMATS = ("csv", "json", "latex")  # their notes go to stderr, so that stdout stays parseable
 
@@ -38,22 +40,22 @@ def default_latent_dim(model: str | None) -> int:
     return models.get(model).default_latent_dim if model in models.names() else DEFAULT_LATENT_DIM
 
 
-def resolve_reference(name: str | None) -> ReferenceTable | None:
-    """The ``--reference`` table, or None without the option.
+def resolve_references(names: list[str]) -> list[ReferenceTable]:
+    """The ``--reference`` tables, in the given order (none without the option).
 
     Raises:
         ProbsegError: an unknown reference name (lists the known ones).
     """
-    return None if name is None else get_reference(name)
+    return get_references(names)
 
 
 def print_rows(rows: list[LeaderboardRow], fmt: str, pivot: bool = False, test_metric: str = "ewd",
-               reference: ReferenceTable | None = None) -> None:
-    """Render leaderboard rows to stdout in ``fmt`` (shared by ``run`` and ``leaderboard``). With ``reference``
-    and no row that has a published value, one line says so: after the table on stdout for table and markdown,
-    on stderr for csv, json and latex. A row whose samples collapsed gets one warning line on stderr
+               references: list[ReferenceTable] | None = None, pivot_metric: str | None = None) -> None:
+    """Render leaderboard rows to stdout in ``fmt`` (shared by ``run`` and ``leaderboard``). For each reference none
+    of whose values pairs with a row, one line says so: after the table on stdout for table and markdown, on
+    stderr for csv, json and latex. A row whose samples collapsed gets one warning line on stderr
     (:func:`probseg_bench.diagnostics.collapse_warning`)."""
-    out = render(rows, fmt, pivot, test_metric, reference)
+    out = render(rows, fmt, pivot, test_metric, references, pivot_metric)
     if isinstance(out, str):
         print(out, end="")
     elif not console.is_terminal:
@@ -72,8 +74,7 @@ def print_rows(rows: list[LeaderboardRow], fmt: str, pivot: bool = False, test_m
         warning = collapse_warning(label, row.mean["sample_diversity"], row.mean["annotator_diversity"])
         if warning is not None:
             err_console.print(warning, highlight=False, markup=False, soft_wrap=True)
-    gap = reference_gap(rows, reference)
-    if gap is not None:
+    for gap in reference_gap(rows, references or []):
         if fmt in MACHINE_FORMATS:
             err_console.print(gap, highlight=False, markup=False, soft_wrap=True)
         else:

@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from probseg_bench.cli._app import FORMAT_HELP, STORAGE_HELP, app, err_console
-from probseg_bench.cli.common import REFERENCE_HELP, default_latent_dim, parse_hp, print_rows, resolve_reference
+from probseg_bench.cli.common import REFERENCE_HELP, default_latent_dim, parse_hp, print_rows, resolve_references
 from probseg_bench.cli.progress import RichReporter, describe_run, duration, planned_epochs
 from probseg_bench.errors import ProbsegError
 from probseg_bench.executors import EXECUTORS
@@ -37,7 +37,9 @@ def run(
     latent_dim: list[int] = typer.Option(
         [], "--latent-dim", "-d", help="Latent dimension; repeat for a grid (default: the model's reference d, see "
                                   "`list --details`; else 6)."),
-    fold: list[int] = typer.Option([], "--fold", help="Only these CV folds (repeatable) [default: all]."),
+    fold: list[int] = typer.Option(
+        [], "--fold", help="Only these folds: CV folds, or training runs of a fixed-split preset (lidc-v1, "
+                           "lidc-v2) (repeatable) [default: all]."),
     seed: int | None = typer.Option(
         None, "--seed", help="Seed of the split, initialisation and sampling (default: 0)."),
     preset: str | None = typer.Option(
@@ -63,7 +65,7 @@ def run(
     run_dir: Path = typer.Option(Path("probseg-runs"), "--run-dir", help="Where best checkpoints are written."),
     fmt: str = typer.Option("table", "--format", help=FORMAT_HELP),
     pivot: bool = typer.Option(False, "--pivot", help="Final leaderboard in the paper's Table II layout."),
-    reference: str | None = typer.Option(None, "--reference", help=REFERENCE_HELP),
+    reference: list[str] = typer.Option([], "--reference", help=REFERENCE_HELP),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Train again the folds recorded as failed."),
     executor: str = typer.Option("local", "--executor", help="local (this machine) or ray (a Ray cluster)."),
     jobs: int = typer.Option(1, "--jobs", help="With --executor local: cells run in this many processes."),
@@ -73,10 +75,10 @@ def run(
     """Train and evaluate MODEL on DATASET (or every cell of a --config grid): grouped 20% test split, 3-fold CV,
     best-validation checkpoint, 16 prior samples per test image; one record per fold in the results store.
     Reruns skip stored folds. At the end, the leaderboard of the requested folds (--pivot: Table II layout;
-    --reference paper: the paper's published values beside them)."""
+    --reference paper / literature: the published values beside them)."""
     if fmt not in FORMATS:
         raise ProbsegError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    table = resolve_reference(reference)  # an unknown name fails before any training
+    tables = resolve_references(reference)  # an unknown name fails before any training
     if config is not None:
         given = [flag for flag, value in (
             ("--model", model), ("--dataset", dataset), ("--latent-dim", latent_dim), ("--fold", fold),
@@ -142,7 +144,7 @@ def run(
     # device is the cluster's, so only its name is checked here
     checked = [Experiment.check(r, check_device=executor != "ray") for r in requests]
     if executor == "ray" or jobs > 1:
-        _run_distributed(requests, checked, storage, executor, jobs, address, retries, fmt, pivot, table)
+        _run_distributed(requests, checked, storage, executor, jobs, address, retries, fmt, pivot, tables)
         return
     n_folds = sum(len(c.folds) * len(r.latent_dims) for r, c in zip(requests, checked, strict=True))
     store_url = normalize_url(storage)
@@ -160,7 +162,7 @@ def run(
                 highlight=False, markup=False, soft_wrap=True,
             )
             raise typer.Exit(130) from None
-    print_rows(build_leaderboard(records), fmt, pivot, reference=table)
+    print_rows(build_leaderboard(records), fmt, pivot, references=tables)
     err_console.print(reporter.summary(store_url), highlight=False, markup=False, soft_wrap=True)
 
 
@@ -229,7 +231,7 @@ def _kv(values: dict[str, Any]) -> str:
 
 def _run_distributed(requests: list[RunRequest], checked: Sequence[CheckedRequest], storage: str, executor: str,
                      jobs: int, address: str | None, retries: int, fmt: str, pivot: bool = False,
-                     reference: ReferenceTable | None = None) -> None:
+                     references: list[ReferenceTable] | None = None) -> None:
     """One task per (model, dataset, latent dim, fold) cell on the chosen executor; progress per cell.
     ``checked``: :meth:`Experiment.check` of each request."""
     from probseg_bench.executors import CellResult, cells, run_local, run_ray
@@ -264,7 +266,7 @@ def _run_distributed(requests: list[RunRequest], checked: Sequence[CheckedReques
         else:
             results = run_local(todo, store_url, jobs, on_result=report)
     records = [FoldRecord(**d) for result in results for d in result.records if d.get("status") == "ok"]
-    print_rows(build_leaderboard(records), fmt, pivot, reference=reference)
+    print_rows(build_leaderboard(records), fmt, pivot, references=references)
     dirs = ", ".join(dict.fromkeys(str(r.run_dir) for r in requests))
     err_console.print(f"done in {duration(time.monotonic() - started)}: {len(results) - failures} cell(s) done "
                       f"(trained or already stored), {failures} failed; results in {store_url}, checkpoints under "

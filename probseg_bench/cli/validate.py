@@ -21,7 +21,7 @@ from probseg_bench.results import DEFAULT_STORAGE, ResultsStore
 from probseg_bench.validation import ModelValidation, ValidationReport, validate, validation_requests, write_report
 
 # the seed paper's three models and the four baselines (issue 18): about 20 minutes on 2 CPU cores
-DEFAULT_MODELS = ["punet", "punet-nf", "spunet", "ssn", "unet-ensemble", "phiseg", "hpunet"]
+DEFAULT_MODELS = ["punet", "punet-nf", "spunet", "ssn", "unet-ensemble", "phiseg", "hpunet", "ccdm"]
 HIERARCHICAL_ER = ("†: a hierarchical model's ER runs over all its levels' latent dimensions, not comparable "
                    "with the intrinsic dimension or a one-level model's ER")
 VALIDATE_FORMATS = ("table", "markdown", "json")
@@ -130,7 +130,7 @@ def _print_table(report: ValidationReport) -> None:
 @app.command("validate")
 def validate_command(
     model: list[str] = typer.Option(
-        DEFAULT_MODELS, "--model", "-m", help="Models to validate (repeatable; default: the seven built-ins)."),
+        DEFAULT_MODELS, "--model", "-m", help="Models to validate (repeatable; default: the eight built-ins)."),
     dataset: str = typer.Option("synthetic", "--dataset", help="A dataset with a known true distribution."),
     dataset_param: list[str] = typer.Option(
         [], "--dataset-param", help="Dataset parameter NAME=VALUE over the validation defaults (repeatable)."

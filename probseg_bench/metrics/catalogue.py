@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +56,8 @@ class Metric:
             dimensions, over all levels of a hierarchical model): its value is bounded by that size (ER). A row
             whose latent size no other ranked row of its dataset has is not bold in it (unless it is the only one).
         description: one line for readers of the catalogue.
+        samples: scored on the first ``samples`` samples of each test image (GED_n, HM-IoU_n: see
+            :func:`at_samples`); None: on the evaluation's ``n_eval_samples``.
     """
 
     name: str
@@ -68,6 +70,7 @@ class Metric:
     decimals: int = 3
     description: str = ""
     per_latent_size: bool = False
+    samples: int | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -163,6 +166,41 @@ CATALOGUE: tuple[Metric, ...] = (
 #: name -> metric, in catalogue order. Read it through the functions below (a test may replace the dict).
 METRICS: dict[str, Metric] = {m.name: m for m in CATALOGUE}
 
+SAMPLE_COUNT_METRICS = ("ged", "hm_iou")
+"""The metrics the field reports at several sample counts n (GED_n, HM-IoU_n: CCDM, ICCV 2023, Table 1): a
+preset's ``sample_counts`` adds ``<name>_<n>`` for each (:func:`at_samples`)."""
+_AT_SAMPLES = re.compile(rf"^({'|'.join(SAMPLE_COUNT_METRICS)})_([1-9][0-9]*)$")
+
+
+def at_samples(name: str, n: int) -> Metric:
+    """The metric ``name`` (one of :data:`SAMPLE_COUNT_METRICS`) scored on the first ``n`` samples of each test
+    image: ``<name>_<n>`` (e.g. ``ged_100``, label ``GED_100``), ranked in the metric's direction.
+
+    Raises:
+        ProbsegError: ``name`` is not one of :data:`SAMPLE_COUNT_METRICS`, or n < 1.
+    """
+    if name not in SAMPLE_COUNT_METRICS or n < 1:
+        raise ProbsegError(f"metric {name!r} at {n} samples: expected one of {', '.join(SAMPLE_COUNT_METRICS)} and "
+                           "n >= 1")
+    base = METRICS[name]
+    return Metric(f"{name}_{n}", f"{base.label}_{n}", base.per_image, higher_is_better=base.higher_is_better,
+                  ranked=True, decimals=base.decimals, samples=n,
+                  description=f"{base.description}, on the first {n} samples of each test image")
+
+
+def sample_count_metric(name: str) -> Metric | None:
+    """``ged_16``, ``hm_iou_100``, ... as a :class:`Metric` (:func:`at_samples`); None for another name."""
+    match = _AT_SAMPLES.match(name)
+    return None if match is None else at_samples(match.group(1), int(match.group(2)))
+
+
+def sample_count_metrics(names: Iterable[str]) -> list[Metric]:
+    """The sample-count metrics among ``names`` (e.g. the keys of records' metrics), ordered by base metric (the
+    catalogue's order), then n."""
+    found = [m for m in (sample_count_metric(n) for n in set(names)) if m is not None]
+    order = {name: i for i, name in enumerate(SAMPLE_COUNT_METRICS)}
+    return sorted(found, key=lambda m: (order[m.name.rsplit("_", 1)[0]], m.samples or 0))
+
 
 def register_metric(metric: Metric) -> Metric:
     """Add ``metric`` to the catalogue (after the others); returns it.
@@ -170,7 +208,7 @@ def register_metric(metric: Metric) -> Metric:
     Raises:
         ProbsegError: a metric of that name is already in the catalogue.
     """
-    if metric.name in METRICS:
+    if metric.name in METRICS or sample_count_metric(metric.name) is not None:
         raise ProbsegError(f"metric {metric.name!r} is already in the catalogue")
     METRICS[metric.name] = metric
     return metric
@@ -191,16 +229,17 @@ def get_metric(name: str, option: str = "metric") -> Metric:
     Raises:
         ProbsegError: no such metric (the message names ``option``, suggests a near name and lists them all).
     """
-    try:
-        return METRICS[name]
-    except KeyError:
+    metric = find_metric(name)
+    if metric is None:
         raise ProbsegError(f"{option}: unknown metric {name!r}{did_you_mean(name, METRICS)}; known: "
-                           f"{', '.join(METRICS)}") from None
+                           f"{', '.join(METRICS)}, and {' / '.join(f'{m}_<n>' for m in SAMPLE_COUNT_METRICS)} (at n "
+                           "samples, where the preset scores them)")
+    return metric
 
 
 def find_metric(name: str) -> Metric | None:
-    """The metric called ``name``, or None."""
-    return METRICS.get(name)
+    """The metric called ``name`` (a catalogue entry, or a sample-count metric such as ``ged_100``), or None."""
+    return METRICS.get(name) or sample_count_metric(name)
 
 
 def ranked_metrics() -> list[Metric]:
@@ -218,5 +257,6 @@ def objective_metrics() -> list[Metric]:
     return [m for m in METRICS.values() if m.objective]
 
 
-__all__ = ["CATALOGUE", "METRICS", "Metric", "PerImage", "all_metrics", "find_metric", "get_metric",
-           "leaderboard_metrics", "metric_names", "objective_metrics", "ranked_metrics", "register_metric"]
+__all__ = ["CATALOGUE", "METRICS", "SAMPLE_COUNT_METRICS", "Metric", "PerImage", "all_metrics", "at_samples",
+           "find_metric", "get_metric", "leaderboard_metrics", "metric_names", "objective_metrics", "ranked_metrics",
+           "register_metric", "sample_count_metric", "sample_count_metrics"]
