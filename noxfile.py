@@ -29,8 +29,8 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def slow(session: nox.Session) -> None:
-    """The slow end-to-end tests: the README's quick runs on lidc-sample and SPU-Net's collapse on synthetic
-    (about 21 minutes on 2 cores)."""
+    """The slow end-to-end tests: the README's quick runs on lidc-sample (with ccdm's) and SPU-Net's collapse on
+    synthetic (about 31 minutes on 2 cores)."""
     install(session)
     session.run("pytest", "-m", "slow", *session.posargs)
 

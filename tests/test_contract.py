@@ -20,6 +20,8 @@ def build_small(name: str, latent_dim: int = 3):
     hp = {h.name: h.default for h in spec.hyperparameters}
     if "filters" in hp:
         hp["filters"] = "4,8,16"
+    if "timesteps" in hp:  # a diffusion model (ccdm): few steps, so that sample() stays fast
+        hp["timesteps"] = hp["sampling_steps"] = 10
     torch.manual_seed(0)
     return spec, spec.factory(latent_dim=latent_dim, in_channels=1, **hp), hp
 

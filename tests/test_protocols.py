@@ -274,7 +274,7 @@ def test_documented_literature_grid_commands_end_to_end(split, tmp_path, monkeyp
     text = text.replace(models_line, 'models = ["punet", "ssn"]\nfolds = [0]')
     (tmp_path / "benchmarks" / grid_name).write_text(text)
     if split == "v1":
-        source = knegt_pickle(tmp_path / "pickles" / "data_lidc.pickle", size=128)
+        source = knegt_pickle(tmp_path / "pickles" / "data_lidc.pickle", size=128, slices=[2] * 10)
         done = CliRunner().invoke(app, ["data", "convert", "lidc", "--data-root", str(source.parent), "--trust-pickle",
                                         "--output", str(tmp_path / "data" / "lidc-converted")])
         assert done.exit_code == 0, done.output
@@ -301,3 +301,19 @@ def test_documented_literature_grid_commands_end_to_end(split, tmp_path, monkeyp
     if split == "v2":  # no published SSN value on v2
         assert rows["ssn"]["reference"] is None and rows["ssn"]["delta_ged_16"] is None
     shutil.rmtree(tmp_path / "probseg-runs")
+
+
+def test_the_plan_line_calls_the_folds_of_a_fixed_split_training_runs():
+    from probseg_bench.cli.progress import describe_run
+
+    request = RunRequest(model="punet", dataset="lidc", preset="lidc-v1")
+    line = describe_run(request, PRESETS["lidc-v1"], (0, 1, 2), "200 epochs", "cuda", "sqlite:///r.db")
+    assert "folds 0 1 2 (training runs on the fixed phiseg split, each with its own seed)" in line
+    assert "folds 0 1 2, 400 epochs" in describe_run(replace_preset(request), PRESETS["quick"], (0, 1, 2),
+                                                     "400 epochs", "cpu", "sqlite:///r.db")
+
+
+def replace_preset(request: RunRequest) -> RunRequest:
+    from dataclasses import replace
+
+    return replace(request, preset="quick", dataset="lidc-sample")

@@ -521,3 +521,117 @@ def test_documented_table_ii_command_end_to_end_on_cpu(monkeypatch, tmp_path):
         expected = float(measured[3].split()[0]) - float(published.split()[0])  # the shown (rounded) measured EWD
         assert delta[0] in "+−" and abs(float(delta.replace("−", "-")) - expected) <= 0.0011
     assert "Table II" in result.stdout and NO_MATCH not in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------- the literature
+def literature_record(model: str, fold: int, ged16: float, *, preset: str = "lidc-v1", dataset: str = "lidc",
+                      d: int = 6, variant: str = "", counts: tuple[int, ...] = (16, 32, 100),
+                      config: str | None = None) -> FoldRecord:
+    """A fabricated fold under a literature preset: GED_n = ged16 - n / 1000, HM-IoU_n = 1 - GED_n, 4 test images."""
+    metrics = {"ged": ged16, "hm_iou": 0.6, "ewd": 0.4, "er": None}
+    per_image = {k: [v] * 4 for k, v in metrics.items() if v is not None}
+    for n in counts:
+        metrics[f"ged_{n}"] = ged16 - n / 1000
+        metrics[f"hm_iou_{n}"] = 1 - (ged16 - n / 1000)
+        per_image[f"ged_{n}"] = [ged16 - n / 1000 + e for e in (-0.01, 0.01, -0.02, 0.02)]
+    return FoldRecord(
+        model=model, dataset=dataset, latent_dim=d, fold=fold, seed=0, preset=preset,
+        config_hash=config or f"{model}-{preset}-{dataset}-{d}-{variant}-{counts}", split_hash=f"split-{preset}",
+        hyperparameters={}, protocol={"n_folds": 3}, variant=variant, metrics=metrics, per_image=per_image,
+        test_ids=["a", "b", "c", "d"], timings={"sampling_s": 8.0, "samples_per_image": max(counts or (16,))},
+        versions={},
+    )
+
+
+def test_literature_pairs_a_row_only_at_its_dataset_split_n_and_model():
+    """A v1 punet row gets the v1 PU-Net values at the same n; a row of another split (lidc-crops under lidc-v1),
+    another preset (paper), another d, with an override, or without the measured n gets none."""
+    literature = get_reference("literature")
+    recs = [
+        *[literature_record("punet", f, 0.30 + f / 100) for f in range(3)],  # v1: pairs
+        *[literature_record("punet", f, 0.31, dataset="lidc-crops") for f in range(3)],  # v1 procedure, v2 data
+        *[literature_record("punet", f, 0.31, dataset="lidc-crops", preset="lidc-v2") for f in range(3)],  # v2
+        *[literature_record("punet", f, 0.31, preset="paper", counts=()) for f in range(3)],  # another preset
+        *[literature_record("punet", f, 0.31, d=4) for f in range(3)],  # not the reference d
+        *[literature_record("punet", f, 0.31, variant="epochs=2") for f in range(3)],  # an override
+        *[literature_record("ssn", f, 0.25, counts=(16,)) for f in range(3)],  # only n = 16 measured
+        *[literature_record("spunet", f, 0.29) for f in range(3)],  # no published value
+    ]
+    rows = {(r.dataset, r.preset, r.label, r.latent_dim): r for r in build_leaderboard(recs)}
+    v1 = rows[("lidc", "lidc-v1", "punet", 6)]
+    assert match_reference(v1, literature) is literature.lookup("lidc", "punet", "lidc-v1")
+    assert match_reference(rows[("lidc-crops", "lidc-v2", "punet", 6)], literature).values["ged_16"].mean == 0.320
+    for key in (("lidc-crops", "lidc-v1", "punet", 6), ("lidc", "paper", "punet", 6), ("lidc", "lidc-v1", "punet", 4),
+                ("lidc", "lidc-v1", "punet (epochs=2)", 6), ("lidc", "lidc-v1", "spunet", 6)):
+        assert match_reference(rows[key], literature) is None, key
+    out = {(o["dataset"], o["preset"], o["label"], o["latent_dim"]): o
+           for o in json.loads(render(list(rows.values()), "json", references=[literature]))}
+    punet = out[("lidc", "lidc-v1", "punet", 6)]
+    assert punet["ged_16_mean"] == pytest.approx(0.31 - 0.016) and punet["ged_100_mean"] == pytest.approx(0.31 - 0.1)
+    assert punet["reference"]["ged_16_mean"] == 0.310 and punet["reference"]["ged_100_mean"] == 0.252
+    assert punet["reference"]["ged_16_source"] == "ccdm-table1"
+    assert punet["delta_ged_16"] == pytest.approx(0.31 - 0.016 - 0.310)
+    assert punet["delta_hm_iou_32"] == pytest.approx((1 - 0.31 + 0.032) - 0.548)
+    ssn = out[("lidc", "lidc-v1", "ssn", 6)]
+    assert ssn["delta_ged_16"] == pytest.approx(0.25 - 0.016 - 0.259)
+    assert ssn["delta_ged_100"] is None and "ged_100_mean" not in ssn["reference"]  # no measured GED_100
+    for key in (("lidc", "paper", "punet", 6), ("lidc", "lidc-v1", "punet (epochs=2)", 6)):
+        assert out[key]["reference"] is None and out[key]["delta_ged_16"] is None
+    v2 = out[("lidc-crops", "lidc-v2", "punet", 6)]
+    assert v2["reference"]["ged_16_mean"] == 0.320 and v2["delta_ged_32"] is None  # v2 publishes no GED_32
+
+
+def literature_store(tmp_path) -> str:
+    path = str(tmp_path / "lit.db")
+    store = ResultsStore(path)
+    for f in range(3):
+        store.add(literature_record("punet", f, 0.30 + f / 100))
+        store.add(literature_record("ccdm", f, 0.22))
+        store.add(literature_record("punet", f, 0.31, preset="paper", counts=()))
+    return path
+
+
+def test_literature_in_every_format_and_the_pivot(tmp_path):
+    store = literature_store(tmp_path)
+    table = leaderboard(store, "--reference", "literature").stdout
+    header = cells_of(table, "│")[0]
+    for label in ("GED_16 ↓", "GED_16 (literature)", "Δ GED_16", "HM-IoU_32 (literature)", "GED_100 ↓",
+                  "sampling s/image"):
+        assert label in header
+    assert "CCDM Table 1" in table and "not checked against the original paper" in table
+    md = leaderboard(store, "--reference", "literature", "--format", "markdown").stdout
+    rows = {(c[0], c[1], c[3]): dict(zip(cells_of(md)[0], c, strict=True)) for c in cells_of(md)[2:]}
+    ccdm = rows[("lidc", "ccdm", "lidc-v1")]
+    assert ccdm["GED_16 (literature)"] == "0.212" and ccdm["Δ GED_16"] == "−0.008"  # 0.204 - 0.212
+    assert ccdm["GED_100 (literature)"] == "0.183" and ccdm["sampling s/image"] == "2 (n=100)"  # 8 s / 4 images
+    assert ccdm["GED_16 ↓"] == "**0.204 ± 0.000**"  # the best measured row; published values never bold
+    paper_row = rows[("lidc", "punet", "paper")]
+    assert paper_row["GED_16 (literature)"] == "" and paper_row["GED_16 ↓"] == ""
+    notes = [line for line in md.splitlines() if line.startswith("literature, ")]
+    assert [n.split(":")[0] for n in notes] == ["literature, CCDM (ccdm) under lidc-v1",
+                                              "literature, PU-Net (punet) under lidc-v1"]
+    assert "ged_100 0.252 [ccdm-table1: as reported in CCDM Table 1; not checked against the original paper; " \
+           "doubtful provenance" in notes[1]
+    latex = leaderboard(store, "--reference", "literature", "--format", "latex").stdout
+    assert "GED\\_16 (literature) & $\\Delta$ GED\\_16" in latex
+    flat = list(csv.DictReader(io.StringIO(leaderboard(store, "--reference", "literature", "--format", "csv").stdout)))
+    ccdm_csv = next(r for r in flat if (r["model"], r["preset"]) == ("ccdm", "lidc-v1"))
+    assert float(ccdm_csv["reference_ged_32_mean"]) == 0.194 and ccdm_csv["reference_name"] == "literature"
+    # the pivot: with only the literature, its first published metric the rows have (GED_16)
+    pivot = leaderboard(store, "--reference", "literature", "--pivot", "--format", "markdown").stdout
+    assert "| lidc | ccdm — literature (CCDM Table 1) | lidc-v1 | 0.212 |" in pivot
+    assert "| lidc | ccdm — Δ (measured − literature) | lidc-v1 | −0.008 |" in pivot
+    assert "| lidc | ccdm | lidc-v1 | **0.204 ± 0.000** |" in pivot
+    pivot_hm = leaderboard(store, "--reference", "literature", "--pivot", "--pivot-metric", "hm_iou_32",
+                           "--format", "json").stdout
+    entry = next(e for e in json.loads(pivot_hm) if (e["model"], e["preset"]) == ("ccdm", "lidc-v1"))
+    assert entry["literature_hm_iou_32_mean_d6"] == 0.631 and entry["delta_hm_iou_32_d6"] == pytest.approx(
+        (1 - 0.22 + 0.032) - 0.631)
+    both = leaderboard(store, "--reference", "paper", "--reference", "literature", "--format", "markdown").stdout
+    table = cells_of(both)
+    rows = {(c[1], c[3]): dict(zip(table[0], c, strict=True)) for c in table[2:]}
+    assert rows[("punet", "paper")]["EWD (paper)"] == "0.451 ± 0.006"  # Table II, lidc, PU-Net, d = 6
+    assert rows[("punet", "paper")]["GED_16 (literature)"] == ""
+    assert rows[("punet", "lidc-v1")]["EWD (paper)"] == "" and rows[("punet", "lidc-v1")]["GED_16 (literature)"] == (
+        "0.310")
+    assert "no published value" not in both

@@ -59,9 +59,11 @@ def describe_run(request: RunRequest, preset: Preset, folds: Sequence[int], epoc
         overrides.append("not paper numbers")
     preset_text = f"preset {preset.name}" + (f" ({'; '.join(overrides)})" if overrides else "")
     dims = ", ".join(str(d) for d in request.latent_dims)
-    return (f"run {model} on {request.dataset}: d={dims}, fold{'s' if len(folds) > 1 else ''} "
-            f"{' '.join(map(str, folds))}, {epochs}, {preset_text}, device {device}; results in {store_url}, "
-            f"checkpoints under {request.run_dir}")
+    plural = "s" if len(folds) > 1 else ""
+    what = (f"fold{plural} {' '.join(map(str, folds))} (training run{plural} on the fixed {preset.split} split, "
+            "each with its own seed)" if preset.fixed_split else f"fold{plural} {' '.join(map(str, folds))}")
+    return (f"run {model} on {request.dataset}: d={dims}, {what}, {epochs}, {preset_text}, device {device}; results "
+            f"in {store_url}, checkpoints under {request.run_dir}")
 
 
 def planned_epochs(preset: Preset, dataset: DatasetSpec) -> str:

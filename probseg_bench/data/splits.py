@@ -64,8 +64,11 @@ class Splits:
 
     @property
     def train_items(self) -> float:
-        """The mean number of items of the folds' training splits."""
-        return float(np.mean([len(self.train_val(k)[0]) for k in range(len(self.folds))]))
+        """The mean number of items of the folds' training splits (CV: all but one fold of the non-test items)."""
+        if self.train is not None:
+            return float(len(self.train))
+        n_folds = len(self.folds)
+        return sum(len(f) for f in self.folds) * (n_folds - 1) / max(n_folds, 1)
 
 
 def grouped_splits(groups: np.ndarray, n_folds: int = 3, test_fraction: float = 0.2, seed: int = 0) -> Splits:
