@@ -1,7 +1,8 @@
 """Paired comparisons of two configurations on the same test images (``probseg-bench compare``).
 
 Two leaderboard rows are comparable when they share the dataset, the split (split hash, hence the same test
-images) and, for ``compare``, the latent dimension. For each test image the metric is averaged over the folds
+images), the data (content fingerprint; records stored before fingerprints pair only with each other) and, for
+``compare``, the latent dimension. For each test image the metric is averaged over the folds
 both rows have (each fold trains a model; all folds are evaluated on the same test set), and the paired
 differences A - B are tested with the Wilcoxon signed-rank test (two-sided; scipy.stats.wilcoxon, zero
 differences dropped: ``zero_method="wilcox"``). Also reported: the median difference with a percentile bootstrap
@@ -18,7 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import wilcoxon
 
+from probseg_bench.data.fingerprint import short
 from probseg_bench.errors import ProbsegError
+from probseg_bench.memory import check_fits
 from probseg_bench.results import FoldRecord
 
 TEST_NAME = "Wilcoxon signed-rank, two-sided, paired by test image (metric averaged over folds)"
@@ -87,6 +90,10 @@ def paired_differences(
     """
     if {r.split_hash for r in a} != {r.split_hash for r in b} or len({r.split_hash for r in a}) != 1:
         raise ProbsegError(f"{label_a} and {label_b} were not evaluated on the same split: not paired")
+    data_a, data_b = {r.data_fingerprint for r in a}, {r.data_fingerprint for r in b}
+    if data_a != data_b or len(data_a) != 1:  # None (stored before fingerprints) pairs only with None, as before
+        shown = " vs ".join(", ".join(sorted(short(f) for f in d)) for d in (data_a, data_b))
+        raise ProbsegError(f"{label_a} and {label_b} were not evaluated on the same data (data {shown}): not paired")
     folds = sorted({r.fold for r in a} & {r.fold for r in b})
     if not folds:
         raise ProbsegError(f"{label_a} and {label_b} have no fold in common")
@@ -115,9 +122,15 @@ def compare_pair(
     """Compare the fold records of configuration A with those of B (same dataset and split).
 
     Raises:
-        ProbsegError: see :func:`paired_differences`.
+        ProbsegError: see :func:`paired_differences`; ``n_bootstrap`` < 1 or ``seed`` < 0; bootstrap resamples
+            (int64 indices and the resampled values, 16 bytes per image and resample) that cannot fit in memory.
     """
+    if n_bootstrap < 1:
+        raise ProbsegError(f"--bootstrap: expected >= 1, got {n_bootstrap}")
+    if seed < 0:
+        raise ProbsegError(f"--seed: expected an integer >= 0, got {seed}")
     diff, folds = paired_differences(a, b, metric, label_a, label_b)
+    check_fits(16 * n_bootstrap * diff.size, f"--bootstrap {n_bootstrap} ({diff.size} paired test images)")
     statistic, p = _wilcoxon(diff)
     rng = np.random.default_rng(seed)
     boot = np.median(diff[rng.integers(0, diff.size, (n_bootstrap, diff.size))], axis=1)

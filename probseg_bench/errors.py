@@ -23,3 +23,8 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
 
 class PluginCollisionError(ProbsegError):
     """Two plugins registered the same name; the message names both distributions."""
+
+
+class OutputError(ProbsegError):
+    """Writing an output file or folder failed (no space left, no permission, a file size limit); the message
+    names the path. What was written before (stored records, earlier files) is kept."""

@@ -22,6 +22,7 @@ as CCDM's evaluation (``evaluate_lidc_uncertainty.py``) scores the first n of on
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,8 +33,58 @@ import torch
 
 from probseg_bench.api import LatentSegmentationModel, MultiRaterData
 from probseg_bench.errors import ProbsegError
+from probseg_bench.memory import format_bytes, memory_limit
 from probseg_bench.metrics.catalogue import SAMPLE_COUNT_METRICS, Metric, all_metrics, at_samples
 from probseg_bench.metrics.per_image import MissingPriorScale, SampleBatch
+
+EVALUATION_MEMORY_BOUND = 4 * 2**30
+"""Bytes the metrics of one evaluation batch may allocate (or half this machine's memory, when less): a sample
+count whose estimate (:func:`evaluation_memory`) exceeds it is refused before any sample is drawn."""
+
+
+def evaluation_memory(n_samples: int, annotators: int, height: int, width: int,
+                      batch_size: int) -> list[tuple[str, int]]:
+    """The main allocations, in bytes, of the metrics of one evaluation batch (a lower bound of its peak; the
+    model's own activations while sampling are not counted): (what, bytes) pairs, the largest first.
+
+    The B x n sample maps of H x W pixels (logits and probabilities float32, the binary samples, a float32 copy
+    for the IoU products: 13 bytes per pixel and sample); the B n x n IoU matrices between samples (float64, with
+    their intersection and union: 24 bytes per pair); HM-IoU's L x L assignment (the tiled IoU matrix and its cost
+    1 - IoU, float64, one image at a time), L = lcm(n, A).
+    """
+    pixels = height * width
+    lcm = n_samples * annotators // math.gcd(n_samples, annotators)
+    terms = [
+        (f"{batch_size} x {n_samples} sample maps of {height} x {width} pixels", batch_size * n_samples * pixels * 13),
+        (f"{batch_size} IoU matrices of {n_samples} x {n_samples} samples", batch_size * n_samples * n_samples * 24),
+        (f"HM-IoU's {lcm} x {lcm} assignment matrix, lcm({n_samples} samples, {annotators} annotators), "
+         f"{format_bytes(lcm * lcm * 8)} per copy", 2 * lcm * lcm * 8),
+    ]
+    return sorted(terms, key=lambda t: -t[1])
+
+
+def check_evaluation_memory(n_samples: int, annotators: int, height: int, width: int, batch_size: int,
+                            what: str) -> None:
+    """Refuse, before anything is drawn, an evaluation whose metrics would allocate more than
+    :data:`EVALUATION_MEMORY_BOUND` per batch (see :func:`evaluation_memory`), or a sample count < 1.
+
+    Args:
+        what: the option or setting that sets ``n_samples``, for the message (e.g. ``"--samples 10007"``).
+
+    Raises:
+        ProbsegError: one line naming ``what``, the estimate, its largest part and the bound.
+    """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ProbsegError(f"{what}: expected an integer >= 1 samples per image, got {n_samples!r}")
+    machine = memory_limit()
+    bound = EVALUATION_MEMORY_BOUND if machine is None else min(EVALUATION_MEMORY_BOUND, machine // 2)
+    terms = evaluation_memory(n_samples, annotators, height, width, batch_size)
+    total = sum(size for _, size in terms)
+    if total > bound:
+        raise ProbsegError(
+            f"{what}: the metrics of one evaluation batch would allocate about {format_bytes(total)} (most of it "
+            f"{terms[0][0]}), more than the bound of {format_bytes(bound)} per batch; use fewer samples per image "
+            "(a multiple of the annotator count keeps HM-IoU's matrix small)")
 
 
 @dataclass
@@ -136,8 +187,14 @@ def evaluate(
 
     The draws are made with torch's generator seeded with ``seed`` (restored afterwards), so the same model,
     data and seed give the same numbers (see :func:`prior_sample_batches`).
+
+    Raises:
+        ProbsegError: a sample count < 1 or beyond the memory bound (:func:`check_evaluation_memory`), before any
+            sample is drawn.
     """
     drawn = max((n_samples, *sample_counts))
+    _, annotators, height, width = data.masks.shape
+    check_evaluation_memory(drawn, annotators, height, width, min(batch_size, len(data)), f"n_samples {drawn}")
     metrics = [(m, n_samples) for m in all_metrics()]
     metrics += [(at_samples(name, n), n) for name in SAMPLE_COUNT_METRICS for n in sorted(set(sample_counts))]
     out: dict[str, list[float]] = {m.name: [] for m, _ in metrics}

@@ -10,12 +10,15 @@ stored are skipped by the protocol itself, so any executor resumes a grid.
 - ``ray``: one Ray task per cell, requesting 1 GPU with ``--device cuda`` else ``cpus_per_task`` CPUs, on the
   cluster at ``address`` (a new local one when None). A cell that raises is retried up to ``retries`` times
   (Ray's ``max_retries`` with ``retry_exceptions``; a crashed worker process too), then recorded as failed.
+  Connecting to ``address`` fails within a bounded time with one line naming it (:func:`ray_session`).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -86,6 +89,9 @@ def run_local(requests: list[RunRequest], storage: str, jobs: int = 1,
 
     Raises:
         ProbsegError: jobs < 1.
+        FoldInterrupted: Ctrl-C (SIGINT to this process): no further cell starts, the cells in progress are
+            interrupted, and its ``on_disk`` joins what each left on disk (:mod:`probseg_bench.interruption`); the
+            cells that finished were passed to ``on_result``.
     """
     if jobs < 1:
         raise ProbsegError(f"--jobs: expected >= 1, got {jobs}")
@@ -100,38 +106,169 @@ def run_local(requests: list[RunRequest], storage: str, jobs: int = 1,
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_safe_cell, r, storage, threads) for r in requests]
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init)
+    futures = [pool.submit(_worker_cell, r, storage, threads) for r in requests]
+    reported: set[Future[CellResult]] = set()
+
+    def report(future: Future[CellResult]) -> None:
+        result = future.result()
+        reported.add(future)
+        results.append(result)
+        if on_result:
+            on_result(result)
+
+    try:
         for future in as_completed(futures):
-            result = future.result()
-            results.append(result)
-            if on_result:
-                on_result(result)
+            report(future)
+    except KeyboardInterrupt:
+        raise _stop_workers(pool, futures, reported, report) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return results
+
+
+NOT_STARTED = "not started: interrupted"
+"""The error of a local worker's cell that an interruption kept from starting."""
+_cell_running = False
+_stopping = False
+
+
+def _worker_init() -> None:
+    """In a local worker process: ignore SIGINT (a terminal's Ctrl-C reaches every process of the group; the parent
+    decides), and let SIGTERM from the parent (:func:`_stop_workers`) interrupt the cell in progress as Ctrl-C would
+    (so that it says what it left on disk) and keep any later cell from starting; a second SIGTERM ends it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_stop)
+
+
+def _on_stop(signum: int, frame: Any) -> None:
+    """The first SIGTERM interrupts the cell in progress (or keeps the next from starting); a second one ends the
+    process as SIGTERM does by default (e.g. a worker left without its parent)."""
+    import signal
+
+    global _stopping
+    if _stopping:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    _stopping = True
+    if _cell_running:
+        raise KeyboardInterrupt
+
+
+def _worker_cell(request: RunRequest, storage: str, threads: int | None) -> CellResult:
+    """:func:`_safe_cell` in a local worker, unless the run was interrupted (then :data:`NOT_STARTED`)."""
+    global _cell_running
+    _cell_running = True
+    try:
+        if _stopping:
+            return CellResult(request, [], NOT_STARTED)
+        return _safe_cell(request, storage, threads)
+    finally:
+        _cell_running = False
+
+
+def _stop_workers(pool: Any, futures: list[Future[CellResult]], reported: set[Future[CellResult]],
+                  report: Callable[[Future[CellResult]], None]) -> KeyboardInterrupt:
+    """After Ctrl-C in the parent of local workers: no new cell starts, each worker's cell in progress is
+    interrupted (SIGTERM, :func:`_worker_init`) and says what it left on disk, and a cell that finished meanwhile is
+    reported. Returns the :class:`~probseg_bench.interruption.FoldInterrupted` to raise (the cells' clauses)."""
+    import signal
+    from concurrent.futures import wait
+
+    from probseg_bench.interruption import NOTHING_IN_PROGRESS, FoldInterrupted
+
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # CPython's; shutdown forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            try:
+                os.kill(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    try:
+        wait([f for f in futures if not f.cancelled()])
+    except KeyboardInterrupt:
+        return FoldInterrupted("interrupted again while the cells in progress were stopping: each keeps the training "
+                               "state of its last written epoch (its fold<k>.partial.pt under the run dir), or "
+                               "nothing if it had written none")
+    clauses = []
+    for future in futures:
+        if future.cancelled() or future in reported:
+            continue
+        try:
+            result = future.result()
+        except FoldInterrupted as exc:
+            clauses.append(exc.on_disk)
+            continue
+        except BaseException:  # a plain KeyboardInterrupt (the cell was being prepared: nothing on disk), a crash
+            continue
+        if result.error != NOT_STARTED:  # finished before the interruption reached it
+            report(future)
+    return FoldInterrupted("; ".join(c for c in clauses if c != NOTHING_IN_PROGRESS) or NOTHING_IN_PROGRESS)
+
+
+def _import_ray(address: str | None) -> Any:
+    """Import Ray, with the settings that bound connecting to ``address`` (:func:`ray_connect_settings`) in the
+    environment while it is imported (Ray reads some of them then).
+
+    Raises:
+        ProbsegError: Ray is not installed.
+    """
+    from probseg_bench.connections import environment, ray_connect_settings
+
+    try:
+        with environment(ray_connect_settings() if address else {}):
+            import ray
+    except ImportError:
+        raise ProbsegError("--executor ray needs Ray: pip install 'probseg-bench[ray]'") from None
+    return ray
 
 
 @contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
-    """Connect to the Ray cluster at ``address`` (``auto``, ``host:port``) or start a local one with this
-    machine's CPUs (None); shut down on exit what was started here.
+    """Connect to the Ray cluster at ``address`` (``auto``, ``host:port``, ``ray://host:port``) or start a local one
+    with this machine's CPUs (None); shut down on exit what was started here.
+
+    Connecting is bounded (:mod:`probseg_bench.connections`): the head's port is tried with a TCP connection first
+    (fails within :func:`~probseg_bench.connections.connect_timeout` seconds, 10 by default), then Ray makes one
+    GCS connection attempt bounded by the same timeout (+ about 10 s of Ray's own waits), not its 20 retries.
 
     Raises:
-        ProbsegError: Ray is not installed, or the cluster cannot be reached.
+        ProbsegError: Ray is not installed, or the cluster cannot be reached (one line naming the address).
     """
-    try:
-        import ray
-    except ImportError:
-        raise ProbsegError("--executor ray needs Ray: pip install 'probseg-bench[ray]'") from None
+    from probseg_bench.connections import (
+        RAY_EXTRA_S,
+        check_reachable,
+        connect_timeout,
+        environment,
+        error_line,
+        ray_connect_settings,
+        ray_target,
+    )
+
+    ray = _import_ray(address)
     if ray.is_initialized():
         yield
         return
     try:
         if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            target = ray_target(address)
+            if target is not None:
+                check_reachable(*target, what=f"--address {address}: the Ray cluster's head")
+            with environment(ray_connect_settings()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Ray Client's multi-line advice: the one line below says it
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    except ProbsegError:
+        raise
     except Exception as exc:  # ConnectionError and friends, by Ray version
-        raise ProbsegError(f"--address {address}: cannot connect to the Ray cluster ({exc})") from None
+        within = f" within about {connect_timeout() + RAY_EXTRA_S:g} s" if address else ""
+        raise ProbsegError(f"--address {address}: cannot connect to the Ray cluster{within} ({error_line(exc)})"
+                           ) from None
     try:
         yield
     finally:
@@ -145,11 +282,9 @@ def run_ray(requests: list[RunRequest], storage: str, address: str | None = None
 
     Raises:
         ProbsegError: Ray is not installed, or the cluster cannot be reached.
+        FoldInterrupted: Ctrl-C: the cells not finished are cancelled (:func:`_cancel_ray`).
     """
-    try:
-        import ray
-    except ImportError:
-        raise ProbsegError("--executor ray needs Ray: pip install 'probseg-bench[ray]'") from None
+    ray = _import_ray(address)
     remote = ray.remote(max_retries=retries, retry_exceptions=True)(run_cell)
     results = []
     with ray_session(address):
@@ -157,9 +292,8 @@ def run_ray(requests: list[RunRequest], storage: str, address: str | None = None
         for r in requests:
             resources = {"num_gpus": 1, "num_cpus": 1} if r.device.startswith("cuda") else {"num_cpus": cpus_per_task}
             pending[remote.options(**resources).remote(r, storage, cpus_per_task)] = r
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            ref = done[0]
+
+        def collect(ref: Any) -> None:
             request = pending.pop(ref)
             try:
                 result = CellResult(request, ray.get(ref))
@@ -170,4 +304,37 @@ def run_ray(requests: list[RunRequest], storage: str, address: str | None = None
             results.append(result)
             if on_result:
                 on_result(result)
+
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                collect(done[0])
+        except KeyboardInterrupt:
+            raise _cancel_ray(ray, pending, collect) from None
     return results
+
+
+def _cancel_ray(ray: Any, pending: dict[Any, RunRequest], collect: Callable[[Any], None]) -> KeyboardInterrupt:
+    """After Ctrl-C in the driver: the cells that finished are collected, the others cancelled (``force=False``: a
+    Ctrl-C in the task, whose fold then stops at a Python step; its last written training state stays). Ray does not
+    return what a cancelled task left, so the clause names the files (on the machines that ran the cells), not
+    their epochs. Returns the :class:`~probseg_bench.interruption.FoldInterrupted` to raise."""
+    from probseg_bench.interruption import NOTHING_IN_PROGRESS, FoldInterrupted
+
+    try:
+        done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+        for ref in done:
+            collect(ref)
+        for ref in pending:
+            ray.cancel(ref)
+        ray.wait(list(pending), num_returns=len(pending), timeout=30)  # let the cancelled tasks stop cleanly
+    except KeyboardInterrupt:
+        pass
+    if not pending:
+        return FoldInterrupted(NOTHING_IN_PROGRESS)
+    cells = ", ".join(f"{r.model}/{r.dataset} d={r.latent_dims[0]} fold {r.folds[0] if r.folds else 0}"
+                      for r in pending.values())
+    dirs = ", ".join(dict.fromkeys(str(r.run_dir) for r in pending.values()))
+    return FoldInterrupted(f"{len(pending)} cell(s) not finished were cancelled on Ray ({cells}): each that had "
+                           f"written a training state keeps it (its fold<k>.partial.pt under {dirs} on the machine "
+                           "that ran it, at its last written epoch), the others left nothing")

@@ -21,6 +21,7 @@ from probseg_bench.api import (
     resolve_hyperparameters,
 )
 from probseg_bench.data.crop import center_crop
+from probseg_bench.data.fingerprint import data_fingerprint
 from probseg_bench.data.loading import dataset_parameters, load_dataset
 from probseg_bench.errors import ProbsegError, did_you_mean
 from probseg_bench.plugins import Plugins, get_plugins
@@ -211,6 +212,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+MAX_LATENT_DIM = 1024
+"""The largest latent dimension a run accepts (the paper's grid: 4..7; larger ones only allocate without end)."""
+
+
 def fold_seed(seed: int, latent_dim: int, fold: int) -> int:
     """The torch seed of one fold's training (model init and draws), derived from the run seed."""
     return (seed * 1_000_003 + latent_dim * 1009 + fold * 101) % (2**31)
@@ -245,7 +250,9 @@ def merged_hyperparameters(spec: ModelSpec, preset: Preset, *layers: Mapping[str
 
 @dataclass
 class Experiment:
-    """A prepared run: specs, preset, objective terms, the loaded dataset, its grouped split and the device.
+    """A prepared run: specs, preset, objective terms, the loaded dataset, its grouped split and the device;
+    ``data_fingerprint``: :func:`probseg_bench.data.fingerprint.data_fingerprint` of ``data`` (after the preset's
+    crop), computed once by :meth:`prepare`.
 
     Build it with :meth:`prepare`; :meth:`hyperparameters` resolves a configuration, :meth:`train` trains one
     fold of it (the test split is never touched here: only ``splits.train_val(fold)``).
@@ -264,15 +271,19 @@ class Experiment:
     folds: tuple[int, ...] = field(default=())
     model_hp: dict[str, HyperValue] = field(default_factory=dict)
     reg_hp: dict[str, dict[str, HyperValue]] = field(default_factory=dict)
+    data_fingerprint: str = ""
 
     @classmethod
     def prepare(cls, request: RunRequest, plugins: Plugins | None = None) -> Experiment:
-        """Check the request, load the dataset, split it.
+        """Check the request, load the dataset, split it, and fingerprint its content (one SHA-256 pass over the
+        images and masks: about 2 s for LIDC-sized data).
 
         Raises:
-            ProbsegError: unknown plugin / preset / fold / regularizer, bad latent dims, bad data, no device.
+            ProbsegError: unknown plugin / preset / fold / regularizer, bad latent dims, bad data, no device, an
+                evaluation beyond its memory bound (:func:`probseg_bench.evaluation.check_evaluation_memory`).
         """
         from probseg_bench.data.splits import protocol_splits
+        from probseg_bench.evaluation import check_evaluation_memory
 
         plugins = plugins or get_plugins()
         c = cls.check(request, plugins)
@@ -281,10 +292,14 @@ class Experiment:
         crop = c.preset.crop(c.dataset_spec.protocol)
         if crop is not None:  # the preset crops to the dataset's region of interest (quick)
             data = center_crop(data, crop)
+        _, annotators, height, width = data.masks.shape  # the evaluation must fit before any fold trains
+        n_eval, batch = c.preset.samples_drawn, min(c.preset.batch_size, len(data))
+        check_evaluation_memory(n_eval, annotators, height, width, batch,
+                                f"protocol setting 'n_eval_samples' ({n_eval} samples per image)")
         splits = protocol_splits(data.groups, data.metadata, c.preset.split, c.preset.n_folds, c.preset.test_fraction,
                                  request.seed, c.preset.split_seed, f"dataset '{request.dataset}'")
         return cls(request, plugins, c.model_spec, c.dataset_spec, c.preset, c.terms, c.dataset_params, data, splits,
-                   c.device, c.folds, c.model_hp, c.reg_hp)
+                   c.device, c.folds, c.model_hp, c.reg_hp, data_fingerprint(data))
 
     @staticmethod
     def check(request: RunRequest, plugins: Plugins | None = None, check_device: bool = True) -> CheckedRequest:
@@ -302,6 +317,8 @@ class Experiment:
         preset = apply_protocol_overrides(get_preset(request.preset), request.protocol_overrides)
         if not request.latent_dims or any(not _is_int(d) or d < 1 for d in request.latent_dims):
             raise ProbsegError(f"--latent-dim: expected integers >= 1, got {list(request.latent_dims)}")
+        if any(d > MAX_LATENT_DIM for d in request.latent_dims):
+            raise ProbsegError(f"--latent-dim: expected integers <= {MAX_LATENT_DIM}, got {list(request.latent_dims)}")
         if not _is_int(request.seed) or request.seed < 0:
             raise ProbsegError(f"--seed: expected an integer >= 0, got {request.seed!r}")
         folds = tuple(range(preset.n_folds)) if request.folds is None else tuple(request.folds)

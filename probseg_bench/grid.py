@@ -160,9 +160,11 @@ def load_grid(path: Path) -> GridConfig:
     """
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8, whatever the locale
     except OSError as exc:
         raise ProbsegError(f"{path}: cannot read the grid file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ProbsegError(f"{path}: not UTF-8 text at byte {exc.start} (a TOML file is UTF-8)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProbsegError(f"{path}: not valid TOML ({exc})") from None
     unknown = sorted(set(raw) - _KEYS)

@@ -24,6 +24,8 @@ class HyperParameter:
 
     ``low``/``high`` bound a numeric search (``log=True`` for a log-uniform search); ``choices`` lists the values
     of a categorical one. ``tunable=False`` marks a setting that a search leaves alone (e.g. a gradient clip).
+    ``minimum``/``maximum`` (inclusive, optional) bound the values the setting accepts at all (a size >= 1), which
+    :meth:`coerce` enforces; the search range may be narrower (``low``/``high`` only bound a search).
     """
 
     name: str
@@ -34,13 +36,16 @@ class HyperParameter:
     log: bool = False
     choices: tuple[HyperValue, ...] | None = None
     tunable: bool = True
+    minimum: float | None = None
+    maximum: float | None = None
 
     def coerce(self, value: Any, noun: str = "hyperparameter") -> HyperValue:
         """Convert ``value`` (e.g. a CLI string) to the type of the default; errors call it a ``noun`` (a dataset
         plugin's parameters are ``HyperParameter`` too, named "dataset parameter" in its messages).
 
         Raises:
-            ProbsegError: when the value cannot be converted or lies outside ``choices``.
+            ProbsegError: when the value cannot be converted, lies outside ``choices``, or outside
+                ``minimum``..``maximum``.
         """
         kind = type(self.default)
         try:
@@ -71,7 +76,29 @@ class HyperParameter:
             raise ProbsegError(f"{noun} '{self.name}': expected a finite number, got {value!r}")
         if self.choices is not None and out not in self.choices:
             raise ProbsegError(f"{noun} '{self.name}': expected one of {list(self.choices)}, got {value!r}")
+        self.check_bounds(out, noun)
         return out
+
+    def check_bounds(self, value: Any, noun: str = "hyperparameter") -> None:
+        """Refuse a number outside ``minimum``..``maximum`` (a non-number, or a setting without bounds, passes).
+
+        Raises:
+            ProbsegError: one line naming the setting, the bound and the value.
+        """
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return
+        low, high = self.minimum, self.maximum
+        if (low is not None and value < low) or (high is not None and value > high):
+            if high is None:
+                bound = f">= {_number(low)}" if low is not None else ""
+            else:
+                bound = f"<= {_number(high)}" if low is None else f"in {_number(low)}..{_number(high)}"
+            raise ProbsegError(f"{noun} '{self.name}': expected a value {bound}, got {value!r}")
+
+
+def _number(value: float) -> str:
+    """``1`` for 1.0, ``2147483647`` (not 2.15e+09), ``0.5``."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
 
 
 def resolve_hyperparameters(

@@ -9,6 +9,11 @@ paper's reading: a more homogeneous latent space). Each other row evaluated on t
 ``p_vs_best``: the Wilcoxon signed-rank p-value of its per-image test metric (default EWD) against the best row's,
 Holm-corrected over the rows of that dataset (see :mod:`probseg_bench.comparison`).
 
+Rows are never ranked or paired across versions of a dataset's data: where rows of one dataset were computed on
+data with different content fingerprints (:mod:`probseg_bench.data.fingerprint`; a record stored before
+fingerprints is the version ``unrecorded``), each such row's dataset reads ``<dataset> [data <fingerprint>]``, the
+versions are ranked apart, and a footnote (table, markdown, latex; ``data_versions`` > 1 in csv / json) names them.
+
 The pivot layout reproduces the seed paper's Table II: rows dataset x model, one column per latent dimension
 with "EWD ± std (ER)".
 
@@ -30,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from probseg_bench.comparison import holm, paired_p_value
+from probseg_bench.data.fingerprint import short
 from probseg_bench.errors import ProbsegError
 from probseg_bench.metrics.catalogue import (
     Metric,
@@ -75,6 +81,8 @@ class LeaderboardRow:
     latent_size: int | None = None  # the prior's number of dimensions over all levels (ER is ranked within it)
     sampling_s_per_image: float | None = None  # mean over folds of the sampling seconds per test image
     sampling_samples: int | None = None  # the samples per image of that sampling pass
+    data_fingerprint: str | None = None  # the data's content fingerprint (None: stored before fingerprints)
+    data_versions: int = 1  # versions of this dataset's data among the table's rows (> 1: marked, ranked apart)
     records: list[FoldRecord] = field(default_factory=list, repr=False)
 
     @property
@@ -107,7 +115,10 @@ class LeaderboardRow:
         diversity; a table of rows with GED_n / HM-IoU_n adds those), plus label (model with variant and seed),
         dataset_label, variant, preset, seed, config (the full configuration hash), expected_folds, partial,
         n_test, sampling_s_per_image and sampling_samples, best (the metrics this row is best at), p_vs_best and
-        unpaired (why p_vs_best is null for a row that is not the best, else null)."""
+        unpaired (why p_vs_best is null for a row that is not the best, else null), data_fingerprint (the 64-hex
+        content fingerprint of the data, null for records stored before fingerprints) and data_versions (how many
+        versions of the row's dataset the table's rows were computed on: above 1, ``dataset_label`` ends in
+        ``[data <fingerprint>]``, see :func:`mark_data_versions`)."""
         out: dict[str, Any] = {
             "model": self.model, "dataset": self.dataset, "latent_dim": self.latent_dim, "folds": self.folds,
         }
@@ -120,7 +131,7 @@ class LeaderboardRow:
                    seed=self.seed, config=self.config, expected_folds=self.expected_folds, partial=self.partial,
                    n_test=self.n_test, sampling_s_per_image=self.sampling_s_per_image,
                    sampling_samples=self.sampling_samples, best=sorted(self.best), p_vs_best=self.p_vs_best,
-                   unpaired=self.unpaired)
+                   unpaired=self.unpaired, data_fingerprint=self.data_fingerprint, data_versions=self.data_versions)
         return out
 
 
@@ -186,7 +197,9 @@ def build_leaderboard(records: list[FoldRecord], test_metric: str = "ewd") -> li
             mean=mean, std=std, records=recs, sampling_s_per_image=sampling, sampling_samples=drawn,
             # a record written before latent_size was stored: a one-level model, whose size is its latent dim
             latent_size=recs[0].latent_size if recs[0].latent_size is not None else d,
+            data_fingerprint=recs[0].data_fingerprint,
         ))
+    mark_data_versions(rows)  # rows of one dataset on other data: other labels, so other ranking pools
     pools: dict[tuple[str, str], list[LeaderboardRow]] = {}
     for row in rows:
         pools.setdefault((row.dataset_label, row.preset), []).append(row)
@@ -230,6 +243,39 @@ def build_leaderboard(records: list[FoldRecord], test_metric: str = "ewd") -> li
         for row, p in zip(paired, holm(p_values), strict=True):
             row.p_vs_best = p
     return rows
+
+
+def mark_data_versions(rows: list[LeaderboardRow]) -> None:
+    """Where the rows of one dataset (one :func:`dataset_label`) were computed on more than one version of its data
+    (different content fingerprints; a record stored before fingerprints counts as the version ``unrecorded``), set
+    each such row's ``data_versions`` and append `` [data <first 8 hex>]`` to its ``dataset_label``: every format
+    then shows the versions apart, and the best rows and p-values are taken within one version only."""
+    versions: dict[str, set[str | None]] = {}
+    for row in rows:
+        versions.setdefault(row.dataset_label, set()).add(row.data_fingerprint)
+    for row in rows:
+        row.data_versions = len(versions[row.dataset_label])
+        if row.data_versions > 1:
+            row.dataset_label = f"{row.dataset_label} [data {short(row.data_fingerprint)}]"
+
+
+def data_version_notes(rows: list[LeaderboardRow]) -> list[str]:
+    """One footnote per dataset whose rows were computed on several versions of its data, naming each version's
+    rows (see :func:`mark_data_versions`); none when every dataset has one version."""
+    mixed: dict[str, dict[str, list[str]]] = {}
+    for row in rows:
+        if row.data_versions > 1:
+            base = row.dataset_label.rsplit(" [data ", 1)[0]
+            mixed.setdefault(base, {}).setdefault(short(row.data_fingerprint), []).append(
+                f"{row.label} d={row.latent_dim} (config {row.config[:CONFIG_PREFIX]})")
+    notes = []
+    for base, by_version in sorted(mixed.items()):
+        listing = "; ".join(f"[data {fp}]{' (stored before data fingerprints)' if fp == short(None) else ''}: "
+                            f"{', '.join(labels)}" for fp, labels in sorted(by_version.items()))
+        notes.append(f"warning: {base} rows were computed on {len(by_version)} different versions of its data "
+                     f"(content fingerprints), shown apart and never ranked or compared across them: {listing}; "
+                     "rerun them on one version, or select one with --config-hash")
+    return notes
 
 
 def mean_std(mean: float, std: float | None) -> str:
@@ -301,6 +347,7 @@ def leaderboard_table(rows: list[LeaderboardRow], test_metric: str = "ewd",
     unpaired = sorted({f"{r.label} on {r.dataset_label}, d={r.latent_dim}: {r.unpaired}" for r in rows if r.unpaired})
     if unpaired:
         notes = [f"p empty (not paired with the best row): {'; '.join(unpaired)}", *notes]
+    notes = [*data_version_notes(rows), *notes]  # first: rows of one dataset on different data
     return Table("probseg-bench leaderboard", header, body, bold, caption, notes)
 
 

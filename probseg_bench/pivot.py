@@ -8,7 +8,14 @@ import math
 from typing import Any
 
 from probseg_bench.errors import ProbsegError
-from probseg_bench.leaderboard import CONFIG_PREFIX, PARTIAL_NOTE, LeaderboardRow, mean_std, table_metrics
+from probseg_bench.leaderboard import (
+    CONFIG_PREFIX,
+    PARTIAL_NOTE,
+    LeaderboardRow,
+    data_version_notes,
+    mean_std,
+    table_metrics,
+)
 from probseg_bench.metrics.catalogue import find_metric
 from probseg_bench.published import match_reference, reference_notes, signed
 from probseg_bench.references import PublishedValue, ReferenceTable
@@ -110,6 +117,7 @@ def pivot_table(rows: list[LeaderboardRow], metric: str = "ewd", references: lis
     notes = reference_notes(rows, references)
     if any(r.partial for r in rows):
         notes = [PARTIAL_NOTE, *notes]
+    notes = [*data_version_notes(rows), *notes]  # first: rows of one dataset on different data
     return Table("probseg-bench (Table II layout)", header, body, bold, caption, notes)
 
 

@@ -3,7 +3,8 @@
 For a model, a dataset and each latent dimension: a group-aware ~20% test split and 3 folds of the rest
 (deterministic for the seed); per fold, train on two folds, select the checkpoint with the lowest validation
 loss on the third, evaluate it on the test set with 16 prior samples per image, and store one record. Folds
-already in the store (same configuration) are skipped, so rerunning a killed command resumes it.
+already in the store (same configuration, computed on the same data: the data's content fingerprint is part of the
+configuration hash) are skipped, so rerunning a killed command resumes it; a rerun on changed data trains anew.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from probseg_bench.atomic import atomic_torch_save
+from probseg_bench.data.fingerprint import short
 from probseg_bench.experiment import Experiment, RunRequest, fold_seed
 from probseg_bench.plugins import Plugins
 from probseg_bench.results import FoldKey, FoldRecord, ResultsStore
 
 if TYPE_CHECKING:  # pragma: no cover
+    from probseg_bench.interruption import FoldWatch
     from probseg_bench.training import EpochLog
 
 
@@ -34,7 +37,9 @@ class Reporter(Protocol):
     ``run_started``: once per request, after every check and before the first fold (the plan says what will run);
     ``fold_started``: ``resumed_from`` is the epoch the fold's training state was written at (0: a fresh start);
     ``epoch_finished``: after each epoch, with its losses (``log.train_terms``: reconstruction and each
-    regularizer, unweighted)."""
+    regularizer, unweighted); ``data_changed``: before ``fold_started``, when the store holds this fold under the
+    same settings computed on other (or unfingerprinted) data, which is not reused (``note``: one line saying so,
+    :meth:`RunPlan.data_change_note`)."""
 
     def run_started(self, plan: RunPlan, store: ResultsStore) -> None: ...
     def fold_started(self, key: FoldKey, epochs: int, resumed_from: int) -> None: ...
@@ -42,6 +47,7 @@ class Reporter(Protocol):
     def fold_finished(self, record: FoldRecord) -> None: ...
     def fold_failed(self, record: FoldRecord) -> None: ...
     def fold_skipped(self, key: FoldKey) -> None: ...
+    def data_changed(self, key: FoldKey, note: str) -> None: ...
 
 
 class SilentReporter:
@@ -53,6 +59,7 @@ class SilentReporter:
     def fold_finished(self, record: FoldRecord) -> None: ...
     def fold_failed(self, record: FoldRecord) -> None: ...
     def fold_skipped(self, key: FoldKey) -> None: ...
+    def data_changed(self, key: FoldKey, note: str) -> None: ...
 
 
 def config_hash(payload: Mapping[str, Any]) -> str:
@@ -101,7 +108,15 @@ def resumed_epoch(partial_state: Path, key: dict[str, Any]) -> int:
 @dataclass
 class RunPlan:
     """Everything fixed for one request before its folds run: the prepared experiment, the resolved
-    hyperparameters, the configuration hash that keys its records, and the fields every record shares."""
+    hyperparameters, the configuration hash that keys its records, and the fields every record shares.
+
+    ``config_hash`` covers the seed, the resolved protocol, the hyperparameters, the split, the dataset parameters,
+    the model's revision and the data's content fingerprint (``exp.data_fingerprint``): a rerun on changed data has
+    another hash, so it trains anew (its checkpoints go to another folder) and is another leaderboard row.
+    ``settings_hash``: the same without the split and the data (equal for a rerun of the same command on changed
+    data; stored with each record to say so); ``legacy_hash``: the configuration hash without the data, which is
+    what records stored before data fingerprints existed were keyed by (they are never reused: see
+    :func:`data_change_note`)."""
 
     request: RunRequest
     exp: Experiment
@@ -112,23 +127,29 @@ class RunPlan:
     config_hash: str
     versions: dict[str, str]
     test: Any
+    settings_hash: str = ""
+    legacy_hash: str = ""
 
     @classmethod
     def prepare(cls, request: RunRequest, plugins: Plugins | None = None) -> RunPlan:
-        """Prepare the experiment (loads the data) and hash the configuration."""
+        """Prepare the experiment (loads and fingerprints the data) and hash the configuration."""
         exp = Experiment.prepare(request, plugins)
         model_hp, reg_hp = exp.hyperparameters()
         protocol = exp.protocol_settings()
         hyperparameters = {"model": model_hp, "regularizers": reg_hp,
                            "objective": [[t.regularizer, t.weight] for t in exp.terms]}
         payload: dict[str, Any] = {"seed": request.seed, "protocol": protocol, "hyperparameters": hyperparameters,
-                                   "split": exp.splits.split_hash, "dataset": exp.dataset_params}
+                                   "dataset": exp.dataset_params}
         if exp.model_spec.revision:  # a fix changed what this model trains: its older records no longer match
             payload["model_revision"] = exp.model_spec.revision
+        settings = config_hash(payload)
+        payload["split"] = exp.splits.split_hash
+        legacy = config_hash(payload)
+        payload["data"] = exp.data_fingerprint  # the data's content: changed data never reuses a stored result
         chash = config_hash(payload)
         versions = package_versions("probseg-bench", "torch", "numpy", "scipy", "geomloss")
         return cls(request, exp, model_hp, reg_hp, hyperparameters, protocol, chash, versions,
-                   exp.data.subset(exp.splits.test))
+                   exp.data.subset(exp.splits.test), settings, legacy)
 
     def key(self, d: int, fold: int) -> FoldKey:
         return FoldKey(self.request.model, self.request.dataset, d, fold, self.config_hash)
@@ -151,8 +172,27 @@ class RunPlan:
             config_hash=self.config_hash, split_hash=exp.splits.split_hash, variant=r.variant(),
             dataset_params=exp.dataset_params, hyperparameters=self.hyperparameters, protocol=self.protocol,
             test_ids=[str(i) for i in exp.splits.test], test_groups=[str(g) for g in self.test.groups],
-            versions=environment,
+            versions=environment, data_fingerprint=exp.data_fingerprint, settings_hash=self.settings_hash,
         )
+
+    def data_change_note(self, store: ResultsStore, d: int, fold: int) -> str | None:
+        """One line when the store holds a record of this fold under the same settings but computed on other data
+        (or on data it cannot tell: a record stored before data fingerprints), which this run does not reuse;
+        None when there is none (call it only when the fold's own key is not stored)."""
+        r = self.request
+        stale = [rec for rec in store.records([r.model], [r.dataset], [d], include_failed=True)
+                 if rec.fold == fold and rec.config_hash != self.config_hash
+                 and ((rec.settings_hash == self.settings_hash and rec.data_fingerprint != self.exp.data_fingerprint)
+                      or (rec.data_fingerprint is None and rec.config_hash == self.legacy_hash))]
+        if not stale:
+            return None
+        rec = stale[-1]
+        ours = f"data {short(self.exp.data_fingerprint)}, config {self.config_hash[:8]}"
+        if rec.data_fingerprint is None:
+            return (f"the stored result of these settings (config {rec.config_hash[:8]}) predates data fingerprints, "
+                    f"so it cannot be told whether it was computed on this data: not reused, training anew ({ours})")
+        return (f"the data differ from the stored result's (stored: data {short(rec.data_fingerprint)}, config "
+                f"{rec.config_hash[:8]}): not reused, training anew ({ours}); both stay in the store")
 
     def failed_record(self, d: int, fold: int, reason: str, best_epoch: int = 0,
                       history: Sequence[dict[str, Any]] = (), checkpoint: str | None = None) -> FoldRecord:
@@ -183,11 +223,12 @@ def run_protocol(
 ) -> list[FoldRecord]:
     """Run (or resume) the protocol for every requested latent dimension and fold.
 
-    Each fold's training state is written at epoch ends (at most every 30 s, see ``TrainConfig``) to
-    ``fold<k>.partial.pt`` beside the checkpoints, so a killed fold resumes from its last written epoch; the
-    record is written in one transaction when the fold is
-    evaluated. A fold whose training diverges (non-finite loss or gradient) is recorded as failed with the reason
-    (its best checkpoint so far kept) and the other folds go on; reruns skip it unless ``retry_failed``.
+    Each fold's training state is written at epoch ends (at most every 30 s, and after the last epoch, see
+    ``TrainConfig``) to ``fold<k>.partial.pt`` beside the checkpoints, so a killed fold resumes from its last
+    written epoch (a fold killed while it is evaluated is only evaluated again); the record is written in one
+    transaction when the fold is evaluated. A fold whose training diverges (non-finite loss or gradient) is
+    recorded as failed with the reason (its best checkpoint so far kept) and the other folds go on; reruns skip it
+    unless ``retry_failed``.
     ``store``: the results store, or its URL / file path, then opened only once the request is prepared (its
     plugins, hyperparameters and data checked), so that a request that fails its checks writes no results file.
 
@@ -195,16 +236,40 @@ def run_protocol(
         The successful records of every requested fold (newly computed, or already stored).
 
     Raises:
-        ProbsegError: unknown plugin / preset / fold / hyperparameter, bad data.
+        ProbsegError: unknown plugin / preset / fold / hyperparameter, bad data, a run dir or results store file
+            that cannot be written (checked before the data is loaded), an evaluation larger than its memory bound.
+        OutputError: a checkpoint or record that cannot be written later (the folds stored before are kept).
+        FoldInterrupted: Ctrl-C (a :class:`KeyboardInterrupt`) once the folds began; its ``on_disk`` says what the
+            fold in progress left on disk (:mod:`probseg_bench.interruption`).
     """
-    from probseg_bench.evaluation import evaluate
-    from probseg_bench.training import TrainingDivergedError
+    from probseg_bench.interruption import FoldInterrupted, FoldWatch
+    from probseg_bench.outputs import check_output_folder, check_storage
 
     reporter = reporter or SilentReporter()
+    check_output_folder(request.run_dir, "--run-dir")  # the output locations before the data is loaded
+    if isinstance(store, str):
+        check_storage(store)
     plan = RunPlan.prepare(request, plugins)
     if isinstance(store, str):
         store = ResultsStore(store)
     reporter.run_started(plan, store)
+    watch = FoldWatch(store, plan.exp.schedule[0])
+    try:
+        return _run_folds(plan, store, reporter, retry_failed, watch)
+    except FoldInterrupted:
+        raise
+    except KeyboardInterrupt:  # Ctrl-C: say exactly what the fold in progress left on disk
+        raise watch.interrupted() from None
+
+
+def _run_folds(plan: RunPlan, store: ResultsStore, reporter: Reporter, retry_failed: bool, watch: FoldWatch
+               ) -> list[FoldRecord]:
+    """The folds of :func:`run_protocol` in order (``watch``: a :class:`~probseg_bench.interruption.FoldWatch`
+    told which fold is in progress)."""
+    from probseg_bench.evaluation import evaluate
+    from probseg_bench.training import TrainingDivergedError
+
+    request = plan.request
     exp, model_hp = plan.exp, plan.model_hp
     epochs, _ = exp.schedule
     records: list[FoldRecord] = []
@@ -220,9 +285,13 @@ def run_protocol(
                 if stored.status == "ok":
                     records.append(stored)
                 continue
+            note = plan.data_change_note(store, d, fold)
+            if note is not None:
+                reporter.data_changed(key, note)
             checkpoint, partial = plan.folder(d) / f"fold{fold}.pt", plan.folder(d) / f"fold{fold}.partial.pt"
             identity = {"model": request.model, "dataset": request.dataset, "latent_dim": d, "fold": fold,
                         "config_hash": plan.config_hash}
+            watch.start(key, partial, identity)
             reporter.fold_started(key, epochs, resumed_epoch(partial, identity))
             try:
                 model, result = exp.train(d, fold, on_epoch=partial_report(reporter, key),

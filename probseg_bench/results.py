@@ -3,7 +3,8 @@
 ``--storage`` takes a SQLAlchemy URL (``sqlite:///path.db``, ``postgresql://user@host/db``) or a plain file
 path (a SQLite file). The default is ``probseg-results.db`` in the working directory. Each record is written
 in one transaction; the unique key (model, dataset, latent_dim, fold, config_hash) prevents duplicates, and
-a rerun skips folds already stored.
+a rerun skips folds already stored. The configuration hash covers the data's content fingerprint (also a column,
+``data_fingerprint``, and a record field), so a result is only ever reused on the data it was computed on.
 """
 
 from __future__ import annotations
@@ -26,16 +27,21 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 
-from probseg_bench.errors import ProbsegError, did_you_mean
+from probseg_bench.errors import OutputError, ProbsegError, did_you_mean
 
 DEFAULT_STORAGE = "sqlite:///probseg-results.db"
 LOCK_RETRIES = 8
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The version of the rows this code writes: 1 without the ``data_fingerprint`` column, 2 with it. A store made by
+an older version gets the new (nullable) columns added when it is opened for writing
+(:func:`add_missing_columns`); its old rows keep NULL there (and no fingerprint in their record)."""
 T = TypeVar("T")
 
 _metadata = MetaData()
@@ -54,6 +60,7 @@ fold_results = Table(
     Column("created_at", Float, nullable=False),
     Column("schema_version", Integer, nullable=False),
     Column("record", Text, nullable=False),
+    Column("data_fingerprint", String(64), nullable=True),  # schema 2; NULL in rows stored before it
     UniqueConstraint("model", "dataset", "latent_dim", "fold", "config_hash", name="uq_fold_cell"),
 )
 
@@ -81,7 +88,11 @@ class FoldRecord:
     hyperparameters and the objective's terms; ``versions``: package versions and git commit; ``status``:
     ``ok``, or ``failed`` with ``failure`` the reason (e.g. a diverged training; no metrics then); ``latent_size``: the
     prior's number of dimensions over all levels (None without a latent prior, or in a record written before it
-    was stored).
+    was stored); ``data_fingerprint``: the SHA-256 of the data's content the fold was computed on
+    (:func:`probseg_bench.data.fingerprint.data_fingerprint`; part of ``config_hash``); ``settings_hash``: the
+    configuration hash without the split and the data (:class:`probseg_bench.protocol.RunPlan`); both None in a
+    record stored before data fingerprints existed (such a record is never reused by a run, and the leaderboard
+    marks its data version ``unrecorded``).
     """
 
     model: str
@@ -110,6 +121,8 @@ class FoldRecord:
     failure: str | None = None
     created_at: float = field(default_factory=time.time)
     latent_size: int | None = None
+    data_fingerprint: str | None = None
+    settings_hash: str | None = None
 
     @property
     def key(self) -> FoldKey:
@@ -158,20 +171,45 @@ def retry_schema_race(create: Callable[[], T], attempts: int = 5) -> T:
     raise AssertionError("unreachable")
 
 
+def add_missing_columns(engine: Engine) -> set[str]:
+    """Add to an existing ``fold_results`` table the nullable columns of :data:`fold_results` it lacks (a store made
+    by an older version; ``ALTER TABLE ... ADD COLUMN``, which SQLite and PostgreSQL do in place, keeping every row);
+    returns the table's column names afterwards. Two processes migrating at once: the loser's duplicate-column
+    error is a schema race, retried (:func:`retry_schema_race`), and then finds the column.
+    """
+    def migrate() -> set[str]:
+        present = {c["name"] for c in inspect(engine).get_columns(fold_results.name)}
+        for column in fold_results.columns:
+            if column.name not in present and column.nullable:
+                kind = column.type.compile(dialect=engine.dialect)
+                with engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE {fold_results.name} ADD COLUMN {column.name} {kind}"))
+                present.add(column.name)
+        return present
+
+    return retry_schema_race(migrate)
+
+
 class ResultsStore:
     """Read and write :class:`FoldRecord` objects. ``create`` False (the commands that only read): a SQLite file
     that does not exist is an error instead of a new empty store.
 
     Raises:
-        ProbsegError: an unusable URL or a file that is not a results database (the message names it).
+        ProbsegError: an unusable URL, a file that is not a results database, or a database server that cannot
+            be reached within :func:`probseg_bench.connections.connect_timeout` seconds (10 by default; one line
+            naming the URL, its password hidden).
     """
 
     def __init__(self, storage: str = DEFAULT_STORAGE, create: bool = True) -> None:
+        from probseg_bench.connections import db_connect_args, db_error, display_url, error_line
+
         self.url = normalize_url(storage)
+        shown = self.shown = display_url(storage)
         try:
-            self.engine: Engine = create_engine(self.url)
+            # connecting to a server is bounded by its driver's connect timeout (probseg_bench.connections)
+            self.engine: Engine = create_engine(self.url, connect_args=db_connect_args(self.url))
         except (ArgumentError, ImportError) as exc:
-            raise ProbsegError(f"--storage {storage!r}: not a usable SQLAlchemy URL ({exc})") from None
+            raise ProbsegError(f"--storage {shown!r}: not a usable SQLAlchemy URL ({error_line(exc)})") from None
         database = self.engine.url.database
         if (not create and self.engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
                 and not Path(database).is_file()):
@@ -181,10 +219,14 @@ class ResultsStore:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             retry_schema_race(lambda: _metadata.create_all(self.engine))
-        except OperationalError as exc:
-            raise ProbsegError(f"--storage {storage!r}: cannot open the results database ({exc.orig})") from None
+            # a store of an older version: its new columns, when opened to write (reading needs none of them)
+            self.columns = (add_missing_columns(self.engine) if create else
+                            {c["name"] for c in inspect(self.engine).get_columns(fold_results.name)})
+        except OperationalError as exc:  # includes a server that refuses or does not answer within the bound
+            raise ProbsegError(f"--storage {shown!r}: cannot open the results database ({db_error(exc, self.url)})"
+                               ) from None
         except Exception as exc:  # e.g. sqlite3.DatabaseError "file is not a database"
-            raise ProbsegError(f"--storage {storage!r}: not a results database ({exc})") from None
+            raise ProbsegError(f"--storage {shown!r}: not a results database ({error_line(exc)})") from None
 
     def get(self, key: FoldKey) -> FoldRecord | None:
         """The stored record with this key, or None."""
@@ -195,13 +237,30 @@ class ResultsStore:
         )
         with self.engine.connect() as conn:
             row = conn.execute(query).scalar()
-        return None if row is None else FoldRecord(**json.loads(row))
+        return None if row is None else self._decode(row, f"the record of {key.model}/{key.dataset} d="
+                                                          f"{key.latent_dim} fold {key.fold} config {key.config_hash}")
+
+    def _decode(self, row: Any, which: str) -> FoldRecord:
+        """A stored record's JSON as a :class:`FoldRecord`.
+
+        Raises:
+            ProbsegError: one line naming the store and the record: damaged (not JSON, not a record's fields).
+        """
+        try:
+            fields = json.loads(row)
+            return FoldRecord(**fields)
+        except (ValueError, TypeError):  # bad JSON, not an object, unknown or missing fields
+            raise ProbsegError(f"--storage {self.shown!r}: {which} is damaged (not a probseg-bench fold record of "
+                               "this version); delete its row from the fold_results table, or use another --storage"
+                               ) from None
 
     def add(self, record: FoldRecord) -> None:
         """Insert one record in one transaction.
 
         Raises:
             ProbsegError: a record with the same key is already stored.
+            OutputError: the database cannot be written (disk full, read-only, locked for too long); the records
+                stored before are kept.
         """
         row = {
             "model": record.model, "dataset": record.dataset, "latent_dim": record.latent_dim,
@@ -209,6 +268,10 @@ class ResultsStore:
             "preset": record.preset, "split_hash": record.split_hash, "created_at": record.created_at,
             "schema_version": SCHEMA_VERSION, "record": json.dumps(asdict(record), allow_nan=True),
         }
+        if "data_fingerprint" in self.columns:
+            row["data_fingerprint"] = record.data_fingerprint
+        else:  # a store opened only to read, never migrated: the row of the schema it has
+            row["schema_version"] = 1
         for attempt in range(LOCK_RETRIES):
             try:
                 with self.engine.begin() as conn:
@@ -218,7 +281,7 @@ class ResultsStore:
                 raise ProbsegError(f"a record for {record.key} is already stored in {self.url}") from None
             except OperationalError as exc:  # another process holds the SQLite write lock for long
                 if "locked" not in str(exc.orig) or attempt == LOCK_RETRIES - 1:
-                    raise ProbsegError(f"{self.url}: cannot write the record ({exc.orig})") from None
+                    raise OutputError(f"{self.url}: cannot write the record ({exc.orig})") from None
                 time.sleep(min(0.1 * 2**attempt, 5.0))
 
     def delete(self, key: FoldKey) -> None:
@@ -262,7 +325,7 @@ class ResultsStore:
         """The stored records (the successful ones unless ``include_failed``), optionally filtered, in insertion
         order."""
         c = fold_results.c
-        query = select(c.record).order_by(c.id)
+        query = select(c.record, c.id).order_by(c.id)
         if models:
             query = query.where(c.model.in_(list(models)))
         if datasets:
@@ -270,8 +333,8 @@ class ResultsStore:
         if latent_dims:
             query = query.where(c.latent_dim.in_(list(latent_dims)))
         with self.engine.connect() as conn:
-            rows = conn.execute(query).scalars().all()
-        records = [FoldRecord(**json.loads(r)) for r in rows]
+            rows = conn.execute(query).all()
+        records = [self._decode(r, f"the record in row id {i}") for r, i in rows]
         return records if include_failed else [r for r in records if r.status == "ok"]
 
 

@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from probseg_bench.terminal import to_ascii
+
 
 @dataclass
 class Table:
@@ -36,13 +38,7 @@ _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _LATEX_SYMBOLS = {"±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "<": r"$<$", "Δ": r"$\Delta$",
                   "−": r"$-$", "—": "---"}
-_ASCII = {"±": "+-", "↓": "(lower)", "↑": "(higher)", "Δ": "delta", "−": "-", "—": "--"}
-
-
-def _ascii(text: str) -> str:
-    for symbol, plain in _ASCII.items():
-        text = text.replace(symbol, plain)
-    return text
+_ascii = to_ascii  # LaTeX comments: plain ASCII (probseg_bench.terminal.ASCII_FALLBACKS)
 
 
 def latex_escape(text: str) -> str:
@@ -67,8 +63,45 @@ def render_latex(table: Table) -> str:
 
 
 def render_rich(table: Table) -> Any:
-    """A rich Table (bold cells bold), followed by the notes as lines of text when there are any (a rich Group);
-    rich imported here."""
+    """A rich renderable: the rich Table (bold cells bold), followed by the notes as lines of text when there are
+    any (a rich Group); rich imported here. On a console whose encoding cannot write a character of the table (an
+    ASCII terminal), its text is :func:`probseg_bench.terminal.to_ascii`'s, before rich measures the columns."""
+    return _PortableRich(table)
+
+
+def ascii_table(table: Table) -> Table:
+    """``table`` with every text in ASCII (:func:`probseg_bench.terminal.to_ascii`)."""
+    return Table(to_ascii(table.title), [to_ascii(h) for h in table.header],
+                 [[to_ascii(c) for c in row] for row in table.body], table.bold, to_ascii(table.caption),
+                 [to_ascii(n) for n in table.notes])
+
+
+class _PortableRich:
+    """:func:`render_rich`'s renderable: builds the rich table for the console it is printed on."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def build(self, encoding: str) -> Any:
+        """The rich Table (or Group with the notes) in ``encoding`` (ASCII text where it lacks a character)."""
+        t = self.table
+        text = "\n".join([t.title, t.caption, *t.header, *(c for row in t.body for c in row), *t.notes])
+        try:
+            text.encode(encoding)
+        except (UnicodeEncodeError, LookupError):
+            t = ascii_table(t)
+        return _rich(t)
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        yield self.build(console.encoding)
+
+    def __rich_measure__(self, console: Any, options: Any) -> Any:
+        from rich.measure import Measurement
+
+        return Measurement.get(console, options, self.build(console.encoding))
+
+
+def _rich(table: Table) -> Any:
     from rich.console import Group
     from rich.table import Table as RichTable
     from rich.text import Text

@@ -73,8 +73,9 @@ class TrainConfig:
     forward pass under bfloat16 autocast, the objective in float32 (for GPUs); ``channels_last``: NHWC memory
     format for the convolutions (faster on CPU too: 4.9 vs 4.2 PU-Net training images/s at batch 8 here).
     ``checkpoint_interval_s``: the resumable training state is written after the first epoch, then after every
-    epoch that ends at least this many seconds after the previous write (never after the last epoch: the fold is
-    evaluated next), so short epochs (the quick preset's are ~0.2 s) do not spend their time writing it."""
+    epoch that ends at least this many seconds after the previous write, and always after the last epoch (so a fold
+    interrupted while it is evaluated is not trained again: a rerun only evaluates it), so short epochs (the quick
+    preset's are ~0.2 s) do not spend their time writing it."""
 
     epochs: int
     warmup_epochs: int
@@ -121,20 +122,21 @@ def save_training_state(path: Path, state: dict[str, Any]) -> None:
     atomic_torch_save(state, path)
 
 
+STATE_WHAT = "saved training state"
+STATE_REMEDY = "deleting it restarts the fold from its first epoch"
+
+
 def load_training_state(path: Path, key: dict[str, Any]) -> dict[str, Any]:
     """Read a training state with ``weights_only=True`` (no code runs) and check it belongs to ``key``.
 
     Raises:
-        ProbsegError: unreadable, or written for another run (the message names the differing fields).
+        ProbsegError: one line: damaged (random bytes, cut short, not this format: "deleting it restarts the
+            fold"), unreadable (an operating-system error), or written for another run (names the differing
+            fields).
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ProbsegError(
-            f"{path}: not a readable training checkpoint ({exc}); delete it to start the fold over"
-        ) from None
-    if not isinstance(state, dict):
-        raise ProbsegError(f"{path}: not a training checkpoint; delete it to start the fold over")
+    from probseg_bench.readback import load_torch_file
+
+    state = load_torch_file(path, STATE_WHAT, STATE_REMEDY, required=("run", "epoch"))
     stored = state.get("run")
     if stored != key:
         raise ProbsegError(f"{path}: a checkpoint of another run ({stored}, expected {key}); delete it or use "
@@ -210,18 +212,31 @@ class _Loop:
 
 
 def _restore(loop: _Loop, checkpoint: Path, key: dict[str, Any]) -> _Progress:
-    """Load a fold's training state into the loop's objects (weights, optimiser, schedule, random generators)."""
+    """Load a fold's training state into the loop's objects (weights, optimiser, schedule, random generators).
+
+    Raises:
+        ProbsegError: one line: the state is damaged (unreadable, a field missing or not fitting the model, an
+            epoch outside the run's), or of another run (:func:`load_training_state`).
+    """
+    from probseg_bench.readback import damaged
+
     state = load_training_state(checkpoint, key)
-    loop.model.load_state_dict(state["model"])
-    loop.optimizer.load_state_dict(state["optimizer"])
-    loop.schedule.load_state_dict(state["schedule"])
-    loop.generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    if loop.device.type == "cuda" and state.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(state["cuda_rng"], loop.device)
-    return _Progress(epoch=state["epoch"], step=state["step"], best_state=state["best_state"],
-                     best_epoch=state["best_epoch"], best_val=state["best_val"],
-                     history=[EpochLog(**h) for h in state["history"]])
+    try:
+        loop.model.load_state_dict(state["model"])
+        loop.optimizer.load_state_dict(state["optimizer"])
+        loop.schedule.load_state_dict(state["schedule"])
+        loop.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if loop.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], loop.device)
+        progress = _Progress(epoch=int(state["epoch"]), step=int(state["step"]), best_state=state["best_state"],
+                             best_epoch=int(state["best_epoch"]), best_val=float(state["best_val"]),
+                             history=[EpochLog(**h) for h in state["history"]])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError):  # torch's messages span lines: not shown
+        raise damaged(checkpoint, STATE_WHAT, STATE_REMEDY) from None
+    if not 0 <= progress.epoch <= loop.config.epochs or len(progress.history) != progress.epoch:
+        raise damaged(checkpoint, STATE_WHAT, STATE_REMEDY)
+    return progress
 
 
 def _save(loop: _Loop, checkpoint: Path, key: dict[str, Any], progress: _Progress) -> None:
@@ -318,15 +333,16 @@ def train_fold(
 
     With ``checkpoint``, the whole training state (weights, optimizer, schedule, random generators, best
     checkpoint, curves) is written there at epoch ends (temporary file + rename; after the first epoch, then at
-    most every ``config.checkpoint_interval_s`` seconds), and an existing one is resumed from, so a killed fold
-    continues from its last written epoch and ends exactly as if it had not been killed (on CPU).
+    most every ``config.checkpoint_interval_s`` seconds, and after the last epoch), and an existing one is resumed
+    from, so a killed fold continues from its last written epoch and ends exactly as if it had not been killed (on
+    CPU); a state written after the last epoch trains nothing more (the best checkpoint is returned at once).
     ``checkpoint_key`` (e.g. model, dataset, latent dim, fold, configuration) must match the stored one, else
     the file is refused. The steps: restore (:func:`_restore`), per epoch train (:func:`_train_epoch`),
     validate (:func:`validation_loss`), keep the best weights, save (:func:`_save`), report (``on_epoch``).
 
     Raises:
         TrainingDivergedError: a non-finite loss or gradient (names epoch, step and term).
-        ProbsegError: empty training or validation split; a checkpoint of another run.
+        ProbsegError: empty training or validation split; a checkpoint of another run; a damaged checkpoint.
     """
     if len(train) == 0 or len(val) == 0:
         raise ProbsegError(f"training split has {len(train)} items and validation {len(val)}: both must be non-empty")
@@ -367,7 +383,7 @@ def train_fold(
             progress.best_state = copy.deepcopy({k: v.detach() for k, v in model.state_dict().items()})
         last_epoch = epoch + 1 == config.epochs
         due = last_saved is None or time.perf_counter() - last_saved >= config.checkpoint_interval_s
-        if checkpoint is not None and due and not last_epoch:
+        if checkpoint is not None and (due or last_epoch):
             last_saved = time.perf_counter()
             _save(loop, checkpoint, key, progress)
         if on_epoch is not None:

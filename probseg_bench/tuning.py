@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from probseg_bench.api import HyperParameter, HyperValue
+from probseg_bench.connections import db_connect_args, db_error, display_url
+from probseg_bench.data.fingerprint import short
 from probseg_bench.errors import ProbsegError, did_you_mean
 from probseg_bench.experiment import Experiment, RunRequest, fold_seed
 from probseg_bench.metrics.catalogue import Metric, objective_metrics
@@ -86,7 +88,8 @@ def parse_range(text: str) -> tuple[str, float, float, bool]:
     """``"beta=1:1000:log"`` -> ("beta", 1.0, 1000.0, True).
 
     Raises:
-        ProbsegError: not NAME=LOW:HIGH[:log], LOW >= HIGH, or a non-positive bound of a log range.
+        ProbsegError: not NAME=LOW:HIGH[:log], an infinite bound (or range), LOW >= HIGH, or a non-positive bound
+            of a log range.
     """
     name, sep, spec = text.partition("=")
     parts = spec.split(":")
@@ -97,6 +100,9 @@ def parse_range(text: str) -> tuple[str, float, float, bool]:
     except ValueError:
         raise ProbsegError(f"--param {text!r}: expected NAME=LOW:HIGH or NAME=LOW:HIGH:log") from None
     log = len(parts) == 3
+    if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(high - low)):
+        # Optuna's samplers need a finite range (1:inf raised OverflowError: Range exceeds valid bounds)
+        raise ProbsegError(f"--param {text!r}: expected finite bounds whose difference is finite too")
     if not low < high or (log and low <= 0):
         raise ProbsegError(f"--param {text!r}: expected LOW < HIGH (and LOW > 0 for a log range)")
     return name, low, high, log
@@ -108,7 +114,8 @@ def search_space(
     """The search parameters of the experiment's model and objective regularizers.
 
     Raises:
-        ProbsegError: a --param or --fix name that is not tunable here, or an empty search space.
+        ProbsegError: a --param or --fix name that is not tunable here, a --param range outside the setting's own
+            bounds (``HyperParameter.minimum`` / ``maximum``), or an empty search space.
     """
     fixed = dict(fixed or {})
     declared: dict[str, HyperParameter] = {hp.name: hp for hp in experiment.model_spec.hyperparameters}
@@ -130,6 +137,11 @@ def search_space(
                                f"(fix it with --fix {name}=VALUE)")
         if isinstance(hp.default, int) and not (low.is_integer() and high.is_integer()):
             raise ProbsegError(f"--param {text!r}: '{name}' is an integer: expected integer bounds")
+        try:  # a range of values the setting refuses would fail every trial
+            hp.check_bounds(low)
+            hp.check_bounds(high)
+        except ProbsegError as exc:
+            raise ProbsegError(f"--param {text!r}: {exc}") from None
         overrides[name] = (low, high, log)
     for name in fixed:
         if name not in declared:
@@ -202,7 +214,8 @@ def open_study(name: str, storage: str, seed: int, create: bool = True, objectiv
 
     Raises:
         ProbsegError: an unknown objective, the study does not exist (``create=False``), it was made with the other
-            direction, or the storage is unusable.
+            direction, or the storage is unusable (a database server that does not answer: within
+            :func:`probseg_bench.connections.connect_timeout` seconds).
     """
     import optuna
 
@@ -210,7 +223,9 @@ def open_study(name: str, storage: str, seed: int, create: bool = True, objectiv
     # ERROR: Optuna's warning for a failed trial repeats, with a traceback, the reason `tune` prints in one line
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     url = normalize_url(storage)
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    # SQLite: wait up to 60 s for a lock; a server: its driver's connect timeout bounds connecting
+    # (probseg_bench.connections, 10 s by default)
+    kwargs = {"connect_args": {"timeout": 60} if url.startswith("sqlite") else db_connect_args(url)}
     rdb = _open_rdb_storage(optuna, url, storage, kwargs)
     # the first epochs are noisy (warm-up): judge a trial against the median only after 10 epochs, and only
     # once 4 trials have completed
@@ -248,7 +263,8 @@ def _open_rdb_storage(optuna: Any, url: str, storage: str, engine_kwargs: dict[s
     try:
         return retry_schema_race(create)
     except Exception as exc:
-        raise ProbsegError(f"--storage {storage!r}: cannot open it for Optuna ({exc})") from None
+        shown = display_url(storage)
+        raise ProbsegError(f"--storage {shown!r}: cannot open it for Optuna ({db_error(exc, url)})") from None
 
 
 def stale_reason(grace_period: int) -> str:
@@ -328,7 +344,8 @@ SETTINGS_ATTR = "probseg_settings"
 def study_settings(experiment: Experiment, objective: str, fixed: Mapping[str, Any]) -> dict[str, Any]:
     """Everything that changes a trial's score besides the searched values (JSON-able): model, dataset,
     dataset_params (resolved), latent_dim, fold, seed, preset, protocol_overrides, protocol (resolved), split
-    (hash), objective and fixed (the ``--fix`` values, resolved)."""
+    (hash), data (the content fingerprint of the data the trials are scored on), objective and fixed (the ``--fix``
+    values, resolved)."""
     r = experiment.request
     model_hp, reg_hp = experiment.hyperparameters(fixed)
     resolved = {**{k: v for hp in reg_hp.values() for k, v in hp.items()}, **model_hp}
@@ -336,7 +353,7 @@ def study_settings(experiment: Experiment, objective: str, fixed: Mapping[str, A
         "model": r.model, "dataset": r.dataset, "dataset_params": experiment.dataset_params,
         "latent_dim": r.latent_dims[0], "fold": (r.folds or (0,))[0], "seed": r.seed, "preset": r.preset,
         "protocol_overrides": dict(r.protocol_overrides), "protocol": experiment.protocol_settings(),
-        "split": experiment.splits.split_hash, "objective": objective,
+        "split": experiment.splits.split_hash, "data": experiment.data_fingerprint, "objective": objective,
         "fixed": {k: resolved[k] for k in sorted(fixed)},
     }, default=str))
     return settings
@@ -363,16 +380,25 @@ def _differences(old: Any, new: Any, path: str = "") -> list[str]:
 def bind_study(study: Any, settings: Mapping[str, Any]) -> None:
     """Record ``settings`` in a new study; check a resumed study was made with the same ones.
 
-    A study of an older version without recorded settings is bound to ``settings`` now.
+    A study of an older version without recorded settings is bound to ``settings`` now. A study whose settings
+    predate data fingerprints (no ``data``) is refused: its trials may have been scored on other data.
 
     Raises:
-        ProbsegError: the study was made with other settings (the message names each difference).
+        ProbsegError: the study was made with other settings (the message names each difference; the data by
+            their fingerprints' first characters), or before data fingerprints.
     """
     stored = study.user_attrs.get(SETTINGS_ATTR)
     if stored is None:
         study.set_user_attr(SETTINGS_ATTR, dict(settings))
         return
-    changed = _differences(stored, dict(settings))
+    if "data" in settings and "data" not in stored:
+        raise ProbsegError(
+            f"study '{study.study_name}' was made before studies recorded the data they are scored on: it cannot be "
+            "told whether its trials were scored on this data; give --study NAME for a new study")
+    changed = _differences({**stored, "data": None}, {**settings, "data": None})
+    if stored.get("data") != settings.get("data"):
+        changed.insert(0, f"the data differ (content fingerprint {short(stored.get('data'))} -> "
+                          f"{short(settings.get('data'))})")
     if changed:
         raise ProbsegError(
             f"study '{study.study_name}' was made under other settings ({'; '.join(changed)}); its trials would be "
@@ -441,17 +467,19 @@ def make_objective(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {log.epoch}: {objective} {value:.4f}")
 
+        phase = "training"
         try:
             model, result = experiment.train(latent_dim, fold, model_hp, reg_hp, on_epoch=report,
                                              model_hook=lambda m: holder.__setitem__("model", m))
+            trial.set_user_attr("best_epoch", result.best_epoch)
+            phase = "its evaluation"
+            return score(model, result.best_val_loss)
         except TrainingDivergedError as exc:
             trial.set_user_attr(FAILURE_ATTR, str(exc))
             raise
         except KeyboardInterrupt:  # Optuna marks the trial failed; say why
-            trial.set_user_attr(FAILURE_ATTR, "interrupted (Ctrl-C) during training")
+            trial.set_user_attr(FAILURE_ATTR, f"interrupted (Ctrl-C) during {phase}")
             raise
-        trial.set_user_attr("best_epoch", result.best_epoch)
-        return score(model, result.best_val_loss)
 
     return run_trial
 
@@ -534,10 +562,47 @@ def optimize_on_ray(job: TuneJob, trials: int, seed: int, workers: int, address:
     return trials
 
 
+def study_on_disk(name: str, storage: str, seed: int, trial: int | None = None) -> str:
+    """After Ctrl-C: one clause saying what the study holds in ``storage``, read back now: its trials by state,
+    and what became of ``trial`` (the trial that was in progress, when one was). A tuning trial writes no
+    training state (it is not resumed: a rerun adds new trials), so nothing else is on disk.
+
+    A trial of a local ``tune`` is recorded as failed when interrupted (Optuna); a Ray worker's running trial stays
+    "running" until its heartbeats are :data:`GRACE_PERIOD_S` s old, then the next opening of the study marks it
+    failed."""
+    shown = display_url(normalize_url(storage))
+    try:
+        study = open_study(name, storage, seed, create=False)
+    except ProbsegError:
+        return f"the study {name} is not in {shown} (interrupted before it was created)"
+    words = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned", "RUNNING": "running"}
+    states: dict[str, int] = {}
+    for t in study.trials:
+        states[words.get(t.state.name, t.state.name.lower())] = states.get(
+            words.get(t.state.name, t.state.name.lower()), 0) + 1
+    held = ", ".join(f"{n} {state}" for state, n in states.items())
+    clause = f"the study {name} in {shown} holds {len(study.trials)} trial(s)" + (
+        f" ({held})" if held else "")
+    running = states.get("running", 0)
+    if running:
+        clause += (f"; a running trial whose worker was stopped is marked failed when the study is next opened, "
+                   f"{GRACE_PERIOD_S} s after its last heartbeat")
+    found = next((t for t in study.trials if t.number == trial), None) if trial is not None else None
+    if found is not None:
+        how = words.get(found.state.name, found.state.name.lower())
+        reason = found.user_attrs.get(FAILURE_ATTR)
+        clause += (f"; trial {trial}, the last one started, is recorded as {how}"
+                   + (f" ({reason})" if reason else "") + " and kept no training state")
+    return clause
+
+
 def write_params(path: Path, settings: Mapping[str, Any], study: str, trial: Any) -> Path:
     """Write a trial's parameters as the TOML that ``run --params`` reads: model, dataset, study, the
     [hyperparameters] (searched and fixed) and the [protocol] they were tuned under (preset, its overrides, the
-    dataset parameters, latent dim, fold, seed, objective)."""
+    dataset parameters, latent dim, fold, seed, objective); atomically (a failed write leaves no half file and
+    raises :class:`~probseg_bench.errors.OutputError` naming ``path``)."""
+    from probseg_bench.atomic import atomic_write_text
+
     objective = settings["objective"]
     lines = [
         f"# probseg-bench tune: study {study!r}, trial {trial.number}, {objective} = {trial.value:.6g}",
@@ -553,8 +618,7 @@ def write_params(path: Path, settings: Mapping[str, Any], study: str, trial: Any
     lines += [f"{k} = {_toml(v)}" for k, v in sorted(settings.get("protocol_overrides", {}).items())]
     lines += ["", "[protocol.dataset_params]"]
     lines += [f"{k} = {_toml(v)}" for k, v in sorted(settings.get("dataset_params", {}).items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _toml(value: Any) -> str:
@@ -589,9 +653,11 @@ def read_params(path: Path) -> TunedParams:
     import tomllib
 
     try:
-        raw = tomllib.loads(Path(path).read_text())
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))  # TOML is UTF-8, whatever the locale
     except OSError as exc:
         raise ProbsegError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ProbsegError(f"{path}: not UTF-8 text at byte {exc.start} (a TOML file is UTF-8)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProbsegError(f"{path}: not valid TOML ({exc})") from None
     params = raw.get("hyperparameters")

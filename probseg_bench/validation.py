@@ -191,6 +191,9 @@ def validate(
     test_ids = reference.test_ids
     if any(r.test_ids != test_ids or r.split_hash != reference.split_hash for m in models for r in m.records):
         raise ProbsegError("validate: the models were not evaluated on the same test images")
+    if any(r.data_fingerprint != reference.data_fingerprint for m in models for r in m.records):
+        raise ProbsegError("validate: the models were not evaluated on the same data (the data changed while the "
+                           "models ran); rerun validate")
     params = dict(reference.dataset_params)
     n_samples = int(reference.protocol["n_eval_samples"])
     oracle = dict(truth.oracle_metrics(n_samples=n_samples, indices=[int(i) for i in test_ids], **params))
@@ -331,13 +334,19 @@ def _model_row(request: RunRequest, records: list[FoldRecord]) -> ModelValidatio
 
 
 def write_report(report: ValidationReport, folder: Path) -> list[Path]:
-    """Write ``validation.json`` and the figure ``validation.png`` / ``validation.pdf`` into ``folder``
-    (created); the JSON is written to a temporary file and renamed, so a reader never sees half of it."""
-    from probseg_bench.atomic import atomic_write_text
+    """Write ``validation.json`` and the figure ``validation.png`` / ``validation.pdf`` into ``folder``,
+    atomically: into a temporary folder that replaces ``folder`` (an earlier report there included) once all three
+    are written, so a reader never sees half of them.
 
-    path = atomic_write_text(folder / "validation.json",
-                             json.dumps(report.as_dict(), indent=2, default=_json_default) + "\n")
-    return [path, *validation_figure(report, folder)]
+    Raises:
+        OutputError: the folder cannot be written (one line naming it).
+    """
+    from probseg_bench.atomic import atomic_folder
+
+    with atomic_folder(folder) as work:
+        (work / "validation.json").write_text(json.dumps(report.as_dict(), indent=2, default=_json_default) + "\n")
+        written = [work / "validation.json", *validation_figure(report, work)]
+    return [folder / p.name for p in written]
 
 
 def _json_default(value: Any) -> Any:

@@ -73,5 +73,5 @@ def test_a_checkpoint_of_another_run_is_refused(monkeypatch, tmp_path, tiny_pres
     with pytest.raises(ProbsegError, match=r"checkpoint of .*'latent_dim': 3.*but the record is .*'latent_dim': 2"):
         load_run(d2, None, "cpu")
     Path(d2.checkpoint).write_bytes(b"not a checkpoint")
-    with pytest.raises(ProbsegError, match="not a readable probseg-bench checkpoint"):
+    with pytest.raises(ProbsegError, match="best checkpoint of this stored run is damaged"):
         load_run(d2, None, "cpu")

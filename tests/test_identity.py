@@ -211,8 +211,7 @@ def test_reading_commands_create_no_store_and_name_typos(run_main, tmp_path, mon
 def test_a_negative_regularizer_weight_is_refused(run_main, tmp_path):
     code, _, err = run_main("run", "--model", "punet", "--dataset", "synthetic", "--hp", "beta=-1", "--storage",
                             str(tmp_path / "r.db"))
-    assert code == 2 and ("hyperparameter 'beta' (the weight of the kl term of model 'punet'): expected a value >= 0"
-                          in err)
+    assert code == 2 and "hyperparameter 'beta': expected a value >= 0, got -1.0" in err  # the declared minimum
     assert not (tmp_path / "r.db").exists()
 
 
@@ -228,7 +227,8 @@ def test_tune_names_a_bad_fixed_value_and_an_interrupted_trial(run_main, tmp_pat
 
     monkeypatch.setattr(Experiment, "train", interrupted)
     code, _, err = run_main(*TUNE, "--preset", tiny_preset)
-    assert code == 130 and "interrupted: the trial in progress is recorded as failed" in err
+    assert code == 130 and ("trial 0, the last one started, is recorded as failed (interrupted (Ctrl-C) during "
+                            "training)") in err  # read back from the study (issue 25)
     assert "Traceback" not in err
     code, _, err = run_main("tune", "--model", "punet", "--dataset", "synthetic", "--objective", "val_loss", "--show")
     assert "trial 0 failed: interrupted (Ctrl-C) during training" in err
@@ -252,7 +252,10 @@ def test_a_model_revision_is_part_of_the_configuration_hash(monkeypatch, tiny_pr
     payload = {"seed": 0, "protocol": plan.protocol, "hyperparameters": plan.hyperparameters,
                "split": plan.exp.splits.split_hash, "dataset": plan.exp.dataset_params}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    assert plan.config_hash == digest  # revision 0: the hash of earlier versions
+    assert plan.legacy_hash == digest  # revision 0: the hash of versions before data fingerprints
+    payload["data"] = plan.exp.data_fingerprint  # the data's content is part of the identity (issue 25)
+    assert plan.config_hash == hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()
+                                              ).hexdigest()[:12]
     monkeypatch.setitem(plugins.models._items, "punet", replace(plugins.models.get("punet"), revision=1))
     revised = RunPlan.prepare(request, plugins).config_hash
     assert revised != plan.config_hash

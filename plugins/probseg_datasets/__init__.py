@@ -6,7 +6,8 @@ the registration hook below adds in order:
 - :mod:`probseg_datasets.folder`: ``folder``, a user's own data;
 - :mod:`probseg_datasets.synthetic`: ``synthetic``, generated data with a known distribution over masks.
 
-:mod:`probseg_datasets.common` and :mod:`probseg_datasets.cimd` hold readers the loaders share.
+:mod:`probseg_datasets.common` and :mod:`probseg_datasets.cimd` hold readers the loaders share;
+:mod:`probseg_datasets.geometry` brings a NIfTI mask onto its image's voxel grid (or refuses it).
 """
 
 from __future__ import annotations

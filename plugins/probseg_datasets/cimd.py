@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from probseg_bench.api import MultiRaterData
 from probseg_bench.data.intensity import model_intensities
@@ -26,12 +26,13 @@ AMBIGUOUS = (64, 192)
 
 
 def _read_grey(path: Path) -> np.ndarray:
+    """8-bit grey [H, W], turned upright by the file's EXIF orientation tag (as a viewer shows it)."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("L", "I;16", "I", "RGB", "RGBA"):
-                raise ProbsegError(f"{path}: unsupported image mode {im.mode}")
-            return np.asarray(im.convert("L"), dtype=np.uint8)
+        with Image.open(path) as opened:
+            opened.load()
+            if opened.mode not in ("L", "I;16", "I", "RGB", "RGBA"):
+                raise ProbsegError(f"{path}: unsupported image mode {opened.mode}")
+            return np.asarray(ImageOps.exif_transpose(opened).convert("L"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as exc:
         raise ProbsegError(f"{path}: not a readable image ({exc})") from None
 

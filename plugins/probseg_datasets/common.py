@@ -45,12 +45,16 @@ def require_root(data_root: Path | None, dataset: str, layout: str) -> Path:
     return root
 
 
-def read_array(path: Path) -> np.ndarray:
+def read_array(path: Path, *, mask: bool = False) -> np.ndarray:
     """Read an image or mask file into a numpy array, by suffix.
 
-    PNG / JPEG / TIFF with Pillow (greyscale; colour images are converted to luminance), NIfTI (``.nii``,
-    ``.nii.gz``) with nibabel (the data array as stored, float or integer), ``.npy`` with numpy
-    (``allow_pickle=False``).
+    PNG / JPEG / TIFF with Pillow: greyscale (colour images are converted to luminance; 16-bit and float as
+    stored), turned upright by the file's EXIF orientation tag when it has one (Pillow's
+    ``ImageOps.exif_transpose``: the array a viewer and an annotation tool such as labelme show). A palette
+    image (mode ``P``, transparency or not) read with ``mask=True`` gives its palette indices (uint8; labelme
+    and VOC-style tools store class k as index k), read as an image the luminance of its colours. NIfTI (``.nii``,
+    ``.nii.gz``) with nibabel (the data array as stored, float or integer; bring a mask onto its image's grid
+    with :func:`probseg_datasets.geometry.to_image_grid`). ``.npy`` with numpy (``allow_pickle=False``).
 
     Raises:
         ProbsegError: an unknown suffix, or a missing, truncated or corrupt file.
@@ -58,12 +62,15 @@ def read_array(path: Path) -> np.ndarray:
     kind = suffix(path)
     try:
         if kind in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):
-            from PIL import Image, UnidentifiedImageError
+            from PIL import Image, ImageOps, UnidentifiedImageError
 
             try:
-                with Image.open(path) as im:
-                    im.load()
+                with Image.open(path) as opened:
+                    opened.load()
+                    im = ImageOps.exif_transpose(opened)
                     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                        return np.asarray(im)
+                    if mask and im.mode == "P":
                         return np.asarray(im)
                     return np.asarray(im.convert("L"))
             except UnidentifiedImageError as exc:

@@ -19,13 +19,19 @@ Images are 2-D (a trailing singleton axis is dropped; colour PNG / JPEG / TIFF b
 ``.npy`` may also hold ``[C, H, W]`` with C <= 4 channels (all cases the same C). Intensities: the rule of
 every loader (:func:`probseg_bench.data.intensity.model_intensities`) by the dtype stored in the file: bool
 0 / 1, uint8 / 255, uint16 / 65535, anything else (float, other integer types, and NIfTI data after the
-header's scaling) as stored, as float32; NaN or infinite values are refused. A NIfTI file is
-read as its data array, axes not reordered. Images and masks are then centre-cropped / zero-padded to
-``size`` x ``size`` (dataset parameter ``size``, default 128).
+header's scaling) as stored, as float32; NaN or infinite values are refused. A NIfTI image is
+read as its data array, axes not reordered; a NIfTI mask of a NIfTI image is brought onto the image's voxel
+grid: when its affine differs only by the order or direction of the axes (e.g. stored left-right mirrored with
+the mirrored affine) its voxels are reordered exactly, and a mask of another shape, spacing or position is
+refused naming the file (:func:`probseg_datasets.geometry.to_image_grid`). A case that pairs NIfTI with a
+format without geometry (PNG, JPEG, TIFF, npy) is matched by array index only: one warning line says how many
+cases do. PNG / JPEG / TIFF files are turned upright by their EXIF orientation tag. Images and masks are then
+centre-cropped / zero-padded to ``size`` x ``size`` (dataset parameter ``size``, default 128).
 
-Masks hold {0, 1} or {0, 255} (bool too); a JPEG mask (lossy) is accepted when no grey value lies strictly
-between 64 and 192, and is thresholded at 128 (the rule of :mod:`probseg_datasets.cimd`). A mask must have
-the image's height and width.
+Masks hold {0, 1} or {0, 255} (bool too); a palette ("P") PNG / TIFF mask is read as its palette indices (as
+labelme and VOC-style tools write them: 0 background, 1 foreground); a JPEG mask (lossy) is accepted when no
+grey value lies strictly between 64 and 192, and is thresholded at 128 (the rule of
+:mod:`probseg_datasets.cimd`). A mask must have the image's height and width.
 
 Every problem raises :class:`ProbsegError` naming the file or folder and what was expected.
 """
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +50,9 @@ import numpy as np
 
 from probseg_bench.api import DatasetSpec, HyperParameter, MultiRaterData, ProtocolDefaults
 from probseg_bench.data.intensity import model_intensities
+from probseg_bench.data.loading import DatasetWarning
 from probseg_bench.errors import ProbsegError
+from probseg_bench.memory import check_fits
 from probseg_datasets.common import (
     IMAGE_SUFFIXES,
     as_binary_mask,
@@ -54,6 +63,7 @@ from probseg_datasets.common import (
     require_root,
     suffix,
 )
+from probseg_datasets.geometry import VoxelGrid, to_image_grid, voxel_grid
 
 __all__ = [
     "FOLDER",
@@ -251,10 +261,10 @@ def scan_folder(root: Path | str) -> FolderIndex:
     return FolderIndex(root, cases, tuple(everyone), tuple(groups))
 
 
-def _read(path: Path) -> np.ndarray:
+def _read(path: Path, mask: bool = False) -> np.ndarray:
     """``read_array`` with every failure (e.g. an empty .npy: EOFError) as a ProbsegError naming the file."""
     try:
-        return read_array(path)
+        return read_array(path, mask=mask)
     except ProbsegError:
         raise
     except Exception as exc:
@@ -303,16 +313,22 @@ def read_folder_image(path: Path) -> np.ndarray:
     return model_intensities(out, stored, str(path))
 
 
-def read_folder_mask(path: Path) -> np.ndarray:
+def read_folder_mask(path: Path, image: VoxelGrid | None = None) -> np.ndarray:
     """One mask file -> uint8 {0, 1} [H, W].
 
-    Values {0, 1} or {0, 255} (bool too). A JPEG mask is accepted when no grey value lies strictly inside
-    (64, 192), then thresholded at 128 (JPEG compression leaves values near 0 and 255).
+    Values {0, 1} or {0, 255} (bool too); a palette PNG / TIFF gives its palette indices. A JPEG mask is
+    accepted when no grey value lies strictly inside (64, 192), then thresholded at 128 (JPEG compression leaves
+    values near 0 and 255). With ``image`` (the voxel grid of a NIfTI image) a NIfTI mask is first brought into
+    the image's axis order (:func:`probseg_datasets.geometry.to_image_grid`).
 
     Raises:
-        ProbsegError: unreadable / truncated file, not 2-D, other values (JPEG: grey values in (64, 192)).
+        ProbsegError: unreadable / truncated file, not 2-D, other values (JPEG: grey values in (64, 192)), a
+            NIfTI mask not on the grid of ``image`` (another shape, spacing or position).
     """
-    arr = _read(path)
+    arr = _read(path, mask=True)
+    grid = voxel_grid(path) if image is not None else None
+    if image is not None and grid is not None:
+        arr = to_image_grid(arr, grid, image)
     if arr.ndim > 2:
         squeezed = np.squeeze(arr)
         if squeezed.ndim != 2:
@@ -349,16 +365,23 @@ def load_folder(data_root: Path | str | None, size: int = 128) -> MultiRaterData
     Raises:
         ProbsegError: missing root, empty folder, case without image, annotators differing between many
             cases (a few odd cases are dropped with a warning each: :func:`scan_folder`), bad groups.csv,
-            unreadable / corrupt files, a mask whose size differs from the image's, non-binary mask values,
-            NaN / infinite intensities, a 3-D image, images with different channel counts, ``size`` < 1.
+            unreadable / corrupt files, a mask whose size differs from the image's, a NIfTI mask that no
+            reordering of axes puts on its NIfTI image's voxel grid, non-binary mask values, NaN / infinite
+            intensities, a 3-D image, images with different channel counts, ``size`` < 1.
+
+    Warns:
+        DatasetWarning: one line when cases pair NIfTI with files without voxel geometry (alignment unchecked).
     """
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ProbsegError(f"dataset 'folder': parameter size must be an integer >= 1, got {size!r}")
     root = require_root(Path(data_root) if data_root is not None else None, "folder", LAYOUT)
     index = scan_folder(root)
     n, a = len(index.cases), len(index.annotators)
+    # float32 images (one channel at least) and uint8 masks, refused before allocating when they cannot fit
+    check_fits(n * size * size * (4 + a), f"dataset 'folder': --dataset-param size={size} ({n} cases, {a} annotators)")
     images: np.ndarray | None = None
     masks = np.zeros((n, a, size, size), dtype=np.uint8)
+    unchecked: list[FolderCase] = []  # cases mixing NIfTI with formats without geometry
     for i, case in enumerate(index.cases):
         image = read_folder_image(case.image)
         if images is None:
@@ -368,8 +391,11 @@ def load_folder(data_root: Path | str | None, size: int = 128) -> MultiRaterData
                 f"{case.image}: {image.shape[0]} channels, but {index.cases[0].image} has {images.shape[1]}; "
                 "every case needs the same number of channels"
             )
+        grid = voxel_grid(case.image)
+        if len({voxel_grid(f) is None for f in case.masks} | {grid is None}) > 1:
+            unchecked.append(case)
         for j, mask_file in enumerate(case.masks):
-            mask = read_folder_mask(mask_file)
+            mask = read_folder_mask(mask_file, grid)
             if mask.shape != image.shape[1:]:
                 raise ProbsegError(
                     f"{mask_file}: mask of size {mask.shape} does not match the image {case.image.name} of size "
@@ -378,6 +404,14 @@ def load_folder(data_root: Path | str | None, size: int = 128) -> MultiRaterData
             masks[i, j] = center_crop_or_pad(mask, size)
         images[i] = center_crop_or_pad(image, size)
     assert images is not None  # scan_folder guarantees at least one case
+    if unchecked:
+        first = unchecked[0]
+        warnings.warn(
+            f"folder: {len(unchecked)} of the {n} cases pair NIfTI with files that carry no voxel geometry "
+            f"(e.g. case {first.name}: {', '.join(f.name for f in (first.image, *first.masks))}); their arrays "
+            "are matched by index and shape only, so their alignment could not be checked",
+            DatasetWarning, stacklevel=2,
+        )
     names = np.array([c.name for c in index.cases])
     data = MultiRaterData(images=images, masks=masks, groups=np.array(index.groups), metadata={"case": names})
     data.validate(f"dataset 'folder' at {root}")
@@ -393,7 +427,7 @@ FOLDER = DatasetSpec(
     protocol=ProtocolDefaults(epochs=200, warmup_epochs=5),
     parameters=(
         HyperParameter("size", 128, "output height and width in pixels (centre crop / zero pad)",
-                       low=32, high=512, tunable=False),
+                       low=32, high=512, tunable=False, minimum=1),
     ),
     layout=LAYOUT,
 )

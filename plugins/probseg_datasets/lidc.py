@@ -38,6 +38,7 @@ import numpy as np
 from probseg_bench.api import DatasetSpec, HyperParameter, MultiRaterData, ProtocolDefaults
 from probseg_bench.data.intensity import model_intensities
 from probseg_bench.errors import ProbsegError
+from probseg_bench.memory import check_fits
 from probseg_datasets.common import (
     as_binary_mask,
     center_crop_or_pad,
@@ -380,7 +381,8 @@ def _crop_roots(root: Path) -> list[tuple[str, Path]]:
 def load_lidc_crops(data_root: Path | None, size: int = 128) -> MultiRaterData:
     """``lidc-crops``: images PNG -> float16 [N, 1, size, size] (centre crop of the 180 x 180 crops) by the
     intensity rule of every loader (:func:`probseg_bench.data.intensity.model_intensities`: 8-bit / 255,
-    16-bit / 65535), masks uint8 [N, A, size, size]; groups = patient folder; metadata split, patient, name.
+    16-bit / 65535), masks uint8 [N, A, size, size] (files in {0, 1} or {0, 255}; a palette PNG by its
+    indices); groups = patient folder; metadata split, patient, name.
 
     Every crop holds the annotators the most crops have; a crop with fewer (or other) annotation files is
     dropped with one :class:`~probseg_bench.data.loading.DatasetWarning` line naming it and its file count.
@@ -426,6 +428,8 @@ def load_lidc_crops(data_root: Path | None, size: int = 128) -> MultiRaterData:
     annotators = sorted(check.reference)
     items = [found_items[i] for i in check.kept]
     n, a = len(items), len(annotators)
+    # float16 images and uint8 masks, refused before allocating when they cannot fit
+    check_fits(n * size * size * (2 + a), f"dataset 'lidc-crops': --dataset-param size={size} ({n} crops)")
     images = np.empty((n, 1, size, size), dtype=np.float16)
     masks = np.empty((n, a, size, size), dtype=np.uint8)
     for i, (_, _, _, image_path, found) in enumerate(items):
@@ -434,7 +438,7 @@ def load_lidc_crops(data_root: Path | None, size: int = 128) -> MultiRaterData:
             raise ProbsegError(f"{image_path}: expected a 2-D greyscale image, got shape {image.shape}")
         images[i, 0] = center_crop_or_pad(model_intensities(image, source=str(image_path)), size)
         for j, ann in enumerate(annotators):
-            mask = read_array(found[ann])
+            mask = read_array(found[ann], mask=True)  # a palette PNG: its indices
             if mask.shape != image.shape:
                 raise ProbsegError(f"{found[ann]}: mask shape {mask.shape} differs from the image {image.shape}")
             masks[i, j] = center_crop_or_pad(as_binary_mask(mask, found[ann]), size)
@@ -474,7 +478,7 @@ LIDC_CROPS = DatasetSpec(
     license=LIDC_LICENSE,
     citation=LIDC_CITATION,
     protocol=ProtocolDefaults(epochs=200, warmup_epochs=5),
-    parameters=(HyperParameter("size", 128, "centre crop side in pixels", tunable=False),),
+    parameters=(HyperParameter("size", 128, "centre crop side in pixels", tunable=False, minimum=1),),
     layout=CROPS_LAYOUT,
 )
 

@@ -19,7 +19,10 @@ What :func:`load_qubiq` does (the rules, in order):
   with C = 2..4 and H x W masks (brain-tumor) gives one item with C channels. A 3-D image with 3-D masks
   (pancreas, pancreatic lesion) is cut into 2-D axial slices (the LAST axis of the NIfTI array is the axial
   axis) and a slice is kept when at least one annotator marked something on it (the union of the masks is
-  non-empty on that slice); a 3-D volume in a dataset of 2-D images is refused.
+  non-empty on that slice); a 3-D volume in a dataset of 2-D images is refused. Each annotator file is first
+  brought onto its image's voxel grid: a file whose affine differs only by the order or direction of the axes
+  (e.g. stored left-right mirrored with the mirrored affine) has its voxels reordered exactly; another shape,
+  spacing or position is refused naming the file (:func:`probseg_datasets.geometry.to_image_grid`).
 - Intensities (float32): CT (pancreas, pancreatic lesion, kidney): clip to the abdominal soft-tissue window
   [-160, 240] HU (level 40, width 400), then (HU + 160) / 400, so 40 HU -> 0.5. MRI (brain growth, brain
   tumour, prostate): per case and per channel, the 1st..99th percentile maps linearly to [0, 1], then clip to
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +48,7 @@ import numpy as np
 from probseg_bench.api import DatasetSpec, HyperParameter, MultiRaterData, ProtocolDefaults, resolve_hyperparameters
 from probseg_bench.data.intensity import model_intensities
 from probseg_bench.errors import ProbsegError
+from probseg_bench.memory import check_fits
 from probseg_datasets.common import (
     as_binary_mask,
     center_crop_or_pad,
@@ -52,6 +56,7 @@ from probseg_datasets.common import (
     read_array,
     require_root,
 )
+from probseg_datasets.geometry import VoxelGrid, to_image_grid, voxel_grid
 
 CT_WINDOW = (-160.0, 240.0)
 """Abdominal soft-tissue window in HU (level 40, width 400): lower bound -> 0, upper bound -> 1."""
@@ -125,7 +130,8 @@ def dataset_parameters(dataset: QubiqDataset) -> tuple[HyperParameter, ...]:
                        tunable=False),
         HyperParameter("crop", "roi", "roi: centre on the annotations' bounding box; center: image centre",
                        choices=CROPS, tunable=False),
-        HyperParameter("size", DEFAULT_SIZE, "crop size in pixels (size x size)", low=1, tunable=False),
+        HyperParameter("size", DEFAULT_SIZE, "crop size in pixels (size x size)", low=1, tunable=False,
+                       minimum=1),
     )
 
 
@@ -321,6 +327,19 @@ def _drop_singletons(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _read_mask(path: Path, image: VoxelGrid | None) -> np.ndarray:
+    """A mask file's array brought onto the image's voxel grid (:func:`probseg_datasets.geometry.to_image_grid`),
+    singleton axes dropped. For an H x W x C image (C = 2..4 channels on the third axis) and a mask with one
+    plane, the mask is compared with the image's first channel plane."""
+    arr = read_array(path)
+    grid = voxel_grid(path)
+    if image is not None and grid is not None:
+        if len(image.shape) == 3 and 2 <= image.shape[2] <= 4 and (len(grid.shape) < 3 or grid.shape[2] == 1):
+            image = replace(image, shape=(*image.shape[:2], 1))
+        arr = to_image_grid(arr, grid, image)
+    return _drop_singletons(arr)
+
+
 def load_case(
     case: QubiqCase, task: int, annotators: Sequence[int], dataset: QubiqDataset, crop: str, size: int
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
@@ -333,7 +352,8 @@ def load_case(
 
     Raises:
         ProbsegError: unreadable file, NaN / infinite intensities, unsupported shape, a 3-D volume in a 2-D
-            dataset, a mask shape differing from the image, mask values other than {0,1} / {0,255}.
+            dataset, a mask that no reordering of axes puts on the image's voxel grid (another shape, spacing or
+            position), mask values other than {0,1} / {0,255}.
     """
     raw = read_array(case.image)
     if not np.isfinite(raw).all():
@@ -341,7 +361,8 @@ def load_case(
     raw_shape = raw.shape
     img = _drop_singletons(raw)
     mask_paths = [case.segs[task][a] for a in annotators]
-    first = _drop_singletons(read_array(mask_paths[0]))
+    grid = voxel_grid(case.image)
+    first = _read_mask(mask_paths[0], grid)
     volume = False
     if img.ndim == 2:
         image = img[None]  # [1, H, W]
@@ -363,7 +384,7 @@ def load_case(
 
     stack = np.empty((len(mask_paths), *spatial), dtype=np.uint8)
     for k, path in enumerate(mask_paths):
-        m = first if k == 0 else _drop_singletons(read_array(path))
+        m = first if k == 0 else _read_mask(path, grid)
         if m.shape != spatial:
             raise ProbsegError(
                 f"{path}: mask shape {m.shape} differs from the image shape {raw_shape} of {case.image.name} "
@@ -413,7 +434,9 @@ def load_qubiq(
         ProbsegError: unknown dataset or parameter value, missing / wrong data root, no cases, a case without
             image, annotator files differing between many cases (a few odd cases are dropped with a
             :class:`~probseg_bench.data.loading.DatasetWarning` each), absent task, unreadable / corrupt NIfTI,
-            mask shape or values wrong, NaN / infinite intensities, a 3-D volume in a 2-D dataset, channel counts
+            mask values wrong or a mask off its image's voxel grid (shape, spacing, position; an axis order
+            or direction that differs is reordered, not refused), NaN / infinite intensities, a 3-D volume in a
+            2-D dataset, channel counts
             that differ between cases, no annotated slice at all. Each message names the file or folder.
     """
     if dataset not in QUBIQ_DATASETS:
@@ -429,6 +452,8 @@ def load_qubiq(
     task_root = find_task_folder(data_root, info)
     cases = scan_cases(task_root, info.layout)
     annotators, cases = discover_annotators(cases, task, task_root, dataset)
+    # one crop (float32 image, uint8 masks) must fit before any volume is read
+    check_fits(size * size * (4 + len(annotators)), f"dataset '{dataset}': --dataset-param size={size} (one crop)")
 
     images: list[np.ndarray] = []
     masks: list[np.ndarray] = []

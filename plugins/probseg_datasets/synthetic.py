@@ -54,6 +54,7 @@ import numpy as np
 from probseg_bench.api import DatasetSpec, HyperParameter, KnownDistribution, MultiRaterData, ProtocolDefaults
 from probseg_bench.data.intensity import model_intensities
 from probseg_bench.errors import ProbsegError
+from probseg_bench.memory import check_fits
 
 __all__ = [
     "GROUP_SIZE",
@@ -70,6 +71,7 @@ __all__ = [
 GROUP_SIZE = 4
 """Consecutive images per patient group."""
 MIN_SIZE = 32
+MAX_SIZE = 4096
 MAX_STRUCTURES = 6
 MAX_LEVELS = 4
 
@@ -107,7 +109,7 @@ def _check_params(n_images: Any, size: Any, annotators: Any, structures: Any, le
                   seed: Any) -> tuple[int, int, int, int, int, int]:
     return (
         _check_int("n_images", n_images, 1),
-        _check_int("size", size, MIN_SIZE, 4096),
+        _check_int("size", size, MIN_SIZE, MAX_SIZE),
         _check_int("annotators", annotators, 1),
         _check_int("structures", structures, 0, MAX_STRUCTURES),
         _check_int("levels", levels, 1, MAX_LEVELS),
@@ -218,7 +220,8 @@ def load_synthetic(data_root: Path | str | None = None, n_images: int = 240, siz
         (``p0000`` for images 0..3, ...), metadata ``case`` str [N] (``img00000``, ...) and ``index`` int64 [N].
 
     Raises:
-        ProbsegError: a ``data_root`` was given, or a parameter is not an integer in its range.
+        ProbsegError: a ``data_root`` was given, a parameter is not an integer in its range, or the images and
+            masks (4 + A bytes per pixel) would not fit in this machine's memory.
     """
     if data_root is not None:
         raise ProbsegError(
@@ -227,6 +230,9 @@ def load_synthetic(data_root: Path | str | None = None, n_images: int = 240, siz
         )
     n_images, size, annotators, structures, levels, seed = _check_params(
         n_images, size, annotators, structures, levels, seed)
+    # float32 images and uint8 masks, refused before anything is allocated when they cannot fit
+    check_fits(n_images * size * size * (4 + annotators),
+               f"dataset 'synthetic': --dataset-param n_images={n_images} (with size={size}, annotators={annotators})")
     images = np.empty((n_images, 1, size, size), dtype=np.float32)
     masks = np.empty((n_images, annotators, size, size), dtype=np.uint8)
     for i in range(n_images):
@@ -382,13 +388,15 @@ SYNTHETIC = DatasetSpec(
     citation="probseg-bench synthetic data",
     protocol=ProtocolDefaults(epochs=200, warmup_epochs=5),
     parameters=(
-        HyperParameter("n_images", 240, "number of images N", low=40, high=4000, tunable=False),
-        HyperParameter("size", 128, "height = width in pixels (>= 32)", low=32, high=256, tunable=False),
-        HyperParameter("annotators", 4, "annotations per image A", low=1, high=16, tunable=False),
-        HyperParameter("structures", 3, "ambiguous blobs per image r (0..6)", low=0, high=6, tunable=False),
+        HyperParameter("n_images", 240, "number of images N", low=40, high=4000, tunable=False, minimum=1),
+        HyperParameter("size", 128, "height = width in pixels (>= 32)", low=32, high=256, tunable=False,
+                       minimum=MIN_SIZE, maximum=MAX_SIZE),
+        HyperParameter("annotators", 4, "annotations per image A", low=1, high=16, tunable=False, minimum=1),
+        HyperParameter("structures", 3, "ambiguous blobs per image r (0..6)", low=0, high=6, tunable=False,
+                       minimum=0, maximum=MAX_STRUCTURES),
         HyperParameter("levels", 3, "radius levels K of the base disk (1 = sharp boundary; 1..4)", low=1, high=4,
-                       tunable=False),
-        HyperParameter("seed", 0, "generator seed", low=0, high=2**31 - 1, tunable=False),
+                       tunable=False, minimum=1, maximum=MAX_LEVELS),
+        HyperParameter("seed", 0, "generator seed", low=0, high=2**31 - 1, tunable=False, minimum=0),
     ),
     layout="generated: no --data-root; set the parameters with --dataset-param NAME=VALUE",
     known_distribution=KnownDistribution(

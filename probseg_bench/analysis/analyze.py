@@ -54,15 +54,40 @@ def label_test_image(test: MultiRaterData, index: int) -> str:
 
 
 def analyze(run: LoadedRun, out_dir: Path, command: str, n_samples: int | None = None, rows: int = 3) -> Analysis:
-    """Write fig3_samples .. fig8_entropy (PNG + PDF) and report.html into ``out_dir`` (created).
+    """Write fig3_samples .. fig8_entropy (PNG + PDF) and report.html into ``out_dir``, atomically: into a
+    temporary folder beside it that replaces ``out_dir`` (an earlier analysis there included) once everything is
+    written, so a failed or interrupted analysis leaves no half-written folder.
 
     Draws use the fold's seed and the protocol's batch size, as the evaluation did, so the freezing curve's first
     point is the stored test EWD for the built-in models.
+
+    Raises:
+        ProbsegError: ``n_samples`` < 1, or more samples than fit (the evaluation's memory bound per batch, see
+            :func:`probseg_bench.evaluation.check_evaluation_memory`, or this machine's memory for the test set's
+            sample maps), before anything is drawn.
+        OutputError: the folder cannot be written (one line naming it).
     """
-    rec, model, test, device = run.record, run.model, run.test, run.device
-    out_dir.mkdir(parents=True, exist_ok=True)
-    n = n_samples or int(rec.protocol.get("n_eval_samples", 16))
+    from probseg_bench.atomic import atomic_folder
+    from probseg_bench.evaluation import check_evaluation_memory
+    from probseg_bench.memory import check_fits
+
+    rec, test = run.record, run.test
+    n = int(rec.protocol.get("n_eval_samples", 16)) if n_samples is None else n_samples
     batch = int(rec.protocol.get("batch_size", 8))
+    what = f"--samples {n}" if n_samples is not None else f"the run's n_eval_samples {n}"
+    _, annotators, height, width = test.masks.shape
+    check_evaluation_memory(n, annotators, height, width, min(batch, len(test)), what)
+    # the figures hold every test image's samples at once: bool maps and their float64 mean / std
+    check_fits(len(test) * n * height * width * 9, f"{what} ({len(test)} test images of {height} x {width})")
+    with atomic_folder(out_dir) as work:
+        result = _analyze(run, work, command, n, batch, rows)
+    return Analysis(out_dir, out_dir / result.report.name, [out_dir / p.name for p in result.files],
+                    result.freezing_ewd, result.warnings)
+
+
+def _analyze(run: LoadedRun, out_dir: Path, command: str, n: int, batch: int, rows: int) -> Analysis:
+    """:func:`analyze` into the (temporary) folder ``out_dir`` with ``n`` samples per image, batches of ``batch``."""
+    rec, model, test, device = run.record, run.model, run.test, run.device
     seed = fold_seed(rec.seed, rec.latent_dim, rec.fold)
     label = f"{rec.model} on {rec.dataset}, d={rec.latent_dim}, fold {rec.fold}"
     saved: list[tuple[str, Path, str]] = []

@@ -8,7 +8,12 @@ from typing import Any
 
 from probseg_bench.api import MultiRaterData
 from probseg_bench.errors import ProbsegError
+from probseg_bench.readback import load_torch_file
 from probseg_bench.results import FoldRecord, ResultsStore
+
+CHECKPOINT_WHAT = "best checkpoint of this stored run"
+CHECKPOINT_REMEDY = ("restore it from a copy, or train the fold again into another --storage (this one's record "
+                     "keeps it skipped)")
 
 
 @dataclass
@@ -60,12 +65,13 @@ def load_run(record: FoldRecord, data_root: Path | None, device_name: str = "aut
     """Rebuild the record's model from its checkpoint and its test split from the dataset.
 
     Raises:
-        ProbsegError: missing checkpoint, a checkpoint of another model / dataset / latent dim / fold, a dataset
-            whose split no longer matches the record's split hash.
+        ProbsegError: missing checkpoint, a damaged one (one line, torch's message not shown: it suggests loading
+            with ``weights_only=False``), a checkpoint of another model / dataset / latent dim / fold, a dataset
+            whose split no longer matches the record's split hash, or whose content is not the data the record was
+            computed on (its ``data_fingerprint``; a record stored before fingerprints is checked by its split only).
     """
-    import torch
-
     from probseg_bench.data.crop import center_crop
+    from probseg_bench.data.fingerprint import data_fingerprint, short
     from probseg_bench.data.loading import load_dataset
     from probseg_bench.data.splits import protocol_splits
     from probseg_bench.experiment import resolve_device
@@ -73,10 +79,8 @@ def load_run(record: FoldRecord, data_root: Path | None, device_name: str = "aut
 
     if record.checkpoint is None or not Path(record.checkpoint).is_file():
         raise ProbsegError(f"{record.checkpoint}: the run's checkpoint is missing (moved or deleted?)")
-    try:
-        ckpt = torch.load(record.checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged or foreign file
-        raise ProbsegError(f"{record.checkpoint}: not a readable probseg-bench checkpoint ({exc})") from None
+    ckpt = load_torch_file(record.checkpoint, CHECKPOINT_WHAT, CHECKPOINT_REMEDY,
+                           required=("model_hyperparameters", "state_dict"))
     expected = {"model": record.model, "dataset": record.dataset, "latent_dim": record.latent_dim,
                 "fold": record.fold, "config_hash": record.config_hash}
     found = {k: ckpt.get(k) for k in expected} if isinstance(ckpt, dict) else {}
@@ -94,9 +98,20 @@ def load_run(record: FoldRecord, data_root: Path | None, device_name: str = "aut
     if splits.split_hash != record.split_hash:
         raise ProbsegError(f"dataset '{record.dataset}' (data root {data_root}) no longer gives the split of the "
                            "stored run: the data changed")
+    found_data = None if record.data_fingerprint is None else data_fingerprint(data)
+    if found_data != record.data_fingerprint:
+        raise ProbsegError(f"dataset '{record.dataset}' (data root {data_root}): its content (data "
+                           f"{short(found_data)}) is not the data the stored run was computed on (data "
+                           f"{short(record.data_fingerprint)}): the data changed; give the run's --data-root, or rerun")
     device = resolve_device(device_name)
-    model = plugins.models.get(record.model).factory(
-        latent_dim=record.latent_dim, in_channels=data.images.shape[1], **ckpt["model_hyperparameters"]
-    )
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model = plugins.models.get(record.model).factory(
+            latent_dim=record.latent_dim, in_channels=data.images.shape[1], **ckpt["model_hyperparameters"]
+        )
+        model.load_state_dict(ckpt["state_dict"])
+    except ProbsegError:
+        raise
+    except (TypeError, ValueError, RuntimeError, KeyError):  # torch's messages span lines: not shown
+        raise ProbsegError(f"{record.checkpoint}: the {CHECKPOINT_WHAT} does not fit model '{record.model}' (damaged, "
+                           f"or written by another version of its code); {CHECKPOINT_REMEDY}") from None
     return LoadedRun(record, model.to(device).eval(), data.subset(splits.test), device)

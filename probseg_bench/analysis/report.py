@@ -7,10 +7,13 @@ import html
 from pathlib import Path
 from typing import Any
 
+from probseg_bench.atomic import atomic_write_text
+
 
 def write_report(folder: Path, title: str, command: str, metrics: dict[str, Any], info: dict[str, Any],
                  figures: list[tuple[str, Path, str]], warnings: list[str] | None = None) -> Path:
-    """Write ``folder/report.html``.
+    """Write ``folder/report.html`` (atomically; :class:`~probseg_bench.errors.OutputError` naming it when the
+    write fails).
 
     Args:
         metrics: metric -> stored test value; info: run facts (model, dataset, latent dim, fold, ...);
@@ -39,6 +42,4 @@ table{{border-collapse:collapse}} tr:nth-child(even){{background:#f3f3f3}} code{
 {''.join(blocks)}
 </body></html>
 """
-    path = folder / "report.html"
-    path.write_text(page)
-    return path
+    return atomic_write_text(folder / "report.html", page)

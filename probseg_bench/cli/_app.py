@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from probseg_bench.results import DEFAULT_STORAGE
+from probseg_bench.terminal import to_ascii
 
 # Settings of every Typer app of the CLI (the root and its command groups, such as ``data``). ``--help`` is
 # click's plain layout, not typer's Rich panels: Rich markup would parse every help string, so that bracketed
@@ -25,8 +26,23 @@ app = typer.Typer(
     context_settings={"max_content_width": 120},  # help as wide as the terminal, up to 120 columns
     **APP_SETTINGS,
 )
-console = Console() if sys.stdout.isatty() else Console(width=160)
-err_console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=160)
+
+
+class PortableConsole(Console):
+    """A rich Console whose text (``print``'s strings, a table's string cells, titles, captions) is ASCII
+    (:func:`probseg_bench.terminal.to_ascii`) where the output's encoding lacks a character, before rich measures
+    it: tables stay aligned on an ASCII terminal (rich itself draws their boxes in ASCII there)."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Any:
+        try:
+            text.encode(self.encoding)
+        except (UnicodeEncodeError, LookupError):
+            text = to_ascii(text)
+        return super().render_str(text, **kwargs)
+
+
+console = PortableConsole() if sys.stdout.isatty() else PortableConsole(width=160)
+err_console = PortableConsole(stderr=True) if sys.stderr.isatty() else PortableConsole(stderr=True, width=160)
 
 STORAGE_HELP = (
     "Results store: a SQLAlchemy URL (sqlite:///file.db, postgresql://...) or a SQLite file path "

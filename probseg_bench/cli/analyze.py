@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 from probseg_bench.cli._app import STORAGE_HELP, app, console, err_console
+from probseg_bench.errors import ProbsegError
+from probseg_bench.outputs import check_output_folder
 from probseg_bench.results import DEFAULT_STORAGE, ResultsStore
 
 
@@ -33,6 +35,9 @@ def analyze(
     from probseg_bench.analysis.analyze import analyze as run_analysis
     from probseg_bench.analysis.loading import find_record, load_run
 
+    if samples is not None and samples < 1:
+        raise ProbsegError(f"--samples: expected an integer >= 1, got {samples}")
+    check_output_folder(output, "--output")  # before the checkpoint and the data are loaded
     record = find_record(ResultsStore(storage, create=False), model, dataset, latent_dim, fold, config_hash)
     variant = f" ({record.variant})" if record.variant else ""
     err_console.print(f"analysing {record.model}{variant} on {record.dataset}, d={record.latent_dim}, fold "

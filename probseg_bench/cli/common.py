@@ -23,7 +23,7 @@ def parse_hp(items: list[str], option: str = "--hp") -> dict[str, str]:
 
 
 REFERENCE_HELP = (
-    f"Show published values beside the measured ones, with the difference measured − published; repeatable "
+    f"Show published values beside the measured ones, with the difference measured - published; repeatable "
     f"({', '.join(REFERENCES)}: the seed paper's Table II; the field's LIDC GED_n / HM-IoU_n on the v1 / v2 splits). "
     "A value is shown only beside a row of its dataset, preset (split, n) and model with default settings."
 )

@@ -63,6 +63,8 @@ def compare(
         raise ProbsegError(f"--format: expected table or json, got {fmt!r}")
     if bootstrap < 1:
         raise ProbsegError(f"--bootstrap: expected >= 1, got {bootstrap}")
+    if seed < 0:
+        raise ProbsegError(f"--seed: expected an integer >= 0, got {seed}")
     store = ResultsStore(storage, create=False)
     store.check_names([], [dataset])
     records = select_configurations(store.records(datasets=[dataset]), config_hash,

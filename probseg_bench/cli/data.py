@@ -18,7 +18,7 @@ from rich.table import Table
 from probseg_bench.api import DatasetSpec, HyperValue, MultiRaterData
 from probseg_bench.cli._app import APP_SETTINGS, app, console, err_console
 from probseg_bench.cli.common import parse_hp
-from probseg_bench.data.converted import write_converted
+from probseg_bench.data.converted import check_output, write_converted
 from probseg_bench.data.loading import DatasetWarning, dataset_parameters, dataset_warnings, load_dataset
 from probseg_bench.errors import ProbsegError
 from probseg_bench.plugins import get_plugins
@@ -120,6 +120,7 @@ def convert(
 ) -> None:
     """Convert once into plain .npy files (no pickles) that later runs read memory-mapped with
     `--dataset DATASET --data-root OUTPUT`."""
+    check_output(output, image_dtype)  # before the data is read
     spec, params, data, notes = _load(dataset, data_root, dataset_param, trust_pickle)
     data.validate(f"dataset '{dataset}'", full=True)
     write_converted(data, output, spec.name, params, source=str(data_root), image_dtype=image_dtype, notes=notes)

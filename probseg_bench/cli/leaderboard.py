@@ -31,7 +31,7 @@ def leaderboard(
              "GED_n / HM-IoU_n the rows have (e.g. ged_100)."),
     reference: list[str] = typer.Option([], "--reference", help=REFERENCE_HELP),
 ) -> None:
-    """Mean ± std over folds of the metric catalogue's ranked metrics (those --test-metric takes) and of the ones
+    """Mean +- std over folds of the metric catalogue's ranked metrics (those --test-metric takes) and of the ones
     it only shows, per (model, dataset, latent dim, configuration: the model label names what differs from the
     defaults, the config column starts its hash); best in bold; a paired Wilcoxon p-value against the best row of
     each dataset; with --reference paper / literature, the published values and the differences beside them."""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from probseg_bench.cli._app import err_console
+from probseg_bench.connections import display_url
 from probseg_bench.experiment import RunRequest
 from probseg_bench.metrics.catalogue import ranked_metrics
 from probseg_bench.presets import Preset
@@ -77,7 +78,8 @@ def planned_epochs(preset: Preset, dataset: DatasetSpec) -> str:
 class RichReporter:
     """What a run does, on stderr: a line per request saying what will run; per fold, a progress bar (epoch, loss
     terms, validation loss, ETA) on a terminal, else one plain line every ~tenth of the fold's epochs (and at
-    least every ``plain_interval_s`` seconds); a line per finished / failed / skipped fold; :meth:`summary`."""
+    least every ``plain_interval_s`` seconds); a line per finished / failed / skipped fold, and per fold whose stored
+    result was computed on other data (not reused); :meth:`summary`."""
 
     def __init__(self, total_folds: int, plain_interval_s: float = 60.0) -> None:
         self.live = err_console.is_terminal
@@ -112,7 +114,7 @@ class RichReporter:
             self.run_dirs.append(plan.request.run_dir)
         exp = plan.exp
         self._print(describe_run(plan.request, exp.preset, exp.folds, f"{exp.schedule[0]} epochs", exp.device,
-                                 store.url))
+                                 display_url(store.url)))
 
     def fold_started(self, key: FoldKey, epochs: int, resumed_from: int) -> None:
         now = time.monotonic()
@@ -163,6 +165,9 @@ class RichReporter:
         self.skipped += 1
         self.progress.advance(self.folds)
         err_console.print(f"{self._label(key)}: already in the results store, skipped", highlight=False)
+
+    def data_changed(self, key: FoldKey, note: str) -> None:
+        self._print(f"{self._label(key)}: {note}")
 
     def summary(self, store_url: str) -> str:
         """``done in 3m10s: 2 fold(s) trained, 1 skipped (already stored), 0 failed; results in URL, checkpoints

@@ -14,11 +14,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from probseg_bench.cli._app import FORMAT_HELP, STORAGE_HELP, app, err_console
 from probseg_bench.cli.common import REFERENCE_HELP, default_latent_dim, parse_hp, print_rows, resolve_references
 from probseg_bench.cli.progress import RichReporter, describe_run, duration, planned_epochs
-from probseg_bench.errors import ProbsegError
+from probseg_bench.connections import display_url
+from probseg_bench.errors import OutputError, ProbsegError
 from probseg_bench.executors import EXECUTORS
 from probseg_bench.experiment import CheckedRequest, Experiment, RunRequest
 from probseg_bench.grid import load_grid
+from probseg_bench.interruption import interrupted_line
 from probseg_bench.leaderboard import FORMATS, build_leaderboard
+from probseg_bench.outputs import check_output_folder, check_storage
 from probseg_bench.presets import PRESETS, get_preset
 from probseg_bench.protocol import run_protocol
 from probseg_bench.references import ReferenceTable
@@ -140,27 +143,31 @@ def run(
         raise ProbsegError(f"--executor: expected one of {', '.join(EXECUTORS)}, got {executor!r}")
     if jobs < 1:
         raise ProbsegError(f"--jobs: expected >= 1, got {jobs}")
+    if retries < 0:
+        raise ProbsegError(f"--retries: expected >= 0, got {retries}")
     # every check that needs no data, for every request (grid cell), before anything is written; a Ray cell's
     # device is the cluster's, so only its name is checked here
     checked = [Experiment.check(r, check_device=executor != "ray") for r in requests]
+    check_storage(storage)  # the output locations, before any data is loaded or any fold trains
+    check_output_folder(run_dir, "--run-dir")
     if executor == "ray" or jobs > 1:
         _run_distributed(requests, checked, storage, executor, jobs, address, retries, fmt, pivot, tables)
         return
     n_folds = sum(len(c.folds) * len(r.latent_dims) for r, c in zip(requests, checked, strict=True))
-    store_url = normalize_url(storage)
+    store_url = display_url(normalize_url(storage))  # as shown: a password as ***
     records: list[FoldRecord] = []
     with RichReporter(n_folds) as reporter:
         try:
             for request in requests:  # the store is opened once the request's data is loaded and checked
                 records += run_protocol(request, storage, reporter, retry_failed=retry_failed)
-        except KeyboardInterrupt:
+        except OutputError as exc:  # a checkpoint or record that could not be written (no space, ...)
             reporter.progress.stop()
-            err_console.print(
-                f"interrupted: {reporter.finished} fold(s) finished in this run are stored in {store_url}; the fold "
-                f"in progress is saved at its last written epoch (at most ~30 s old) under {run_dir}; rerun the same "
-                "command to resume",
-                highlight=False, markup=False, soft_wrap=True,
-            )
+            raise OutputError(f"{exc}; the {reporter.finished} fold(s) finished before in this run are stored in "
+                              f"{store_url}; rerun the same command to resume once it can be written") from None
+        except KeyboardInterrupt as exc:  # what is on disk, read after the interruption (interruption.py)
+            reporter.progress.stop()
+            err_console.print(interrupted_line(reporter.finished, "fold", store_url, exc),
+                              highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(130) from None
     print_rows(build_leaderboard(records), fmt, pivot, references=tables)
     err_console.print(reporter.summary(store_url), highlight=False, markup=False, soft_wrap=True)
@@ -237,19 +244,20 @@ def _run_distributed(requests: list[RunRequest], checked: Sequence[CheckedReques
     from probseg_bench.executors import CellResult, cells, run_local, run_ray
 
     store_url = normalize_url(storage)
+    shown = display_url(store_url)  # as shown: a password as ***
     for r, c in zip(requests, checked, strict=True):
         err_console.print(describe_run(r, c.preset, c.folds, planned_epochs(c.preset, c.dataset_spec), c.device,
-                                       store_url), highlight=False, markup=False, soft_wrap=True)
+                                       shown), highlight=False, markup=False, soft_wrap=True)
     ResultsStore(storage)  # the schema, once, before the cells write to it
     todo = cells(requests, lambda r: get_preset(r.preset).n_folds)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, disable=not err_console.is_terminal)
     task = progress.add_task(f"cells ({executor})", total=len(todo))
     started = time.monotonic()
-    failures = 0
+    failures = finished = 0
 
     def report(result: CellResult) -> None:
-        nonlocal failures
+        nonlocal failures, finished
         r = result.request
         label = f"{r.model}/{r.dataset} d={r.latent_dims[0]} fold {r.folds[0] if r.folds else 0}"
         progress.advance(task)
@@ -258,16 +266,23 @@ def _run_distributed(requests: list[RunRequest], checked: Sequence[CheckedReques
         if failed:
             status = f"FAILED, recorded as failed: {failed[0]['failure']}"
         failures += status.startswith("FAILED")
+        finished += not status.startswith("FAILED")
         err_console.print(f"{label}: {status}", highlight=False, markup=False, soft_wrap=True)
 
     with progress:
-        if executor == "ray":
-            results = run_ray(todo, store_url, address, retries, on_result=report)
-        else:
-            results = run_local(todo, store_url, jobs, on_result=report)
+        try:
+            if executor == "ray":
+                results = run_ray(todo, store_url, address, retries, on_result=report)
+            else:
+                results = run_local(todo, store_url, jobs, on_result=report)
+        except KeyboardInterrupt as exc:  # what the cells in progress left on disk (executors.py)
+            progress.stop()
+            err_console.print(interrupted_line(finished, "cell", shown, exc), highlight=False, markup=False,
+                              soft_wrap=True)
+            raise typer.Exit(130) from None
     records = [FoldRecord(**d) for result in results for d in result.records if d.get("status") == "ok"]
     print_rows(build_leaderboard(records), fmt, pivot, references=references)
     dirs = ", ".join(dict.fromkeys(str(r.run_dir) for r in requests))
     err_console.print(f"done in {duration(time.monotonic() - started)}: {len(results) - failures} cell(s) done "
-                      f"(trained or already stored), {failures} failed; results in {store_url}, checkpoints under "
+                      f"(trained or already stored), {failures} failed; results in {shown}, checkpoints under "
                       f"{dirs}", highlight=False, markup=False, soft_wrap=True)

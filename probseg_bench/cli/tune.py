@@ -11,6 +11,7 @@ from rich.table import Table
 from probseg_bench.cli._app import STORAGE_HELP, app, console, err_console
 from probseg_bench.cli.common import default_latent_dim, parse_hp
 from probseg_bench.errors import ProbsegError
+from probseg_bench.outputs import check_output_file, check_storage
 from probseg_bench.presets import PRESETS
 from probseg_bench.results import DEFAULT_STORAGE
 from probseg_bench.tuning import (
@@ -114,7 +115,15 @@ def tune(
     the test split); resumes the named study; several processes on one storage share it. Writes the best
     parameters to a TOML that `probseg-bench run --params FILE` takes into the standard protocol."""
     from probseg_bench.experiment import RunRequest
-    from probseg_bench.tuning import TuneJob, default_study_name, open_study, optimize, optimize_on_ray, write_params
+    from probseg_bench.tuning import (
+        TuneJob,
+        default_study_name,
+        open_study,
+        optimize,
+        optimize_on_ray,
+        study_on_disk,
+        write_params,
+    )
 
     name = study or default_study_name(model, dataset, objective)
     if show:
@@ -122,6 +131,12 @@ def tune(
         return
     if trials < 1:
         raise ProbsegError(f"--trials: expected >= 1, got {trials}")
+    for flag, value in (("--workers", workers), ("--top", top)):
+        if value < 1:
+            raise ProbsegError(f"{flag}: expected >= 1, got {value}")
+    # every output location before the data is loaded and a trial trains
+    check_storage(storage)
+    params_path = check_output_file(output or Path(f"{name}.toml"), "--output")
     fixed = parse_hp(fix, "--fix")
     d = latent_dim if latent_dim is not None else default_latent_dim(model)
     request = RunRequest(model=model, dataset=dataset, latent_dims=(d,), folds=(fold,), seed=seed,
@@ -129,33 +144,38 @@ def tune(
                          dataset_params=parse_hp(dataset_param, "--dataset-param"),
                          protocol_overrides={"epochs": epochs} if epochs is not None else {})
     job = TuneJob(request, name, storage, objective, tuple(param), tuple(fixed.items()))
-    if executor == "ray":
-        optimize_on_ray(job, trials, seed, workers, address)
-        opened = open_study(name, storage, seed, create=False)
-    elif executor == "local":
-        def start(study: Any, space: list[Any]) -> None:
-            err_console.print(f"study {name}: searching {', '.join(p.name for p in space)} on fold {fold}'s "
-                              f"validation split ({objective}); {len(study.trials)} trials so far; tuned under: "
-                              f"{describe_settings(study.user_attrs[SETTINGS_ATTR])}", highlight=False,
-                              markup=False, soft_wrap=True)
-
-        try:
-            opened = optimize(job, trials, seed, on_start=start,
-                              on_trial=lambda n, v: err_console.print(f"trial {n}: {v}", highlight=False))
-        except KeyboardInterrupt:
-            err_console.print(f"interrupted: the trial in progress is recorded as failed (interrupted); the study "
-                              f"{name} keeps its other trials in {storage}; rerun the same command to add trials",
-                              highlight=False, markup=False, soft_wrap=True)
-            raise typer.Exit(130) from None
-    else:
+    if executor not in ("local", "ray"):
         raise ProbsegError(f"--executor: expected local or ray, got {executor!r}")
+    started: list[int] = []  # the trials this process started (local)
+
+    def start(study: Any, space: list[Any]) -> None:
+        err_console.print(f"study {name}: searching {', '.join(p.name for p in space)} on fold {fold}'s "
+                          f"validation split ({objective}); {len(study.trials)} trials so far; tuned under: "
+                          f"{describe_settings(study.user_attrs[SETTINGS_ATTR])}", highlight=False,
+                          markup=False, soft_wrap=True)
+
+    def trial_started(number: int, values: dict[str, Any]) -> None:
+        started.append(number)
+        err_console.print(f"trial {number}: {values}", highlight=False)
+
+    try:
+        if executor == "ray":
+            optimize_on_ray(job, trials, seed, workers, address)
+            opened = open_study(name, storage, seed, create=False)
+        else:
+            opened = optimize(job, trials, seed, on_start=start, on_trial=trial_started)
+    except KeyboardInterrupt:  # what the storage holds, read back after the interruption
+        on_disk = study_on_disk(name, storage, seed, started[-1] if started else None)
+        err_console.print(f"interrupted: {on_disk}; rerun the same command to add trials",
+                          highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     _show(opened, top, verdict_line=False)
     verdict = study_verdict(opened, objective)
     if verdict is not None:
         raise ProbsegError(f"study {name}: no best parameters to write ({verdict})")
     best = opened.best_trial
     settings = opened.user_attrs[SETTINGS_ATTR]
-    path = write_params(output or Path(f"{name}.toml"), settings, name, best)
+    path = write_params(params_path, settings, name, best)
     console.print(f"best trial {best.number}: {objective} {best.value:.4f}; parameters and protocol written to "
                   f"{path}; use: {follow_up_command(settings, path)}", highlight=False, markup=False, soft_wrap=True)
 

@@ -13,9 +13,12 @@ from probseg_bench.cli._app import STORAGE_HELP, app, console, err_console
 from probseg_bench.cli.common import parse_hp
 from probseg_bench.cli.progress import RichReporter
 from probseg_bench.comparison import TEST_NAME
+from probseg_bench.connections import display_url
 from probseg_bench.diagnostics import collapse_warning
 from probseg_bench.errors import ProbsegError
 from probseg_bench.experiment import Experiment
+from probseg_bench.interruption import interrupted_line
+from probseg_bench.outputs import check_output_folder, check_storage
 from probseg_bench.protocol import config_hash
 from probseg_bench.results import DEFAULT_STORAGE, ResultsStore
 from probseg_bench.validation import ModelValidation, ValidationReport, validate, validation_requests, write_report
@@ -160,13 +163,23 @@ def validate_command(
     )
     for request in requests:  # every check that needs no data, before the store file is written
         Experiment.check(request)
+    check_storage(storage)  # every output location, before any data is loaded or any model trains
+    check_output_folder(run_dir, "--run-dir")
+    check_output_folder(output, "--output")
     store = ResultsStore(storage)
     dims = ", ".join(f"{r.model} d={r.latent_dims[0]}" for r in requests)
     err_console.print(f"validate on {dataset} "
                       f"({', '.join(f'{k}={v}' for k, v in requests[0].dataset_params.items())}), "
                       f"preset {preset}, {dims}, fold(s) {', '.join(map(str, fold))}", highlight=False)
     with RichReporter(len(requests) * len(fold)) as reporter:
-        report = validate(requests, store, reporter)
+        try:
+            report = validate(requests, store, reporter)
+        except KeyboardInterrupt as exc:  # what is on disk, read after the interruption (interruption.py)
+            reporter.progress.stop()
+            err_console.print(interrupted_line(reporter.finished, "fold", display_url(store.url), exc,
+                                               [f"no report was written to {output}"]),
+                              highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(130) from None
     identity = {"models": model, "dataset": dataset, "params": report.dataset_params, "protocol": report.protocol,
                 "d": [r.latent_dims[0] for r in requests], "folds": fold, "seed": seed}
     folder = output / f"{dataset}-d{report.latent_dim or 'model'}-{preset}-{config_hash(identity)}"

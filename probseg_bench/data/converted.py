@@ -32,6 +32,7 @@ import numpy as np
 
 from probseg_bench.api import MultiRaterData
 from probseg_bench.errors import ProbsegError
+from probseg_bench.outputs import write_error
 
 MARKER = "probseg-dataset.json"
 FORMAT = "probseg-multirater"
@@ -65,15 +66,17 @@ def write_converted(
             case), stored as ``"warnings"`` and raised again whenever the folder is loaded.
 
     Raises:
-        ProbsegError: ``out`` exists and is not empty, or an unknown image dtype.
+        ProbsegError: ``out`` exists and is not empty, or cannot be created (:func:`check_output`), or an unknown
+            image dtype.
+        OutputError: a write failed (no space left, a file size limit): one line naming ``out``; nothing of the
+            folder is left.
     """
-    out = Path(out)
-    if image_dtype not in ("float16", "float32"):
-        raise ProbsegError(f"--image-dtype: expected float16 or float32, got {image_dtype!r}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ProbsegError(f"{out}: the output folder exists and is not empty; choose a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    out = check_output(out, image_dtype)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise write_error(out, exc) from None
     try:
         n, a, h, w = data.masks.shape
         _write_npy(tmp / "images.npy", data.images, np.dtype(image_dtype))
@@ -92,10 +95,30 @@ def write_converted(
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(out, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def check_output(out: Path, image_dtype: str = "float16") -> Path:
+    """The checks of :func:`write_converted` that need no data (``data convert`` makes them before loading it):
+    ``out`` does not exist or is an empty folder, and it can be created and written in.
+
+    Raises:
+        ProbsegError: one line naming ``out`` (or ``--image-dtype``) and what is wrong.
+    """
+    from probseg_bench.outputs import check_output_folder
+
+    out = Path(out)
+    if image_dtype not in ("float16", "float32"):
+        raise ProbsegError(f"--image-dtype: expected float16 or float32, got {image_dtype!r}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ProbsegError(f"{out}: the output folder exists and is not empty; choose a new folder")
+    return check_output_folder(out, "--output")
 
 
 def read_info(root: Path) -> dict[str, Any]:
