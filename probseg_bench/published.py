@@ -100,7 +100,10 @@ def reference_fields(row: LeaderboardRow, references: list[ReferenceTable],
 def reference_gap(rows: list[LeaderboardRow], references: list[ReferenceTable]) -> list[str]:
     """One line per reference none of whose values pairs with a row (e.g. only ``lidc-sample`` rows), naming what
     it reports; nothing when there are no rows."""
-    return [f"no published value for these rows: the {r.name} ({r.source}) reports {r.coverage()}, default "
+    from probseg_bench.plugins import get_plugins
+
+    installed = set(get_plugins().models.names())
+    return [f"no published value for these rows: the {r.name} ({r.source}) reports {r.coverage(installed)}, default "
             "hyperparameters and dataset parameters"
             for r in references if rows and not any(match_reference(row, r) for row in rows)]
 

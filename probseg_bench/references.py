@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -136,27 +136,30 @@ class ReferenceTable:
         """The model plugin names this table reports, in the publication's order."""
         return tuple(dict.fromkeys(c.model for c in self.cells.values()))
 
-    def coverage(self) -> str:
+    def coverage(self, installed: Collection[str] | None = None) -> str:
         """What the table reports, in plugin names, e.g. "lidc, qubiq-pancreas with punet, spunet at d = 4..7"
-        or "lidc under lidc-v1, lidc-crops under lidc-v2 with punet, ... (GED_n, HM-IoU_n)"."""
+        or "lidc under lidc-v1, lidc-crops under lidc-v2 with punet, ... (GED_n, HM-IoU_n)"; with ``installed``
+        (the model plugins present), a model not among them reads e.g. "mose (no such model here)"."""
+        models = ", ".join(m if installed is None or m in installed else f"{m} (no such model here)"
+                           for m in self.models)
         dims = sorted({c.latent_dim for c in self.cells.values() if c.latent_dim is not None})
         if not dims:
             where = ", ".join(dict.fromkeys(f"{c.dataset} under {c.preset}" for c in self.cells.values()))
-            return f"{where} with {', '.join(self.models)}"
+            return f"{where} with {models}"
         contiguous = len(dims) > 2 and dims == list(range(dims[0], dims[-1] + 1))
         d_text = f"{dims[0]}..{dims[-1]}" if contiguous else ", ".join(map(str, dims))
-        return f"{', '.join(self.datasets)} with {', '.join(self.models)} at d = {d_text}"
+        return f"{', '.join(self.datasets)} with {models} at d = {d_text}"
 
     def footnotes(self, shown: list[PublishedCell] | None = None) -> list[str]:
         """Lines for a table that shows these values: where they come from and under which protocol, which
         measured rows are comparable with them, and for a table whose values have their own sources (format 2)
         the source and status of each value in ``shown`` (the cells the table pairs with a row)."""
-        presets = ", ".join(dict.fromkeys(c.preset for c in self.cells.values()))
+        presets = ", ".join(f"'{p}'" for p in dict.fromkeys(c.preset for c in self.cells.values()))
         lines = [
             f"{self.name}: published values of {self.title}, {self.source}, obtained under "
             f"{self.protocol['summary']}; Δ = measured − {self.name}",
             f"published values only beside rows of {', '.join(self.datasets)} with default dataset parameters and "
-            f"hyperparameters under the preset{'s' if ',' in presets else ''} '{presets}' (the same split and "
+            f"hyperparameters under the preset{'s' if ',' in presets else ''} {presets} (the same split and "
             "sample count n); rows of other presets, variants or datasets are not comparable, nor are runs with "
             "protocol overrides (--epochs); published values are never bold or ranked",
         ]

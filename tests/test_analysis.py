@@ -54,6 +54,10 @@ def test_analyze_without_a_stored_run_says_what_is_stored(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ProbsegError, match="no stored run of spunet on lidc-sample"):
         find_record(ResultsStore(), "spunet", "lidc-sample", 6, 0)
+    with pytest.raises(ProbsegError) as info:  # no d and fold given: "any", never Python's None
+        find_record(ResultsStore(), "spunet", "lidc-sample", None, None)
+    assert "(any latent dim, any fold)" in str(info.value) and "None" not in str(info.value)
+    assert "nothing of spunet on lidc-sample is stored" in str(info.value)
 
 
 def test_a_checkpoint_of_another_run_is_refused(monkeypatch, tmp_path, tiny_preset):

@@ -317,3 +317,9 @@ def replace_preset(request: RunRequest) -> RunRequest:
     from dataclasses import replace
 
     return replace(request, preset="quick", dataset="lidc-sample")
+
+
+def test_epoch_counts_read_as_english():
+    from probseg_bench.cli.progress import epochs_text
+
+    assert (epochs_text(1), epochs_text(2), epochs_text(200)) == ("1 epoch", "2 epochs", "200 epochs")

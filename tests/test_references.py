@@ -635,3 +635,16 @@ def test_literature_in_every_format_and_the_pivot(tmp_path):
     assert rows[("punet", "lidc-v1")]["EWD (paper)"] == "" and rows[("punet", "lidc-v1")]["GED_16 (literature)"] == (
         "0.310")
     assert "no published value" not in both
+
+
+def test_the_literature_gap_line_names_the_models_that_are_not_plugins_here_and_quotes_each_preset():
+    from probseg_bench.published import reference_gap
+
+    rows = build_leaderboard([literature_record("spunet", f, 0.3, preset="quick", dataset="lidc-sample",
+                                                counts=()) for f in range(3)])
+    (line,) = reference_gap(rows, [get_reference("literature")])
+    assert "mose (no such model here)" in line and "cimd (no such model here)" in line
+    assert "punet (no such model here)" not in line and "ccdm," in line
+    notes = get_reference("literature").footnotes()
+    assert "under the presets 'lidc-v1', 'lidc-v2' (the same split" in notes[1]
+    assert notes[0].startswith("literature: published values of Zbinden et al., ICCV 2023 (CCDM), which collects")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from probseg_bench.api import MultiRaterData
+from probseg_bench.connections import display_url
 from probseg_bench.errors import ProbsegError
 from probseg_bench.readback import load_torch_file
 from probseg_bench.results import FoldRecord, ResultsStore
@@ -43,9 +44,14 @@ def find_record(store: ResultsStore, model: str, dataset: str, latent_dim: int |
                 and (fold is None or r.fold == fold) and r.config_hash.startswith(prefix)]
     if not matching:
         have = sorted({(r.latent_dim, r.fold, r.config_hash[:8]) for r in records})
-        listing = ", ".join(f"d={d} fold {f} config {h}" for d, f, h in have) or "nothing"
-        wanted = f"latent dim {latent_dim}, fold {fold}" + (f", config {prefix}" if prefix else "")
-        raise ProbsegError(f"no stored run of {model} on {dataset} with {wanted} in {store.url}; stored: {listing}")
+        listing = ", ".join(f"d={d} fold {f} config {h}" for d, f, h in have)
+        wanted = ", ".join([f"latent dim {latent_dim}" if latent_dim is not None else "any latent dim",
+                            f"fold {fold}" if fold is not None else "any fold",
+                            *([f"config {prefix}"] if prefix else [])])
+        others = sorted({r.model for r in store.records(datasets=[dataset])} - {model})
+        stored = (f"stored of {model} on {dataset}: {listing}" if listing else f"nothing of {model} on {dataset} is "
+                  f"stored" + (f" (models stored on {dataset}: {', '.join(others)})" if others else ""))
+        raise ProbsegError(f"no stored run of {model} on {dataset} ({wanted}) in {display_url(store.url)}; {stored}")
     configs = sorted({(r.latent_dim, r.config_hash) for r in matching})
     if len(configs) > 1:
         listing = "; ".join(f"d={d} config {h[:8]} ({_describe(matching, d, h)})" for d, h in configs)

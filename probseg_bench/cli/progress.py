@@ -67,12 +67,17 @@ def describe_run(request: RunRequest, preset: Preset, folds: Sequence[int], epoc
             f"in {store_url}, checkpoints under {request.run_dir}")
 
 
+def epochs_text(n: int) -> str:
+    """``"1 epoch"``, ``"200 epochs"``."""
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
 def planned_epochs(preset: Preset, dataset: DatasetSpec) -> str:
     """The training length of a request whose data is not loaded here (distributed cells): epochs, or the
     preset's step budget."""
     if preset.steps is not None:
         return f"{preset.steps} steps of batch {preset.batch_size}"
-    return f"{preset.schedule(dataset.protocol)[0]} epochs"
+    return epochs_text(preset.schedule(dataset.protocol)[0])
 
 
 class RichReporter:
@@ -113,7 +118,7 @@ class RichReporter:
         if plan.request.run_dir not in self.run_dirs:
             self.run_dirs.append(plan.request.run_dir)
         exp = plan.exp
-        self._print(describe_run(plan.request, exp.preset, exp.folds, f"{exp.schedule[0]} epochs", exp.device,
+        self._print(describe_run(plan.request, exp.preset, exp.folds, epochs_text(exp.schedule[0]), exp.device,
                                  display_url(store.url)))
 
     def fold_started(self, key: FoldKey, epochs: int, resumed_from: int) -> None:
@@ -122,7 +127,7 @@ class RichReporter:
         if resumed_from:
             self._print(f"{self._label(key)}: resumed from epoch {resumed_from}/{epochs} (its saved training state)")
         elif not self.live:
-            self._print(f"{self._label(key)}: training {epochs} epochs")
+            self._print(f"{self._label(key)}: training {epochs_text(epochs)}")
         if self.epochs is not None:
             self.progress.remove_task(self.epochs)
         self.epochs = self.progress.add_task(f"  {self._label(key)}", total=epochs, completed=resumed_from,
