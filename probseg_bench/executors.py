@@ -1,4 +1,4 @@
-"""Where the cells of a grid run: in this process, in N local processes, or as tasks on a Ray cluster.
+"""Where the cells of a grid run: in this process, in N local processes, as tasks on a Ray cluster or as Slurm jobs.
 
 A *cell* is one (model, dataset, latent dim, fold): a :class:`RunRequest` with one latent dim and one fold. Every
 executor runs the same function on a cell, :func:`run_cell`, which calls the standard protocol and writes to the
@@ -11,22 +11,25 @@ stored are skipped by the protocol itself, so any executor resumes a grid.
   cluster at ``address`` (a new local one when None). A cell that raises is retried up to ``retries`` times
   (Ray's ``max_retries`` with ``retry_exceptions``; a crashed worker process too), then recorded as failed.
   Connecting to ``address`` fails within a bounded time with one line naming it (:func:`ray_session`).
+- ``slurm``: one Slurm job per cell, through submitit (:mod:`probseg_bench.slurm`).
+
+Each is an :class:`Executor` registered by name (:data:`EXECUTOR_TYPES`); its settings come from
+``--executor-option KEY=VALUE`` (:attr:`Executor.options`).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from probseg_bench.errors import ProbsegError
 from probseg_bench.experiment import RunRequest
-
-EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -47,9 +50,10 @@ def cells(requests: Iterable[RunRequest], n_folds: Callable[[RunRequest], int]) 
     return out
 
 
-def run_cell(request: RunRequest, storage: str, threads: int | None = None) -> list[dict[str, Any]]:
+def run_cell(request: RunRequest, storage: str, threads: int | None = None, retry_failed: bool = False
+             ) -> list[dict[str, Any]]:
     """Run one cell through the standard protocol into the store at ``storage``; returns its records as dicts
-    (plain data: they cross process boundaries)."""
+    (plain data: they cross process boundaries). ``retry_failed``: train again a fold recorded as failed."""
     from dataclasses import asdict
 
     from probseg_bench.protocol import run_protocol
@@ -59,7 +63,7 @@ def run_cell(request: RunRequest, storage: str, threads: int | None = None) -> l
         import torch
 
         torch.set_num_threads(threads)
-    return [asdict(r) for r in run_protocol(request, ResultsStore(storage))]
+    return [asdict(r) for r in run_protocol(request, ResultsStore(storage), retry_failed=retry_failed)]
 
 
 def _give_up(request: RunRequest, storage: str, reason: str) -> CellResult:
@@ -74,9 +78,9 @@ def _give_up(request: RunRequest, storage: str, reason: str) -> CellResult:
     return CellResult(request, [], reason)
 
 
-def _safe_cell(request: RunRequest, storage: str, threads: int | None) -> CellResult:
+def _safe_cell(request: RunRequest, storage: str, threads: int | None, retry_failed: bool = False) -> CellResult:
     try:
-        return CellResult(request, run_cell(request, storage, threads))
+        return CellResult(request, run_cell(request, storage, threads, retry_failed))
     except ProbsegError as exc:
         return CellResult(request, [], str(exc))
     except Exception as exc:  # a crash inside the cell (e.g. a model plugin's bug): record it, go on
@@ -84,7 +88,7 @@ def _safe_cell(request: RunRequest, storage: str, threads: int | None) -> CellRe
 
 
 def run_local(requests: list[RunRequest], storage: str, jobs: int = 1,
-              on_result: Callable[[CellResult], Any] | None = None) -> list[CellResult]:
+              on_result: Callable[[CellResult], Any] | None = None, retry_failed: bool = False) -> list[CellResult]:
     """Run cells here (``jobs`` = 1: in order, in this process) or in ``jobs`` processes.
 
     Raises:
@@ -98,7 +102,7 @@ def run_local(requests: list[RunRequest], storage: str, jobs: int = 1,
     results = []
     if jobs == 1:
         for r in requests:
-            result = _safe_cell(r, storage, None)
+            result = _safe_cell(r, storage, None, retry_failed)
             results.append(result)
             if on_result:
                 on_result(result)
@@ -107,7 +111,7 @@ def run_local(requests: list[RunRequest], storage: str, jobs: int = 1,
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init)
-    futures = [pool.submit(_worker_cell, r, storage, threads) for r in requests]
+    futures = [pool.submit(_worker_cell, r, storage, threads, retry_failed) for r in requests]
     reported: set[Future[CellResult]] = set()
 
     def report(future: Future[CellResult]) -> None:
@@ -158,14 +162,14 @@ def _on_stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
 
-def _worker_cell(request: RunRequest, storage: str, threads: int | None) -> CellResult:
+def _worker_cell(request: RunRequest, storage: str, threads: int | None, retry_failed: bool = False) -> CellResult:
     """:func:`_safe_cell` in a local worker, unless the run was interrupted (then :data:`NOT_STARTED`)."""
     global _cell_running
     _cell_running = True
     try:
         if _stopping:
             return CellResult(request, [], NOT_STARTED)
-        return _safe_cell(request, storage, threads)
+        return _safe_cell(request, storage, threads, retry_failed)
     finally:
         _cell_running = False
 
@@ -276,7 +280,8 @@ def ray_session(address: str | None) -> Iterator[None]:
 
 
 def run_ray(requests: list[RunRequest], storage: str, address: str | None = None, retries: int = 2,
-            cpus_per_task: int = 1, on_result: Callable[[CellResult], Any] | None = None) -> list[CellResult]:
+            cpus_per_task: int = 1, on_result: Callable[[CellResult], Any] | None = None, retry_failed: bool = False
+            ) -> list[CellResult]:
     """Run every cell as a Ray task (see the module docstring); cells that still fail after ``retries`` retries
     are recorded as failed in the store.
 
@@ -291,7 +296,7 @@ def run_ray(requests: list[RunRequest], storage: str, address: str | None = None
         pending = {}
         for r in requests:
             resources = {"num_gpus": 1, "num_cpus": 1} if r.device.startswith("cuda") else {"num_cpus": cpus_per_task}
-            pending[remote.options(**resources).remote(r, storage, cpus_per_task)] = r
+            pending[remote.options(**resources).remote(r, storage, cpus_per_task, retry_failed)] = r
 
         def collect(ref: Any) -> None:
             request = pending.pop(ref)
@@ -338,3 +343,215 @@ def _cancel_ray(ray: Any, pending: dict[Any, RunRequest], collect: Callable[[Any
     return FoldInterrupted(f"{len(pending)} cell(s) not finished were cancelled on Ray ({cells}): each that had "
                            f"written a training state keeps it (its fold<k>.partial.pt under {dirs} on the machine "
                            "that ran it, at its last written epoch), the others left nothing")
+
+
+# --- the executor interface: where the checked cells of `run` go -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExecutorOption:
+    """One ``--executor-option KEY=VALUE`` an executor takes: its key, how its value is read (``parse`` raises
+    ValueError on a bad one), what is expected (for the error line), its default and its help."""
+
+    key: str
+    parse: Callable[[str], Any]
+    expected: str
+    default: Any
+    help: str
+
+
+def positive_int(value: str) -> int:
+    """An integer >= 1 (ValueError otherwise)."""
+    n = int(value)
+    if n < 1:
+        raise ValueError(value)
+    return n
+
+
+def nonnegative_int(value: str) -> int:
+    """An integer >= 0 (ValueError otherwise)."""
+    n = int(value)
+    if n < 0:
+        raise ValueError(value)
+    return n
+
+
+def positive_float(value: str) -> float:
+    """A finite number > 0 (ValueError otherwise)."""
+    x = float(value)
+    if not 0 < x < float("inf"):
+        raise ValueError(value)
+    return x
+
+
+def nonempty(value: str) -> str:
+    """A non-empty string (ValueError otherwise)."""
+    if not value.strip():
+        raise ValueError(value)
+    return value.strip()
+
+
+class Executor(ABC):
+    """Where the cells of a run go. An executor is named (:attr:`name`, the ``--executor`` value), declares the
+    ``--executor-option`` keys it takes (:attr:`options`), and runs a list of checked one-fold cells (:func:`cells`)
+    into the results store at a URL, passing each :class:`CellResult` to ``on_result`` as it comes back. A cell that
+    fails is recorded as failed in the store (one line, the reason) and reported with ``error``; cells already
+    stored are skipped by the protocol, so a rerun trains only what is missing.
+
+    Adding an executor: subclass, set the class attributes, implement :meth:`run`, decorate with
+    :func:`register_executor`.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    options: ClassVar[tuple[ExecutorOption, ...]] = ()
+    checks_device_here: ClassVar[bool] = True
+    """Whether a cell's ``--device`` is checked on this machine (False where cells run on other machines)."""
+
+    def __init__(self, **settings: Any) -> None:
+        known = {o.key: o.default for o in self.options}
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise ProbsegError(_unknown_key_line(self.name, unknown[0], known))
+        self.settings: dict[str, Any] = {**known, **settings}
+
+    @classmethod
+    def from_options(cls, raw: Mapping[str, str]) -> Executor:
+        """The executor with ``--executor-option`` values ``raw`` (key -> text), each checked and parsed.
+
+        Raises:
+            ProbsegError: an unknown key (naming the known ones) or a bad value (naming what is expected).
+        """
+        by_key = {o.key: o for o in cls.options}
+        settings = {}
+        for key, value in raw.items():
+            if key not in by_key:
+                raise ProbsegError(_unknown_key_line(cls.name, key, by_key))
+            try:
+                settings[key] = by_key[key].parse(value)
+            except ValueError:
+                raise ProbsegError(f"--executor-option {key}={value}: expected {by_key[key].expected}") from None
+        return cls(**settings)
+
+    @abstractmethod
+    def run(self, cells: list[RunRequest], storage: str, on_result: Callable[[CellResult], Any] | None = None,
+            retry_failed: bool = False) -> list[CellResult]:
+        """Run every cell into the store at ``storage`` (a normalized URL); ``retry_failed``: train again the folds
+        recorded as failed.
+
+        Raises:
+            ProbsegError: the executor cannot start (not installed, cluster unreachable, submission refused).
+            FoldInterrupted: Ctrl-C; the finished cells were passed to ``on_result``.
+        """
+
+
+def _unknown_key_line(name: str, key: str, known: Iterable[str]) -> str:
+    keys = ", ".join(sorted(known)) or "none"
+    return f"--executor-option {key}: executor {name} has no option {key!r} (known: {keys})"
+
+
+EXECUTOR_TYPES: dict[str, type[Executor]] = {}
+"""The executors by name, in registration order (:func:`register_executor`)."""
+
+E = TypeVar("E", bound=type[Executor])
+
+
+def register_executor(cls: E) -> E:
+    """Class decorator: make ``cls`` available as ``--executor <cls.name>``.
+
+    Raises:
+        ProbsegError: another executor has that name.
+    """
+    if cls.name in EXECUTOR_TYPES and EXECUTOR_TYPES[cls.name] is not cls:
+        raise ProbsegError(f"executor {cls.name!r}: registered twice ({EXECUTOR_TYPES[cls.name].__qualname__}, "
+                           f"{cls.__qualname__})")
+    EXECUTOR_TYPES[cls.name] = cls
+    return cls
+
+
+def parse_executor_options(items: Sequence[str]) -> dict[str, str]:
+    """``--executor-option KEY=VALUE`` items -> {key: value} (a later key replaces an earlier one).
+
+    Raises:
+        ProbsegError: an item without ``=`` or with an empty key.
+    """
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ProbsegError(f"--executor-option {item}: expected KEY=VALUE (e.g. partition=gpu)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+_REGISTERED_ON_IMPORT = {"slurm": "probseg_bench.slurm"}
+"""Executors in their own modules, which register them when imported (on first use: no import cost, no cycle)."""
+
+
+def executor_names() -> tuple[str, ...]:
+    """Every ``--executor`` name: the registered ones and those registered on import."""
+    return tuple(dict.fromkeys([*EXECUTOR_TYPES, *_REGISTERED_ON_IMPORT]))
+
+
+def executor_type(name: str) -> type[Executor]:
+    """The executor class named ``name`` (importing its module on first use).
+
+    Raises:
+        ProbsegError: an unknown name (listing the known ones).
+    """
+    if name not in EXECUTOR_TYPES and name in _REGISTERED_ON_IMPORT:
+        import importlib
+
+        importlib.import_module(_REGISTERED_ON_IMPORT[name])
+    if name not in EXECUTOR_TYPES:
+        raise ProbsegError(f"--executor: expected one of {', '.join(executor_names())}, got {name!r}")
+    return EXECUTOR_TYPES[name]
+
+
+def get_executor(name: str, options: Mapping[str, str] | Sequence[str] = ()) -> Executor:
+    """The executor registered as ``name`` with its ``--executor-option`` values (a mapping, or KEY=VALUE items).
+
+    Raises:
+        ProbsegError: an unknown name (listing the known ones), an unknown option key or a bad value.
+    """
+    cls = executor_type(name)
+    raw = options if isinstance(options, Mapping) else parse_executor_options(options)
+    return cls.from_options(raw)
+
+
+@register_executor
+class LocalExecutor(Executor):
+    """The cells in order in this process, or in ``jobs`` worker processes (:func:`run_local`)."""
+
+    name = "local"
+    description = "this machine: in this process, or in --jobs N processes"
+    options = (ExecutorOption("jobs", positive_int, "an integer >= 1", 1, "cells run in this many processes"),)
+
+    def run(self, cells: list[RunRequest], storage: str, on_result: Callable[[CellResult], Any] | None = None,
+            retry_failed: bool = False) -> list[CellResult]:
+        return run_local(cells, storage, self.settings["jobs"], on_result=on_result, retry_failed=retry_failed)
+
+
+@register_executor
+class RayExecutor(Executor):
+    """One Ray task per cell (:func:`run_ray`)."""
+
+    name = "ray"
+    description = "a Ray cluster: one task per cell"
+    checks_device_here = False
+    options = (
+        ExecutorOption("address", nonempty, "a Ray address (auto, host:port, ray://host:port)", None,
+                       "the cluster [default: a new local one]"),
+        ExecutorOption("retries", nonnegative_int, "an integer >= 0", 2, "retries of a failing cell"),
+        ExecutorOption("cpus_per_task", positive_int, "an integer >= 1", 1, "CPUs of a CPU cell's task"),
+    )
+
+    def run(self, cells: list[RunRequest], storage: str, on_result: Callable[[CellResult], Any] | None = None,
+            retry_failed: bool = False) -> list[CellResult]:
+        s = self.settings
+        return run_ray(cells, storage, s["address"], s["retries"], s["cpus_per_task"], on_result=on_result,
+                       retry_failed=retry_failed)
+
+
+EXECUTORS = executor_names()
+"""The ``--executor`` names."""

@@ -345,7 +345,7 @@ def study_settings(experiment: Experiment, objective: str, fixed: Mapping[str, A
     """Everything that changes a trial's score besides the searched values (JSON-able): model, dataset,
     dataset_params (resolved), latent_dim, fold, seed, preset, protocol_overrides, protocol (resolved), split
     (hash), data (the content fingerprint of the data the trials are scored on), objective and fixed (the ``--fix``
-    values, resolved)."""
+    values, resolved), and regularizer where ``--regularizer`` replaced the model's swappable term."""
     r = experiment.request
     model_hp, reg_hp = experiment.hyperparameters(fixed)
     resolved = {**{k: v for hp in reg_hp.values() for k, v in hp.items()}, **model_hp}
@@ -356,6 +356,8 @@ def study_settings(experiment: Experiment, objective: str, fixed: Mapping[str, A
         "split": experiment.splits.split_hash, "data": experiment.data_fingerprint, "objective": objective,
         "fixed": {k: resolved[k] for k in sorted(fixed)},
     }, default=str))
+    if r.regularizer is not None:  # tune --regularizer; absent otherwise, as in the studies made before it
+        settings["regularizer"] = r.regularizer
     return settings
 
 
@@ -365,7 +367,8 @@ def describe_settings(settings: Mapping[str, Any]) -> str:
     params = ", ".join(f"{k}={v}" for k, v in sorted(settings.get("dataset_params", {}).items()))
     overrides = ", ".join(f"{k}={v}" for k, v in sorted(settings.get("protocol_overrides", {}).items()))
     fixed = ", ".join(f"{k}={v}" for k, v in settings.get("fixed", {}).items())
-    return (f"{settings.get('model')} on {settings.get('dataset')}{f' ({params})' if params else ''}, "
+    regularizer = f" (regularizer={settings['regularizer']})" if settings.get("regularizer") else ""
+    return (f"{settings.get('model')}{regularizer} on {settings.get('dataset')}{f' ({params})' if params else ''}, "
             f"d={settings.get('latent_dim')}, fold {settings.get('fold')}, seed {settings.get('seed')}, preset "
             f"{settings.get('preset')}{f' ({overrides})' if overrides else ''}, {settings.get('objective')}"
             f"{f', fixed {fixed}' if fixed else ''}")

@@ -62,11 +62,14 @@ def test_help_shows_bracketed_defaults_and_no_bool_type_for_flags(monkeypatch, r
     (("run",), "With --executor ray: the cluster [default: new]."),
     (("analyze",), "Latent dim (needed when the store holds several for the model)."),
     (("analyze",), "Fold (default: the configuration's lowest stored fold)."),
-    (("run",), "Protocol preset: paper, quick, lidc-v1, lidc-v2 (default: paper, or the --params file's)."),
+    (("run",), "Protocol preset: paper, quick, lidc-v1, lidc-v2 (default: paper; run --params FILE: the file's)."),
+    (("tune",), "Protocol preset: paper, quick, lidc-v1, lidc-v2 (default: paper; run --params FILE: the file's)."),
+    (("validate",), "Protocol preset: paper, quick, lidc-v1, lidc-v2 [default: quick, not run's paper: the models "
+                    "are compared with the truth and each other, in minutes]."),
     (("analyze",), "Samples per image [default: the run's, 16]."),
     (("tune",), "Study name [default: MODEL-DATASET-OBJECTIVE]."),
     (("tune",), "TOML for the best parameters [default: STUDY.toml]."),
-    (("compare",), "Only these latent dims [default: all shared]."),
+    (("compare",), "Only these latent dimensions (repeatable) [default: all]."),
     (("leaderboard",), STORAGE_HELP),
 ])
 def test_known_defaults_in_help(monkeypatch, run_main, path, expected):
@@ -83,7 +86,7 @@ def test_flags_are_listed_without_a_value(monkeypatch, run_main):
     monkeypatch.setenv("COLUMNS", WIDTH)
     _, out, _ = run_main("run", "--help")
     pivot = next(line for line in out.splitlines() if "--pivot " in line)
-    assert pivot.split("--pivot", 1)[1].split()[0] == "Final"  # the help text follows the flag directly
+    assert pivot.split("--pivot", 1)[1].split()[0] == "The"  # the help text follows the flag directly
 
 
 def test_the_command_list_summarises_every_command(monkeypatch, run_main):

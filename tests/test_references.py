@@ -407,7 +407,7 @@ def test_run_distributed_path_prints_the_reference_pivot(monkeypatch, tmp_path):
 
     seen = []
 
-    def fake_local(requests, storage, jobs=1, on_result=None):
+    def fake_local(requests, storage, jobs=1, on_result=None, retry_failed=False):
         results = []
         for r in requests:
             seen.append(r)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from probseg_bench.cli._app import STORAGE_HELP, app, console, err_console
+from probseg_bench.cli._app import app, console, err_console
+from probseg_bench.cli.options import DEFAULT_DEVICE, DataRoot, Device, Storage, StoredDataset, StoredModel
 from probseg_bench.errors import ProbsegError
 from probseg_bench.outputs import check_output_folder
 from probseg_bench.results import DEFAULT_STORAGE, ResultsStore
@@ -15,19 +16,19 @@ from probseg_bench.results import DEFAULT_STORAGE, ResultsStore
 
 @app.command()
 def analyze(
-    model: str = typer.Option(..., "--model", "-m", help="Model of the stored run."),
-    dataset: str = typer.Option(..., "--dataset", help="Dataset of the stored run."),
+    model: StoredModel,
+    dataset: StoredDataset,
     latent_dim: int | None = typer.Option(
         None, "--latent-dim", "-d", help="Latent dim (needed when the store holds several for the model)."),
     fold: int | None = typer.Option(None, "--fold", help="Fold (default: the configuration's lowest stored fold)."),
     config_hash: str | None = typer.Option(
         None, "--config-hash", help="The configuration (hash prefix, the leaderboard's config column), needed when "
         "the store holds several for the model, dataset and latent dim."),
-    data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder, for plugins that need one."),
-    storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP, show_default=False),
+    data_root: DataRoot = None,
+    storage: Storage = DEFAULT_STORAGE,
     output: Path = typer.Option(Path("probseg-analysis"), "--output", help="Parent folder of the report."),
     samples: int | None = typer.Option(None, "--samples", help="Samples per image [default: the run's, 16]."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: Device = None,
 ) -> None:
     """The seed paper's Figures 3-8 for a stored run's checkpoint: samples (3), prior statistics (4), latent
     traversal (5), freezing (6), effective rank over training (7) and entropy calibration (8), as PNG + PDF and
@@ -43,7 +44,7 @@ def analyze(
     err_console.print(f"analysing {record.model}{variant} on {record.dataset}, d={record.latent_dim}, fold "
                       f"{record.fold} (config {record.config_hash[:8]}, {record.preset})", highlight=False,
                       markup=False)
-    run = load_run(record, data_root, device)
+    run = load_run(record, data_root, device or DEFAULT_DEVICE)
     folder = output / f"{record.model}-{record.dataset}-d{record.latent_dim}-fold{record.fold}-{record.config_hash}"
     args = ["analyze", "--model", model, "--dataset", dataset, "--latent-dim", str(record.latent_dim), "--fold",
             str(record.fold), "--config-hash", record.config_hash[:8]]

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from probseg_bench.cli._app import CONFIG_HASH_HELP, STORAGE_HELP, app, console
+from probseg_bench.cli._app import app, console
+from probseg_bench.cli.options import (
+    DEFAULT_FORMAT,
+    ConfigHashFilter,
+    LatentDimFilter,
+    PresetFilter,
+    Storage,
+    StoredDataset,
+    TableOrJson,
+)
 from probseg_bench.comparison import TEST_NAME, compare_pair, holm
 from probseg_bench.errors import ProbsegError
 from probseg_bench.leaderboard import CONFIG_PREFIX, LeaderboardRow, build_leaderboard
@@ -42,21 +52,22 @@ def _name(row: LeaderboardRow, selected: list[LeaderboardRow | None]) -> str:
 
 @app.command()
 def compare(
-    models: list[str] = typer.Argument(
-        ..., help="MODEL_A MODEL_B [...]: A is compared with each other one. Each is a model, a leaderboard label "
-        "('spunet (beta=50)') or MODEL@HASH (a configuration hash prefix from the leaderboard's config column)."),
-    dataset: str = typer.Option(..., "--dataset", help="Dataset of the records to compare."),
+    models: Annotated[list[str], typer.Argument(
+        help="MODEL_A MODEL_B [...]: A is compared with each other one. Each is a model, a leaderboard label "
+        "('spunet (beta=50)') or MODEL@HASH (a configuration hash prefix from the leaderboard's config column).")],
+    dataset: StoredDataset,
     metric: str = typer.Option("ewd", "--metric", help=f"Per-image metric: {', '.join(metric_names())}."),
-    latent_dim: list[int] = typer.Option([], "--latent-dim", help="Only these latent dims [default: all shared]."),
-    preset: str | None = typer.Option(None, "--preset", help="Only records of this preset."),
-    config_hash: list[str] = typer.Option([], "--config-hash", help=CONFIG_HASH_HELP),
-    storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP, show_default=False),
+    latent_dim: LatentDimFilter = [],  # noqa: B006  (typer copies a list default)
+    preset: PresetFilter = [],  # noqa: B006
+    config_hash: ConfigHashFilter = [],  # noqa: B006
+    storage: Storage = DEFAULT_STORAGE,
     bootstrap: int = typer.Option(10_000, "--bootstrap", help="Bootstrap resamples for the CI."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
-    fmt: str = typer.Option("table", "--format", help="table or json"),
+    fmt: TableOrJson = DEFAULT_FORMAT,
 ) -> None:
     """Wilcoxon signed-rank test of MODEL_A against each other model over the per-image metric of the test set
-    (same split and latent dim), median difference with a bootstrap 95% CI, Holm-corrected p-values."""
+    (same split and latent dim), median difference with a bootstrap 95% CI, Holm-corrected p-values. Without
+    --latent-dim, at every latent dim where all the models have records."""
     if len(models) < 2:
         raise ProbsegError("compare: give at least two models (MODEL_A MODEL_B ...)")
     if fmt not in ("table", "json"):
@@ -67,8 +78,7 @@ def compare(
         raise ProbsegError(f"--seed: expected an integer >= 0, got {seed}")
     store = ResultsStore(storage, create=False)
     store.check_names([], [dataset])
-    records = select_configurations(store.records(datasets=[dataset]), config_hash,
-                                    [preset] if preset else [])
+    records = select_configurations(store.records(datasets=[dataset]), config_hash, preset)
     rows = build_leaderboard(records)
     dims = sorted(set(latent_dim) or {r.latent_dim for r in rows})
     results = []
@@ -91,7 +101,7 @@ def compare(
                                         _name(other, selected), bootstrap, seed))
     if not results:
         filters = [f"--config-hash {', '.join(config_hash)}"] if config_hash else []
-        filters += [f"--preset {preset}"] if preset else []
+        filters += [f"--preset {', '.join(preset)}"] if preset else []
         raise ProbsegError(f"no latent dimension at which all of {', '.join(models)} have records on {dataset}"
                            + (f" (only configurations kept by {' and '.join(filters)})" if filters else ""))
     for r, p in zip(results, holm([r.p_value for r in results]), strict=True):

@@ -18,6 +18,7 @@ from rich.table import Table
 from probseg_bench.api import DatasetSpec, HyperValue, MultiRaterData
 from probseg_bench.cli._app import APP_SETTINGS, app, console, err_console
 from probseg_bench.cli.common import parse_hp
+from probseg_bench.cli.options import DEFAULT_FORMAT, DataRoot, DatasetParam, TableOrJson, TrustPickle
 from probseg_bench.data.converted import check_output, write_converted
 from probseg_bench.data.loading import DatasetWarning, dataset_parameters, dataset_warnings, load_dataset
 from probseg_bench.errors import ProbsegError
@@ -26,9 +27,6 @@ from probseg_bench.plugins import get_plugins
 data_app = typer.Typer(help="Inspect, verify and convert datasets.", **APP_SETTINGS)
 app.add_typer(data_app, name="data")
 
-DATA_ROOT = typer.Option(None, "--data-root", help="Dataset folder, for plugins that need one.")
-PARAMS = typer.Option([], "--dataset-param", help="Dataset parameter NAME=VALUE (repeatable).")
-TRUST = typer.Option(False, "--trust-pickle", help="Allow unpickling the dataset's files (runs their code).")
 
 
 _python_showwarning = warnings.showwarning
@@ -67,10 +65,10 @@ def _load(
 @data_app.command()
 def inspect(
     dataset: str = typer.Argument(..., help="Dataset plugin (see `probseg-bench list`)."),
-    data_root: Path | None = DATA_ROOT,
-    dataset_param: list[str] = PARAMS,
-    trust_pickle: bool = TRUST,
-    fmt: str = typer.Option("table", "--format", help="table or json"),
+    data_root: DataRoot = None,
+    dataset_param: DatasetParam = [],  # noqa: B006  (typer copies a list default)
+    trust_pickle: TrustPickle = False,
+    fmt: TableOrJson = DEFAULT_FORMAT,
 ) -> None:
     """Counts (images, groups, annotators, size), the intensity range fed to the model, empty-mask fraction,
     annotator agreement, and what the loader dropped (``warnings``, also printed on stderr)."""
@@ -98,9 +96,9 @@ def inspect(
 @data_app.command()
 def verify(
     dataset: str = typer.Argument(..., help="Dataset plugin."),
-    data_root: Path | None = DATA_ROOT,
-    dataset_param: list[str] = PARAMS,
-    trust_pickle: bool = TRUST,
+    data_root: DataRoot = None,
+    dataset_param: DatasetParam = [],  # noqa: B006  (typer copies a list default)
+    trust_pickle: TrustPickle = False,
 ) -> None:
     """Read every file and check every value (shapes, binary masks, finite intensities); one line of result."""
     _, _, data, _ = _load(dataset, data_root, dataset_param, trust_pickle)
@@ -113,9 +111,9 @@ def verify(
 def convert(
     dataset: str = typer.Argument(..., help="Dataset plugin."),
     output: Path = typer.Option(..., "--output", "-o", help="New folder to write (must not exist or be empty)."),
-    data_root: Path | None = DATA_ROOT,
-    dataset_param: list[str] = PARAMS,
-    trust_pickle: bool = TRUST,
+    data_root: DataRoot = None,
+    dataset_param: DatasetParam = [],  # noqa: B006  (typer copies a list default)
+    trust_pickle: TrustPickle = False,
     image_dtype: str = typer.Option("float16", "--image-dtype", help="float16 (compact) or float32."),
 ) -> None:
     """Convert once into plain .npy files (no pickles) that later runs read memory-mapped with

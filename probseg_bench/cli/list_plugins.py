@@ -12,6 +12,7 @@ from rich.table import Table
 
 from probseg_bench.api import DatasetSpec, HyperParameter, HyperValue, ModelSpec, RegularizerSpec
 from probseg_bench.cli._app import app, console, err_console
+from probseg_bench.cli.options import DEFAULT_FORMAT, TableOrJson
 from probseg_bench.errors import ProbsegError, did_you_mean
 from probseg_bench.plugins import Plugins, get_plugins
 from probseg_bench.registry import PluginInfo, failure_note
@@ -166,7 +167,7 @@ def list_plugins(
     details: bool = typer.Option(
         False, "--details",
         help="Also show every plugin's hyperparameters (models, regularizers) and parameters (datasets)."),
-    fmt: str = typer.Option("table", "--format", help="table or json"),
+    fmt: TableOrJson = DEFAULT_FORMAT,
 ) -> None:
     """List the registered dataset, model and regularizer plugins (and plugins that failed to load)."""
     if fmt not in ("table", "json"):

@@ -11,18 +11,44 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from probseg_bench.cli._app import FORMAT_HELP, STORAGE_HELP, app, err_console
-from probseg_bench.cli.common import REFERENCE_HELP, default_latent_dim, parse_hp, print_rows, resolve_references
+from probseg_bench.cli._app import app, err_console
+from probseg_bench.cli.common import default_latent_dim, parse_hp, print_rows, resolve_references
+from probseg_bench.cli.options import (
+    DEFAULT_EXECUTOR,
+    DEFAULT_FORMAT,
+    DEFAULT_RUN_DIR,
+    Address,
+    DataRoot,
+    Dataset,
+    DatasetParam,
+    Device,
+    Epochs,
+    Executor,
+    Flow,
+    Hp,
+    LatentDims,
+    LeaderboardFormat,
+    Model,
+    Pivot,
+    Preset,
+    Reference,
+    Regularizer,
+    RunDir,
+    Seed,
+    Storage,
+    TrustPickle,
+)
 from probseg_bench.cli.progress import RichReporter, describe_run, duration, planned_epochs
 from probseg_bench.connections import display_url
 from probseg_bench.errors import OutputError, ProbsegError
-from probseg_bench.executors import EXECUTORS
+from probseg_bench.executors import Executor as CellExecutor
+from probseg_bench.executors import get_executor, parse_executor_options
 from probseg_bench.experiment import CheckedRequest, Experiment, RunRequest
 from probseg_bench.grid import load_grid
 from probseg_bench.interruption import interrupted_line
 from probseg_bench.leaderboard import FORMATS, build_leaderboard
 from probseg_bench.outputs import check_output_folder, check_storage
-from probseg_bench.presets import PRESETS, get_preset
+from probseg_bench.presets import get_preset
 from probseg_bench.protocol import run_protocol
 from probseg_bench.references import ReferenceTable
 from probseg_bench.results import DEFAULT_STORAGE, FoldRecord, ResultsStore, normalize_url
@@ -34,46 +60,39 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @app.command()
 def run(
-    model: str | None = typer.Option(None, "--model", "-m", help="Model plugin (see `probseg-bench list`)."),
-    dataset: str | None = typer.Option(None, "--dataset", help="Dataset plugin (see `probseg-bench list`)."),
+    model: Model = None,
+    dataset: Dataset = None,
     config: Path | None = typer.Option(None, "--config", help="A grid (TOML) of models x datasets x latent dims."),
-    latent_dim: list[int] = typer.Option(
-        [], "--latent-dim", "-d", help="Latent dimension; repeat for a grid (default: the model's reference d, see "
-                                  "`list --details`; else 6)."),
+    latent_dim: LatentDims = [],  # noqa: B006  (typer copies a list default)
     fold: list[int] = typer.Option(
         [], "--fold", help="Only these folds: CV folds, or training runs of a fixed-split preset (lidc-v1, "
                            "lidc-v2) (repeatable) [default: all]."),
-    seed: int | None = typer.Option(
-        None, "--seed", help="Seed of the split, initialisation and sampling (default: 0)."),
-    preset: str | None = typer.Option(
-        None, "--preset", help=f"Protocol preset: {', '.join(PRESETS)} (default: paper, or the --params file's)."),
-    epochs: int | None = typer.Option(
-        None, "--epochs", help="Replace the preset's epochs (e.g. a smoke test); with --config, in every cell."
-    ),
-    device: str | None = typer.Option(
-        None, "--device", help="auto, cpu or cuda (default: auto; with --config, the grid's device)."
-    ),
-    data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder, for plugins that need one."),
-    dataset_param: list[str] = typer.Option([], "--dataset-param", help="Dataset parameter NAME=VALUE (repeatable)."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling the dataset's files."),
-    hp: list[str] = typer.Option([], "--hp", help="Hyperparameter override NAME=VALUE (repeatable)."),
+    seed: Seed = None,
+    preset: Preset = None,
+    epochs: Epochs = None,
+    device: Device = None,
+    data_root: DataRoot = None,
+    dataset_param: DatasetParam = [],  # noqa: B006
+    trust_pickle: TrustPickle = False,
+    hp: Hp = [],  # noqa: B006
     params: Path | None = typer.Option(
         None, "--params", help="Hyperparameters from tune's TOML, with the preset, protocol overrides (--epochs) and "
         "dataset parameters they were tuned under (options given here take precedence, with a note)."),
-    regularizer: str | None = typer.Option(
-        None, "--regularizer", help="Regularizer plugin in the model's swappable term (spunet: sinkhorn -> mmd)."
-    ),
-    flow: str | None = typer.Option(None, "--flow", help="Posterior flow of punet-nf: planar, radial or maf."),
-    storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP, show_default=False),
-    run_dir: Path = typer.Option(Path("probseg-runs"), "--run-dir", help="Where best checkpoints are written."),
-    fmt: str = typer.Option("table", "--format", help=FORMAT_HELP),
-    pivot: bool = typer.Option(False, "--pivot", help="Final leaderboard in the paper's Table II layout."),
-    reference: list[str] = typer.Option([], "--reference", help=REFERENCE_HELP),
+    regularizer: Regularizer = None,
+    flow: Flow = None,
+    storage: Storage = DEFAULT_STORAGE,
+    run_dir: RunDir = DEFAULT_RUN_DIR,
+    fmt: LeaderboardFormat = DEFAULT_FORMAT,
+    pivot: Pivot = False,
+    reference: Reference = [],  # noqa: B006
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Train again the folds recorded as failed."),
-    executor: str = typer.Option("local", "--executor", help="local (this machine) or ray (a Ray cluster)."),
+    executor: Executor = DEFAULT_EXECUTOR,
     jobs: int = typer.Option(1, "--jobs", help="With --executor local: cells run in this many processes."),
-    address: str | None = typer.Option(None, "--address", help="With --executor ray: the cluster [default: new]."),
+    address: Address = None,
     retries: int = typer.Option(2, "--retries", help="With --executor ray: retries of a failing cell."),
+    executor_option: list[str] = typer.Option(
+        [], "--executor-option", help="Executor setting KEY=VALUE (repeatable), e.g. partition=gpu, time=120, "
+        "mem_gb=8 with --executor slurm; an unknown key is named with the known ones."),
 ) -> None:
     """Train and evaluate MODEL on DATASET (or every cell of a --config grid): grouped 20% test split, 3-fold CV,
     best-validation checkpoint, 16 prior samples per test image; one record per fold in the results store.
@@ -139,19 +158,18 @@ def run(
             variant_name=variant_name if variant_name and not hp and not regularizer and flow is None else None,
             protocol_overrides=protocol_overrides,
         )]
-    if executor not in EXECUTORS:
-        raise ProbsegError(f"--executor: expected one of {', '.join(EXECUTORS)}, got {executor!r}")
     if jobs < 1:
         raise ProbsegError(f"--jobs: expected >= 1, got {jobs}")
     if retries < 0:
         raise ProbsegError(f"--retries: expected >= 0, got {retries}")
-    # every check that needs no data, for every request (grid cell), before anything is written; a Ray cell's
-    # device is the cluster's, so only its name is checked here
-    checked = [Experiment.check(r, check_device=executor != "ray") for r in requests]
+    runner = _executor(executor, executor_option, jobs, address, retries)
+    # every check that needs no data, for every request (grid cell), before anything is written; a Ray or Slurm
+    # cell's device is the cluster's, so only its name is checked here
+    checked = [Experiment.check(r, check_device=runner.checks_device_here) for r in requests]
     check_storage(storage)  # the output locations, before any data is loaded or any fold trains
     check_output_folder(run_dir, "--run-dir")
-    if executor == "ray" or jobs > 1:
-        _run_distributed(requests, checked, storage, executor, jobs, address, retries, fmt, pivot, tables)
+    if runner.name != "local" or runner.settings["jobs"] > 1:
+        _run_distributed(requests, checked, storage, runner, fmt, pivot, tables, retry_failed)
         return
     n_folds = sum(len(c.folds) * len(r.latent_dims) for r, c in zip(requests, checked, strict=True))
     store_url = display_url(normalize_url(storage))  # as shown: a password as ***
@@ -236,12 +254,27 @@ def _kv(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
 
 
-def _run_distributed(requests: list[RunRequest], checked: Sequence[CheckedRequest], storage: str, executor: str,
-                     jobs: int, address: str | None, retries: int, fmt: str, pivot: bool = False,
-                     references: list[ReferenceTable] | None = None) -> None:
+def _executor(name: str, items: list[str], jobs: int, address: str | None, retries: int) -> CellExecutor:
+    """The ``--executor`` with its ``--executor-option`` items; the command's --jobs (local), --address and
+    --retries (ray) are its options too, an --executor-option of the same key replacing them."""
+    options = parse_executor_options(items)
+    flags: dict[str, object] = {}
+    if name == "local":
+        flags = {"jobs": jobs}
+    elif name == "ray":
+        flags = {"address": address, "retries": retries}
+    for key, value in flags.items():
+        if value is not None:
+            options.setdefault(key, str(value))
+    return get_executor(name, options)
+
+
+def _run_distributed(requests: list[RunRequest], checked: Sequence[CheckedRequest], storage: str,
+                     runner: CellExecutor, fmt: str, pivot: bool = False,
+                     references: list[ReferenceTable] | None = None, retry_failed: bool = False) -> None:
     """One task per (model, dataset, latent dim, fold) cell on the chosen executor; progress per cell.
     ``checked``: :meth:`Experiment.check` of each request."""
-    from probseg_bench.executors import CellResult, cells, run_local, run_ray
+    from probseg_bench.executors import CellResult, cells
 
     store_url = normalize_url(storage)
     shown = display_url(store_url)  # as shown: a password as ***
@@ -252,7 +285,7 @@ def _run_distributed(requests: list[RunRequest], checked: Sequence[CheckedReques
     todo = cells(requests, lambda r: get_preset(r.preset).n_folds)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, disable=not err_console.is_terminal)
-    task = progress.add_task(f"cells ({executor})", total=len(todo))
+    task = progress.add_task(f"cells ({runner.name})", total=len(todo))
     started = time.monotonic()
     failures = finished = 0
 
@@ -271,10 +304,7 @@ def _run_distributed(requests: list[RunRequest], checked: Sequence[CheckedReques
 
     with progress:
         try:
-            if executor == "ray":
-                results = run_ray(todo, store_url, address, retries, on_result=report)
-            else:
-                results = run_local(todo, store_url, jobs, on_result=report)
+            results = runner.run(todo, store_url, on_result=report, retry_failed=retry_failed)
         except KeyboardInterrupt as exc:  # what the cells in progress left on disk (executors.py)
             progress.stop()
             err_console.print(interrupted_line(finished, "cell", shown, exc), highlight=False, markup=False,

@@ -8,11 +8,31 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from probseg_bench.cli._app import STORAGE_HELP, app, console, err_console
+from probseg_bench.cli._app import app, console, err_console
 from probseg_bench.cli.common import default_latent_dim, parse_hp
+from probseg_bench.cli.options import (
+    DEFAULT_DEVICE,
+    DEFAULT_EXECUTOR,
+    DEFAULT_PRESET,
+    DEFAULT_SEED,
+    Address,
+    DataRoot,
+    Dataset,
+    DatasetParam,
+    Device,
+    Epochs,
+    Executor,
+    Flow,
+    LatentDim,
+    Model,
+    Preset,
+    Regularizer,
+    Seed,
+    Storage,
+    TrustPickle,
+)
 from probseg_bench.errors import ProbsegError
 from probseg_bench.outputs import check_output_file, check_storage
-from probseg_bench.presets import PRESETS
 from probseg_bench.results import DEFAULT_STORAGE
 from probseg_bench.tuning import (
     DEFAULT_OBJECTIVE,
@@ -87,28 +107,30 @@ def _running_line(ages: dict[int, float | None]) -> str:
 
 @app.command()
 def tune(
-    model: str = typer.Option(..., "--model", "-m", help="Model plugin."),
-    dataset: str = typer.Option(..., "--dataset", help="Dataset plugin."),
+    model: Model = None,
+    dataset: Dataset = None,
     trials: int = typer.Option(20, "--trials", help="Trials to add in this invocation."),
     study: str | None = typer.Option(None, "--study", help="Study name [default: MODEL-DATASET-OBJECTIVE]."),
     objective: str = typer.Option(DEFAULT_OBJECTIVE, "--objective", help=objective_help()),
     fold: int = typer.Option(0, "--fold", help="The CV fold whose validation split scores a trial."),
-    latent_dim: int | None = typer.Option(
-        None, "--latent-dim", "-d", help="Latent dimension (default: the model's reference d; else 6)."),
+    latent_dim: LatentDim = None,
     param: list[str] = typer.Option([], "--param", help="Search range NAME=LOW:HIGH[:log] (repeatable)."),
     fix: list[str] = typer.Option([], "--fix", help="Fixed hyperparameter NAME=VALUE (repeatable)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split, the training and the TPE sampler."),
-    preset: str = typer.Option("paper", "--preset", help=f"Protocol preset: {', '.join(PRESETS)}."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Replace the preset's epochs."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    data_root: Path | None = typer.Option(None, "--data-root", help="Dataset folder, for plugins that need one."),
-    dataset_param: list[str] = typer.Option([], "--dataset-param", help="Dataset parameter NAME=VALUE."),
-    storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP, show_default=False),
+    regularizer: Regularizer = None,
+    flow: Flow = None,
+    seed: Seed = None,
+    preset: Preset = None,
+    epochs: Epochs = None,
+    device: Device = None,
+    data_root: DataRoot = None,
+    dataset_param: DatasetParam = [],  # noqa: B006  (typer copies a list default)
+    trust_pickle: TrustPickle = False,
+    storage: Storage = DEFAULT_STORAGE,
     output: Path | None = typer.Option(None, "--output", help="TOML for the best parameters [default: STUDY.toml]."),
     show: bool = typer.Option(False, "--show", help="Only show the existing study."),
-    executor: str = typer.Option("local", "--executor", help="local (this process) or ray (worker actors)."),
+    executor: Executor = DEFAULT_EXECUTOR,
     workers: int = typer.Option(2, "--workers", help="With --executor ray: actors running trials at once."),
-    address: str | None = typer.Option(None, "--address", help="With --executor ray: the cluster [default: new]."),
+    address: Address = None,
     top: int = typer.Option(10, "--top", help="Trials shown."),
 ) -> None:
     """Search the model's and its regularizers' hyperparameters with TPE on one fold's validation split (never
@@ -125,6 +147,9 @@ def tune(
         write_params,
     )
 
+    if model is None or dataset is None:
+        raise ProbsegError("tune: give --model and --dataset")
+    seed = DEFAULT_SEED if seed is None else seed
     name = study or default_study_name(model, dataset, objective)
     if show:
         _show(open_study(name, storage, seed, create=False), top)
@@ -138,14 +163,24 @@ def tune(
     check_storage(storage)
     params_path = check_output_file(output or Path(f"{name}.toml"), "--output")
     fixed = parse_hp(fix, "--fix")
+    if flow is not None:  # as run's --flow: punet-nf's flow hyperparameter, fixed for every trial
+        from probseg_bench.plugins import get_plugins
+
+        if "flow" not in {h.name for h in get_plugins().models.get(model).hyperparameters}:
+            raise ProbsegError(f"--flow {flow}: model '{model}' has no posterior flow (punet-nf has)")
+        if "flow" in fixed:
+            raise ProbsegError("--flow and --fix flow=... both given: use one")
+        fixed["flow"] = flow
     d = latent_dim if latent_dim is not None else default_latent_dim(model)
     request = RunRequest(model=model, dataset=dataset, latent_dims=(d,), folds=(fold,), seed=seed,
-                         preset=preset, device=device, data_root=data_root,
-                         dataset_params=parse_hp(dataset_param, "--dataset-param"),
+                         preset=preset or DEFAULT_PRESET, device=device or DEFAULT_DEVICE, data_root=data_root,
+                         regularizer=regularizer, dataset_params=parse_hp(dataset_param, "--dataset-param"),
+                         trust_pickle=trust_pickle,
                          protocol_overrides={"epochs": epochs} if epochs is not None else {})
     job = TuneJob(request, name, storage, objective, tuple(param), tuple(fixed.items()))
     if executor not in ("local", "ray"):
-        raise ProbsegError(f"--executor: expected local or ray, got {executor!r}")
+        raise ProbsegError(f"--executor: tune runs its workers on local or ray (slurm runs run's grid cells only), "
+                           f"got {executor!r}")
     started: list[int] = []  # the trials this process started (local)
 
     def start(study: Any, space: list[Any]) -> None:
@@ -187,6 +222,8 @@ def follow_up_command(settings: dict[str, Any], path: Path) -> str:
 
     args = ["probseg-bench", "run", "--model", settings["model"], "--dataset", settings["dataset"],
             "--params", str(path)]
+    if settings.get("regularizer") is not None:  # the file's hyperparameters include that regularizer's
+        args[4:4] = ["--regularizer", settings["regularizer"]]
     overrides = ", ".join(f"{k}={v}" for k, v in sorted(settings.get("protocol_overrides", {}).items()))
     return (" ".join(shlex.quote(a) for a in args) + f" (the file applies preset {settings['preset']}"
             f"{f' ({overrides})' if overrides else ''}, d={settings['latent_dim']}, seed {settings['seed']} and the "

@@ -9,8 +9,22 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from probseg_bench.cli._app import STORAGE_HELP, app, console, err_console
+from probseg_bench.cli._app import app, console, err_console
 from probseg_bench.cli.common import parse_hp
+from probseg_bench.cli.options import (
+    DEFAULT_DEVICE,
+    DEFAULT_RUN_DIR,
+    DEFAULT_SEED,
+    DEFAULT_VALIDATE_PRESET,
+    DatasetParam,
+    Device,
+    Epochs,
+    LatentDim,
+    RunDir,
+    Seed,
+    Storage,
+    ValidatePreset,
+)
 from probseg_bench.cli.progress import RichReporter
 from probseg_bench.comparison import TEST_NAME
 from probseg_bench.connections import display_url
@@ -135,18 +149,15 @@ def validate_command(
     model: list[str] = typer.Option(
         DEFAULT_MODELS, "--model", "-m", help="Models to validate (repeatable; default: the eight built-ins)."),
     dataset: str = typer.Option("synthetic", "--dataset", help="A dataset with a known true distribution."),
-    dataset_param: list[str] = typer.Option(
-        [], "--dataset-param", help="Dataset parameter NAME=VALUE over the validation defaults (repeatable)."
-    ),
-    latent_dim: int | None = typer.Option(
-        None, "--latent-dim", "-d", help="Latent dimension (default: each model's reference d; else 6)."),
+    dataset_param: DatasetParam = [],  # noqa: B006  (typer copies a list default)
+    latent_dim: LatentDim = None,
     fold: list[int] = typer.Option([0], "--fold", help="CV folds to train (repeatable)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation and sampling."),
-    preset: str = typer.Option("quick", "--preset", help="Protocol preset."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Train this many epochs (replaces the preset's length)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP, show_default=False),
-    run_dir: Path = typer.Option(Path("probseg-runs"), "--run-dir", help="Where best checkpoints are written."),
+    seed: Seed = None,
+    preset: ValidatePreset = DEFAULT_VALIDATE_PRESET,
+    epochs: Epochs = None,
+    device: Device = None,
+    storage: Storage = DEFAULT_STORAGE,
+    run_dir: RunDir = DEFAULT_RUN_DIR,
     output: Path = typer.Option(Path("probseg-validation"), "--output", help="Folder for the JSON and figure."),
     fmt: str = typer.Option("table", "--format", help="table, markdown or json (stdout)."),
 ) -> None:
@@ -154,7 +165,10 @@ def validate_command(
     (default: synthetic, 64 x 64, 160 images, 4 annotators, 3 blobs x 3 radius levels) and report, on the same
     test images, EWD and GED next to the oracle's, effective rank next to the intrinsic dimension, sample
     diversity next to the true and annotator diversity, and paired Wilcoxon tests (Holm) between the models.
-    Writes validation.json and validation.png/pdf into --output; stored folds are reused."""
+    Writes validation.json and validation.png/pdf into --output; stored folds are reused. --dataset-param values
+    replace the validation defaults; each model trains at its own reference d unless --latent-dim is given."""
+    seed = DEFAULT_SEED if seed is None else seed
+    device = device or DEFAULT_DEVICE
     if fmt not in VALIDATE_FORMATS:
         raise ProbsegError(f"--format: expected one of {', '.join(VALIDATE_FORMATS)}, got {fmt!r}")
     requests = validation_requests(

@@ -1,0 +1,209 @@
+"""``--executor slurm``: one Slurm job per grid cell, submitted through submitit.
+
+The cells go to Slurm as job arrays (submitit's ``map_array``; one array per kind of cell: ``--device cuda`` cells ask
+for GPUs, the others for CPUs only), each job running :func:`probseg_bench.executors.run_cell` on its cell into the
+shared results store (give a URL that every node reaches: PostgreSQL, or a SQLite file on a shared file system).
+submitit writes each job's pickled call, result and logs under ``folder`` (default ``<run dir>/slurm-jobs/%j``) and
+runs it with this Python, so the nodes need the same installation at the same path.
+
+A job that fails or is cancelled is recorded like a failed local cell: its folds not stored yet are recorded as
+failed with one line, the reason (:func:`failure_line`); a record is written in one transaction when its fold is
+evaluated, so nothing is half-written, and a rerun with ``--retry-failed`` trains only those folds (from each fold's
+last written training state). Ctrl-C cancels the jobs not finished and records nothing for them (a rerun resumes
+them). Facts about submitit's behaviour behind this: ``../shared/SLURM.md``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from probseg_bench.errors import ProbsegError
+from probseg_bench.executors import (
+    CellResult,
+    Executor,
+    ExecutorOption,
+    _give_up,
+    _safe_cell,
+    nonempty,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    register_executor,
+)
+from probseg_bench.experiment import RunRequest
+
+_STATE = re.compile(r"\(state: ([^)]*)\)")
+_RULE = re.compile(r"^-{10,}$", re.MULTILINE)
+
+
+def failure_line(exc: BaseException, job_id: str) -> str:
+    """The one line recorded for a cell whose Slurm job did not return a result.
+
+    - ``FailedJobError`` (the job's Python raised outside the cell, e.g. it could not import the code): the last
+      line of the job's traceback (the exception);
+    - ``UncompletedJobError`` (no result: cancelled, timed out, killed for memory, node failure): ``cancelled``
+      for a CANCELLED state, else ``did not finish``, with Slurm's state;
+    - anything else (e.g. the job's files vanished): the exception's type and first line.
+    """
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    text = str(exc)
+    if isinstance(exc, FailedJobError):  # a subclass of UncompletedJobError: first
+        parts = _RULE.split(text)
+        trace = parts[1] if len(parts) > 2 else text
+        lines = [line.strip() for line in trace.splitlines() if line.strip()]
+        return f"failed on Slurm (job {job_id}): {lines[-1] if lines else 'no traceback'}"
+    if isinstance(exc, UncompletedJobError):
+        match = _STATE.search(text)
+        state = match.group(1).strip() if match else "unknown"
+        what = "cancelled" if state.upper().startswith("CANCELLED") else "did not finish"
+        return f"{what} on Slurm (job {job_id}, state {state})"
+    first = text.splitlines()[0] if text.strip() else ""
+    return f"lost on Slurm (job {job_id}): {type(exc).__name__}: {first}".rstrip(": ")
+
+
+def _import_submitit() -> Any:
+    """submitit, once a Slurm client is known to be here.
+
+    Raises:
+        ProbsegError: submitit is not installed, or ``sbatch`` is not on PATH.
+    """
+    try:
+        import submitit
+    except ImportError:
+        raise ProbsegError("--executor slurm needs submitit: pip install 'probseg-bench[slurm]'") from None
+    if shutil.which("sbatch") is None:
+        raise ProbsegError("--executor slurm: no Slurm client here (sbatch is not on PATH); run from a machine that "
+                           "submits to the cluster (a login node)")
+    return submitit
+
+
+def _submission_error(exc: BaseException) -> ProbsegError:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return ProbsegError(f"--executor slurm: sbatch refused the jobs ({lines[-1] if lines else type(exc).__name__})")
+
+
+@register_executor
+class SlurmExecutor(Executor):
+    """One Slurm job per cell through submitit (see the module docstring)."""
+
+    name = "slurm"
+    description = "a Slurm cluster: one job per cell (job arrays), through submitit"
+    checks_device_here = False
+    options = (
+        ExecutorOption("partition", nonempty, "a partition name", None, "the partition [default: the cluster's]"),
+        ExecutorOption("time", positive_int, "minutes (an integer >= 1)", 24 * 60, "a cell's time limit, minutes"),
+        ExecutorOption("cpus_per_task", positive_int, "an integer >= 1", 1, "CPUs of a cell's job (torch threads)"),
+        ExecutorOption("mem_gb", positive_float, "a number of GB > 0", None, "memory of a cell's job"),
+        ExecutorOption("gpus_per_node", nonnegative_int, "an integer >= 0", None,
+                       "GPUs of a cell's job [default: 1 for a --device cuda cell, else 0]"),
+        ExecutorOption("array_parallelism", positive_int, "an integer >= 1", 256,
+                       "at most this many jobs of the array run at once"),
+        ExecutorOption("account", nonempty, "an account name", None, "the account charged"),
+        ExecutorOption("qos", nonempty, "a QOS name", None, "the quality of service"),
+        ExecutorOption("constraint", nonempty, "node features", None, "the nodes' features (sbatch --constraint)"),
+        ExecutorOption("job_name", nonempty, "a job name", "probseg-cell", "the jobs' name (squeue, sacct)"),
+        ExecutorOption("folder", nonempty, "a folder", None,
+                       "submitit's job files and logs [default: <run dir>/slurm-jobs/%j]"),
+        ExecutorOption("poll_s", positive_float, "seconds > 0", 1.0, "seconds between checks of the jobs' states"),
+    )
+
+    def parameters(self, gpu: bool) -> dict[str, Any]:
+        """submitit ``SlurmExecutor.update_parameters`` for a kind of cell (``gpu``: a ``--device cuda`` cell)."""
+        s = self.settings
+        gpus = s["gpus_per_node"] if s["gpus_per_node"] is not None else int(gpu)
+        out: dict[str, Any] = {"job_name": s["job_name"], "time": s["time"], "cpus_per_task": s["cpus_per_task"],
+                               "array_parallelism": s["array_parallelism"]}
+        if gpus:
+            out["gpus_per_node"] = gpus
+        if s["mem_gb"] is not None:
+            out["mem"] = f"{max(1, round(s['mem_gb'] * 1024))}M"
+        out.update({k: s[k] for k in ("partition", "account", "qos", "constraint") if s[k] is not None})
+        return out
+
+    def folder(self, cells: list[RunRequest]) -> str:
+        return str(self.settings["folder"] or Path(cells[0].run_dir).resolve() / "slurm-jobs" / "%j")
+
+    def submit(self, cells: list[RunRequest], storage: str, retry_failed: bool) -> list[tuple[Any, RunRequest]]:
+        """Submit one job per cell (an array per kind of cell); returns (job, cell) pairs.
+
+        Raises:
+            ProbsegError: submitit or Slurm is missing, or sbatch refused a job (the jobs submitted before are
+                cancelled).
+        """
+        submitit = _import_submitit()
+        submitted: list[tuple[Any, RunRequest]] = []
+        for gpu in (False, True):
+            group = [c for c in cells if c.device.startswith("cuda") == gpu]
+            if not group:
+                continue
+            executor = submitit.SlurmExecutor(folder=self.folder(cells))
+            executor.update_parameters(**self.parameters(gpu))
+            n = len(group)
+            try:
+                jobs = executor.map_array(_safe_cell, group, [storage] * n, [self.settings["cpus_per_task"]] * n,
+                                          [retry_failed] * n)
+            except (subprocess.SubprocessError, OSError, RuntimeError, ValueError) as exc:
+                _cancel([job for job, _ in submitted])
+                raise _submission_error(exc) from None
+            submitted += list(zip(jobs, group, strict=True))
+        return submitted
+
+    def run(self, cells: list[RunRequest], storage: str, on_result: Callable[[CellResult], Any] | None = None,
+            retry_failed: bool = False) -> list[CellResult]:
+        if not cells:
+            return []
+        submitted = self.submit(cells, storage, retry_failed)
+        from submitit.helpers import as_completed
+
+        pending = {id(job): (job, cell) for job, cell in submitted}
+        results = []
+        try:
+            for job in as_completed([job for job, _ in submitted], poll_frequency=self.settings["poll_s"]):
+                _, cell = pending.pop(id(job))
+                result = collect(job, cell, storage)
+                results.append(result)
+                if on_result:
+                    on_result(result)
+        except KeyboardInterrupt:
+            raise _interrupted([pair for pair in pending.values()]) from None
+        return results
+
+
+def collect(job: Any, cell: RunRequest, storage: str) -> CellResult:
+    """The result of a finished job, or (it returned none) the cell recorded as failed with :func:`failure_line`."""
+    try:
+        result = job.result()
+    except Exception as exc:
+        return _give_up(cell, storage, failure_line(exc, str(job.job_id)))
+    if not isinstance(result, CellResult):  # not our function's result: never trust it
+        return _give_up(cell, storage, f"lost on Slurm (job {job.job_id}): unexpected result {type(result).__name__}")
+    return result
+
+
+def _cancel(jobs: list[Any]) -> None:
+    for job in jobs:
+        try:
+            job.cancel(check=False)
+        except Exception:  # already gone: nothing to cancel
+            pass
+
+
+def _interrupted(pending: list[tuple[Any, RunRequest]]) -> KeyboardInterrupt:
+    """After Ctrl-C: cancel the jobs not finished (nothing is recorded for them: a rerun resumes them). Returns the
+    :class:`~probseg_bench.interruption.FoldInterrupted` to raise."""
+    from probseg_bench.interruption import NOTHING_IN_PROGRESS, FoldInterrupted
+
+    _cancel([job for job, _ in pending])
+    if not pending:
+        return FoldInterrupted(NOTHING_IN_PROGRESS)
+    ids = ", ".join(str(job.job_id) for job, _ in pending)
+    dirs = ", ".join(dict.fromkeys(str(cell.run_dir) for _, cell in pending))
+    return FoldInterrupted(f"{len(pending)} cell(s) not finished were cancelled on Slurm (jobs {ids}): each that had "
+                           f"written a training state keeps it (its fold<k>.partial.pt under {dirs}, at its last "
+                           "written epoch), the others left nothing")
