@@ -207,3 +207,65 @@ def _interrupted(pending: list[tuple[Any, RunRequest]]) -> KeyboardInterrupt:
     return FoldInterrupted(f"{len(pending)} cell(s) not finished were cancelled on Slurm (jobs {ids}): each that had "
                            f"written a training state keeps it (its fold<k>.partial.pt under {dirs}, at its last "
                            "written epoch), the others left nothing")
+
+
+# --- tune's workers --------------------------------------------------------------------------------------------------
+
+
+def _tune_worker(job: Any, trials: int, seed: int, threads: int) -> int:
+    """A Slurm job's body for ``tune --executor slurm``: ``trials`` trials of the study (the number it holds after)."""
+    import torch
+
+    from probseg_bench.tuning import optimize
+
+    torch.set_num_threads(threads)
+    return len(optimize(job, trials, seed).trials)
+
+
+def tune_on_slurm(job: Any, trials: int, seed: int, workers: int, settings: dict[str, Any]) -> list[str]:
+    """``tune --executor slurm``: ``workers`` Slurm jobs (one array) run ``trials`` trials of one study on its shared
+    storage between them, as :func:`probseg_bench.tuning.optimize_on_ray`'s actors do (the same split of the
+    trials, each worker's sampler seeded ``seed + 1000 * i``; a worker's running trial keeps a heartbeat, so that of a
+    killed worker is failed when the study is next opened). ``settings``: :class:`SlurmExecutor`'s; the jobs'
+    files go to ``folder`` [default: ./slurm-jobs/%j]. The storage must be reachable from the nodes.
+
+    Returns one :func:`failure_line` per worker job that failed or was cancelled (the study keeps the trials
+    completed). Ctrl-C cancels the jobs not finished.
+
+    Raises:
+        ProbsegError: submitit or Slurm is missing, sbatch refused the jobs, workers < 1.
+    """
+    from probseg_bench.tuning import prepare_study
+
+    if workers < 1:
+        raise ProbsegError(f"--workers: expected >= 1, got {workers}")
+    submitit = _import_submitit()
+    prepare_study(job, seed)  # schema, study and its settings exist before the workers race to open them
+    runner = SlurmExecutor(**settings)
+    parameters = runner.parameters(job.request.device.startswith("cuda"))
+    if parameters["job_name"] == "probseg-cell":  # the default: name the jobs for what they do
+        parameters["job_name"] = "probseg-tune"
+    shares = [n for n in (trials // workers + (1 if i < trials % workers else 0) for i in range(workers)) if n]
+    executor = submitit.SlurmExecutor(folder=str(settings.get("folder") or Path.cwd() / "slurm-jobs" / "%j"))
+    executor.update_parameters(**parameters)
+    n = len(shares)
+    try:
+        jobs = executor.map_array(_tune_worker, [job] * n, shares, [seed + 1000 * i for i in range(n)],
+                                  [runner.settings["cpus_per_task"]] * n)
+    except (subprocess.SubprocessError, OSError, RuntimeError, ValueError) as exc:
+        raise _submission_error(exc) from None
+    from submitit.helpers import as_completed
+
+    pending = {id(j): j for j in jobs}
+    failures = []
+    try:
+        for done in as_completed(jobs, poll_frequency=runner.settings["poll_s"]):
+            pending.pop(id(done))
+            try:
+                done.result()
+            except Exception as exc:
+                failures.append(failure_line(exc, str(done.job_id)))
+    except KeyboardInterrupt:
+        _cancel(list(pending.values()))
+        raise
+    return failures

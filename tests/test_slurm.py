@@ -285,3 +285,67 @@ def test_a_cancelled_job_is_recorded_as_failed_and_a_rerun_completes_it(slurm, t
     assert "punet/synthetic d=2 fold 0: done" in err
     (record,) = ResultsStore(str(tmp_path / "r.db")).records(include_failed=True)
     assert record.status == "ok" and json.loads(out)[0]["folds"] == 1
+
+
+def test_a_two_worker_tune_runs_as_slurm_jobs_on_one_study(slurm, tmp_path):
+    import optuna
+
+    command = [sys.executable, "-c", "from probseg_bench.cli import main; main()", "tune", "--model", "punet",
+               "--dataset", "synthetic", "--dataset-param", "n_images=16", "--dataset-param", "size=32", "--preset",
+               "quick", "--epochs", "1", "--trials", "2", "--workers", "2", "--executor", "slurm", "-d", "2",
+               "--fix", "filters=4,8", "--fix", "convs_per_block=1", "--device", "cpu",
+               "--executor-option", "job_name=probseg-test-tune", "--executor-option", "poll_s=0.5",
+               "--executor-option", f"folder={tmp_path / 'jobs' / '%j'}", "--study", "s",
+               "--objective", "val_loss",
+               "--storage", str(tmp_path / "t.db"), "--output", str(tmp_path / "best.toml")]
+    finish(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}), timeout=240)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 't.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert sorted(p.name.split("_")[1] for p in (tmp_path / "jobs").glob("[0-9]*_*")) == ["0", "1"]  # 2 workers
+    assert (tmp_path / "best.toml").exists()
+
+
+def test_tune_checks_executor_options_before_training(tmp_path):
+    base = ["tune", "--model", "punet", *TINY[:8], "--storage", str(tmp_path / "t.db"),
+            "--output", str(tmp_path / "b.toml")]
+    result = CliRunner().invoke(app, [*base, "--executor", "slurm", "--executor-option", "nodes=2"])
+    assert result.exit_code != 0
+    assert "--executor-option nodes: executor slurm has no option 'nodes'" in str(result.exception)
+    result = CliRunner().invoke(app, [*base, "--executor-option", "jobs=2"])
+    assert result.exit_code != 0
+    assert "tune --executor local runs its trials in this process" in str(result.exception)
+    assert not (tmp_path / "t.db").exists()
+
+
+def test_tune_workers_split_the_trials_and_a_cancelled_one_is_one_line(monkeypatch, tmp_path):
+    pytest.importorskip("submitit", reason="submitit is not installed (pip install 'probseg-bench[slurm]')")
+    import submitit.helpers
+
+    import probseg_bench.slurm as slurm_module
+    from probseg_bench.tuning import TuneJob
+
+    calls: list[tuple[Any, ...]] = []
+
+    class FakeSubmitit:
+        class SlurmExecutor:
+            def __init__(self, folder: str) -> None:
+                calls.append(("folder", folder))
+
+            def update_parameters(self, **parameters: Any) -> None:
+                calls.append(("parameters", parameters["job_name"], parameters["cpus_per_task"]))
+
+            def map_array(self, fn: Any, *args: list[Any]) -> list[FakeJob]:
+                calls.append(("array", *args[1:3]))
+                return [FakeJob("7_0", 3), FakeJob("7_1", uncompleted_job_error("CANCELLED by 0")),
+                        FakeJob("7_2", 3)]
+
+    monkeypatch.setattr(slurm_module, "_import_submitit", lambda: FakeSubmitit)
+    monkeypatch.setattr("probseg_bench.tuning.prepare_study", lambda job, seed: calls.append(("prepared", seed)))
+    monkeypatch.setattr(submitit.helpers, "as_completed", lambda jobs, poll_frequency: iter(jobs))
+    settings = get_executor("slurm", ["cpus_per_task=2", f"folder={tmp_path}"]).settings
+    job = TuneJob(tiny_cell(tmp_path), "s", "sqlite:///t.db")
+    lines = slurm_module.tune_on_slurm(job, 7, 5, 3, settings)
+    assert lines == ["cancelled on Slurm (job 7_1, state CANCELLED by 0)"]
+    assert calls == [("prepared", 5), ("folder", str(tmp_path)), ("parameters", "probseg-tune", 2),
+                     ("array", [3, 2, 2], [5, 1005, 2005])]  # optimize_on_ray's split and seeds

@@ -79,7 +79,10 @@ RunDir = Annotated[Path, typer.Option("--run-dir", help="Where best checkpoints 
 # where the work runs: run, tune
 Executor = Annotated[str, typer.Option(
     "--executor", help="local (this machine), ray (a Ray cluster: run's grid cells, tune's worker actors) or slurm "
-                       "(run's grid cells as Slurm jobs through submitit; not yet for tune).")]
+                       "(run's grid cells, tune's workers, as Slurm jobs through submitit).")]
+ExecutorOptions = Annotated[list[str], typer.Option(
+    "--executor-option", help="Executor setting KEY=VALUE (repeatable), e.g. partition=gpu, time=120, mem_gb=8 with "
+                              "--executor slurm; an unknown key is named with the known ones.")]
 Address = Annotated[str | None, typer.Option(
     "--address", help="With --executor ray: the cluster [default: new].")]
 

@@ -24,6 +24,7 @@ from probseg_bench.cli.options import (
     Device,
     Epochs,
     Executor,
+    ExecutorOptions,
     Flow,
     Hp,
     LatentDims,
@@ -90,9 +91,7 @@ def run(
     jobs: int = typer.Option(1, "--jobs", help="With --executor local: cells run in this many processes."),
     address: Address = None,
     retries: int = typer.Option(2, "--retries", help="With --executor ray: retries of a failing cell."),
-    executor_option: list[str] = typer.Option(
-        [], "--executor-option", help="Executor setting KEY=VALUE (repeatable), e.g. partition=gpu, time=120, "
-        "mem_gb=8 with --executor slurm; an unknown key is named with the known ones."),
+    executor_option: ExecutorOptions = [],  # noqa: B006  (typer copies a list default)
 ) -> None:
     """Train and evaluate MODEL on DATASET (or every cell of a --config grid): grouped 20% test split, 3-fold CV,
     best-validation checkpoint, 16 prior samples per test image; one record per fold in the results store.

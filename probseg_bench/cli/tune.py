@@ -22,6 +22,7 @@ from probseg_bench.cli.options import (
     Device,
     Epochs,
     Executor,
+    ExecutorOptions,
     Flow,
     LatentDim,
     Model,
@@ -129,7 +130,9 @@ def tune(
     output: Path | None = typer.Option(None, "--output", help="TOML for the best parameters [default: STUDY.toml]."),
     show: bool = typer.Option(False, "--show", help="Only show the existing study."),
     executor: Executor = DEFAULT_EXECUTOR,
-    workers: int = typer.Option(2, "--workers", help="With --executor ray: actors running trials at once."),
+    executor_option: ExecutorOptions = [],  # noqa: B006  (typer copies a list default)
+    workers: int = typer.Option(2, "--workers", help="With --executor ray or slurm: workers (Ray actors, Slurm "
+                                                     "jobs) running trials at once."),
     address: Address = None,
     top: int = typer.Option(10, "--top", help="Trials shown."),
 ) -> None:
@@ -178,9 +181,8 @@ def tune(
                          trust_pickle=trust_pickle,
                          protocol_overrides={"epochs": epochs} if epochs is not None else {})
     job = TuneJob(request, name, storage, objective, tuple(param), tuple(fixed.items()))
-    if executor not in ("local", "ray"):
-        raise ProbsegError(f"--executor: tune runs its workers on local or ray (slurm runs run's grid cells only), "
-                           f"got {executor!r}")
+    settings = _executor_settings(executor, executor_option)
+    address = settings.get("address") or address
     started: list[int] = []  # the trials this process started (local)
 
     def start(study: Any, space: list[Any]) -> None:
@@ -196,6 +198,13 @@ def tune(
     try:
         if executor == "ray":
             optimize_on_ray(job, trials, seed, workers, address)
+            opened = open_study(name, storage, seed, create=False)
+        elif executor == "slurm":
+            from probseg_bench.slurm import tune_on_slurm
+
+            for line in tune_on_slurm(job, trials, seed, workers, settings):
+                err_console.print(f"worker {line}; the study keeps its completed trials", highlight=False,
+                                  markup=False, soft_wrap=True)
             opened = open_study(name, storage, seed, create=False)
         else:
             opened = optimize(job, trials, seed, on_start=start, on_trial=trial_started)
@@ -213,6 +222,22 @@ def tune(
     path = write_params(params_path, settings, name, best)
     console.print(f"best trial {best.number}: {objective} {best.value:.4f}; parameters and protocol written to "
                   f"{path}; use: {follow_up_command(settings, path)}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _executor_settings(name: str, items: list[str]) -> dict[str, Any]:
+    """The ``--executor``'s checked ``--executor-option`` settings (tune runs its workers itself: local in this
+    process, which takes none; ray: its address; slurm: the job settings).
+
+    Raises:
+        ProbsegError: an unknown executor, an unknown key or a bad value, any option with --executor local.
+    """
+    from probseg_bench.executors import get_executor
+
+    runner = get_executor(name, items)
+    if name == "local" and items:
+        raise ProbsegError(f"--executor-option {items[0]}: tune --executor local runs its trials in this process "
+                           "and takes no executor option")
+    return runner.settings
 
 
 def follow_up_command(settings: dict[str, Any], path: Path) -> str:
