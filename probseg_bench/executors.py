@@ -416,8 +416,9 @@ class Executor(ABC):
         self.settings: dict[str, Any] = {**known, **settings}
 
     @classmethod
-    def from_options(cls, raw: Mapping[str, str]) -> Executor:
-        """The executor with ``--executor-option`` values ``raw`` (key -> text), each checked and parsed.
+    def from_options(cls, raw: Mapping[str, str], where: str = "--executor-option") -> Executor:
+        """The executor with ``--executor-option`` values ``raw`` (key -> text), each checked and parsed;
+        ``where`` starts the error line (e.g. a grid file's ``[executor]`` table).
 
         Raises:
             ProbsegError: an unknown key (naming the known ones) or a bad value (naming what is expected).
@@ -426,11 +427,11 @@ class Executor(ABC):
         settings = {}
         for key, value in raw.items():
             if key not in by_key:
-                raise ProbsegError(_unknown_key_line(cls.name, key, by_key))
+                raise ProbsegError(_unknown_key_line(cls.name, key, by_key, where))
             try:
                 settings[key] = by_key[key].parse(value)
             except ValueError:
-                raise ProbsegError(f"--executor-option {key}={value}: expected {by_key[key].expected}") from None
+                raise ProbsegError(f"{where} {key}={value}: expected {by_key[key].expected}") from None
         return cls(**settings)
 
     @abstractmethod
@@ -445,9 +446,9 @@ class Executor(ABC):
         """
 
 
-def _unknown_key_line(name: str, key: str, known: Iterable[str]) -> str:
+def _unknown_key_line(name: str, key: str, known: Iterable[str], where: str = "--executor-option") -> str:
     keys = ", ".join(sorted(known)) or "none"
-    return f"--executor-option {key}: executor {name} has no option {key!r} (known: {keys})"
+    return f"{where} {key}: executor {name} has no option {key!r} (known: {keys})"
 
 
 EXECUTOR_TYPES: dict[str, type[Executor]] = {}
@@ -506,6 +507,18 @@ def executor_type(name: str) -> type[Executor]:
     if name not in EXECUTOR_TYPES:
         raise ProbsegError(f"--executor: expected one of {', '.join(executor_names())}, got {name!r}")
     return EXECUTOR_TYPES[name]
+
+
+def choose_executor(command_line: str | None, command_line_options: Mapping[str, str],
+                    table: tuple[str, Mapping[str, str]] | None, default: str) -> tuple[str, dict[str, str], bool]:
+    """The executor a run uses and its option texts: ``--executor`` / ``--executor-option`` (``command_line``:
+    None when not given) win over a grid file's ``[executor]`` table (``table``: its name and options, None when
+    absent), the table over ``default`` and each executor's own option defaults. An ``--executor`` naming another
+    executor than the table's drops the table's options. Returns (name, options, whether the table was dropped).
+    """
+    if table is None or (command_line is not None and command_line != table[0]):
+        return command_line or default, dict(command_line_options), table is not None
+    return table[0], {**table[1], **command_line_options}, False
 
 
 def get_executor(name: str, options: Mapping[str, str] | Sequence[str] = ()) -> Executor:

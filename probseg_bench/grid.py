@@ -17,6 +17,10 @@ Keys (all but ``models`` and ``datasets`` optional)::
     beta = 50
     [protocol]                          # preset settings replaced for every cell (e.g. a smoke test)
     epochs = 2
+    [executor]                          # where the cells run, as --executor / --executor-option (which win)
+    name = "slurm"
+    partition = "gpu"
+    time = 600
 
 Every (model, dataset) pair becomes one :class:`probseg_bench.protocol.RunRequest` over the latent dims and
 folds; cells already in the results store are skipped by the protocol.
@@ -33,7 +37,7 @@ from probseg_bench.errors import ProbsegError, did_you_mean
 from probseg_bench.experiment import RunRequest
 
 _KEYS = {"models", "datasets", "latent_dims", "folds", "preset", "seed", "device", "data_roots", "dataset_params",
-         "hyperparameters", "protocol"}
+         "hyperparameters", "protocol", "executor"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class GridConfig:
     dataset_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     protocol: dict[str, Any] = field(default_factory=dict)
+    executor: tuple[str, dict[str, str]] | None = None
+    """The ``[executor]`` table: its name and its options as ``--executor-option`` texts (checked); None: absent."""
 
     def requests(self, run_dir: Path = Path("probseg-runs")) -> list[RunRequest]:
         """One request per (dataset, model), datasets outermost."""
@@ -197,6 +203,32 @@ def load_grid(path: Path) -> GridConfig:
         dataset_params={k: dict(v) for k, v in params.items()},
         hyperparameters={k: dict(v) for k, v in hps.items()},
         protocol=dict(protocol),
+        executor=_executor_table(path, raw),
     )
     _check_grid(path, grid)
     return grid
+
+
+def _executor_table(path: Path, raw: dict[str, Any]) -> tuple[str, dict[str, str]] | None:
+    """The ``[executor]`` table: ``name`` and that executor's options, checked as ``--executor-option`` items are
+    (:meth:`~probseg_bench.executors.Executor.from_options`); None when absent."""
+    from probseg_bench.executors import executor_names, executor_type
+
+    if "executor" not in raw:
+        return None
+    table = dict(_tables(path, raw, "executor"))
+    name = table.pop("name", None)
+    if not isinstance(name, str):
+        raise ProbsegError(f"{path}: [executor]: 'name' must be one of {', '.join(executor_names())}, got {name!r}")
+    try:
+        cls = executor_type(name)
+    except ProbsegError:
+        raise ProbsegError(f"{path}: [executor] name: expected one of {', '.join(executor_names())}, "
+                           f"got {name!r}") from None
+    options = {}
+    for key, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ProbsegError(f"{path}: [executor] {key}: expected a string or a number, got {value!r}")
+        options[key] = str(value)
+    cls.from_options(options, where=f"{path}: [executor]")
+    return name, options

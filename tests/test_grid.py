@@ -91,3 +91,68 @@ convs_per_block = 1
     assert "n images" in table.stdout and "p (Holm)" in table.stdout
     mixed = CliRunner().invoke(app, ["run", "--config", str(grid), "--model", "punet"])
     assert isinstance(mixed.exception, ProbsegError)
+
+
+_GRID = 'models = ["punet"]\ndatasets = ["synthetic"]\n'
+
+
+def test_an_executor_table_is_read_and_checked_like_executor_options(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text(_GRID + '[executor]\nname = "slurm"\npartition = "gpu"\ntime = 600\nmem_gb = 7.5\n')
+    assert load_grid(path).executor == ("slurm", {"partition": "gpu", "time": "600", "mem_gb": "7.5"})
+    path.write_text(_GRID)
+    assert load_grid(path).executor is None
+    for table, message in [
+        ('name = "slurm"\npartitoin = "gpu"', r"\[executor\] partitoin: executor slurm has no option 'partitoin' "
+                                               r"\(known: account, array_parallelism, .*partition, .*time\)"),
+        ('name = "slurm"\ntime = 0', r"\[executor\] time=0: expected minutes \(an integer >= 1\)"),
+        ('name = "local"\njobs = true', r"\[executor\] jobs: expected a string or a number, got True"),
+        ('name = "kubernetes"', r"\[executor\] name: expected one of local, ray, slurm, got 'kubernetes'"),
+        ('partition = "gpu"', r"\[executor\]: 'name' must be one of local, ray, slurm, got None"),
+    ]:
+        path.write_text(_GRID + "[executor]\n" + table + "\n")
+        with pytest.raises(ProbsegError, match=table and message) as info:
+            load_grid(path)
+        assert str(info.value).startswith(f"{path}: [executor]") and "\n" not in str(info.value)
+
+
+def test_executor_precedence_command_line_over_table_over_defaults():
+    from probseg_bench.executors import choose_executor
+
+    table = ("slurm", {"partition": "gpu", "time": "600"})
+    assert choose_executor(None, {}, None, "local") == ("local", {}, False)
+    assert choose_executor("ray", {"retries": "1"}, None, "local") == ("ray", {"retries": "1"}, False)
+    assert choose_executor(None, {}, table, "local") == ("slurm", {"partition": "gpu", "time": "600"}, False)
+    assert choose_executor("slurm", {"time": "30"}, table, "local") == (
+        "slurm", {"partition": "gpu", "time": "30"}, False)
+    assert choose_executor("local", {"jobs": "2"}, table, "local") == ("local", {"jobs": "2"}, True)
+
+
+@pytest.mark.parametrize(("table", "argv", "expected", "note"), [
+    ("", [], ("local", {"jobs": "1"}), False),  # no table: as before
+    ('name = "local"\njobs = 3', [], ("local", {"jobs": "3"}), False),
+    ('name = "local"\njobs = 3', ["--jobs", "2"], ("local", {"jobs": "2"}), False),
+    ('name = "local"\njobs = 3', ["--executor-option", "jobs=4", "--jobs", "2"], ("local", {"jobs": "4"}), False),
+    ('name = "ray"\nretries = 5', [], ("ray", {"retries": "5"}), False),
+    ('name = "slurm"\npartition = "gpu"\ntime = 600', ["--executor-option", "time=30"],
+     ("slurm", {"partition": "gpu", "time": "30"}), False),
+    ('name = "slurm"\npartition = "gpu"', ["--executor", "local"], ("local", {}), True),  # jobs: its default, 1
+])
+def test_run_config_resolves_the_executor_from_the_table_and_the_command_line(
+        tmp_path, monkeypatch, table, argv, expected, note):
+    import probseg_bench.cli.run as run_module
+
+    chosen = []
+
+    def fake_get_executor(name, options):
+        chosen.append((name, dict(options)))
+        raise ProbsegError("stop before any cell runs")
+
+    monkeypatch.setattr(run_module, "get_executor", fake_get_executor)
+    path = tmp_path / "grid.toml"
+    path.write_text(_GRID + ("[executor]\n" + table + "\n" if table else ""))
+    result = CliRunner().invoke(app, ["run", "--config", str(path), *argv])
+    assert chosen == [expected], result.output
+    noted = [line for line in result.stderr.splitlines() if "[executor] table" in line]
+    assert noted == ([f"note: --executor local replaces the [executor] table of {path} (executor slurm): its "
+                      "options are not used"] if note else [])

@@ -151,7 +151,7 @@ def diverging_objective(experiment, space, fixed, objective, fold, latent_dim, o
 def test_a_degenerate_study_says_so_and_writes_no_parameters(run_main, tmp_path, monkeypatch, tiny_preset,
                                                              objective, message):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("probseg_bench.tuning.make_objective", objective)
+    monkeypatch.setattr("probseg_bench.tuning.workers.make_objective", objective)
     code, out, err = run_main(*TUNE[:-1], "3", "--preset", tiny_preset)
     assert code == 2 and message in err and "no best parameters to write" in err
     assert "best trial" not in out and not (tmp_path / "punet-synthetic-val_loss.toml").exists()

@@ -248,9 +248,13 @@ KILLED_CHILD = (
 
 def short_heartbeats(monkeypatch) -> None:
     from probseg_bench import tuning
+    from probseg_bench.tuning import storage, study
 
-    monkeypatch.setattr(tuning, "HEARTBEAT_INTERVAL_S", 1)
-    monkeypatch.setattr(tuning, "GRACE_PERIOD_S", 1)
+    # where they are looked up: the storage opens with them, a study's and tune's messages name them
+    for module, names in ((storage, ("HEARTBEAT_INTERVAL_S", "GRACE_PERIOD_S")), (study, ("GRACE_PERIOD_S",)),
+                          (tuning, ("HEARTBEAT_INTERVAL_S", "GRACE_PERIOD_S"))):
+        for name in names:
+            monkeypatch.setattr(module, name, 1)
 
 
 def wait_for_running_trial(db: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:

@@ -43,9 +43,9 @@ from probseg_bench.cli.progress import RichReporter, describe_run, duration, pla
 from probseg_bench.connections import display_url
 from probseg_bench.errors import OutputError, ProbsegError
 from probseg_bench.executors import Executor as CellExecutor
-from probseg_bench.executors import get_executor, parse_executor_options
+from probseg_bench.executors import choose_executor, get_executor, parse_executor_options
 from probseg_bench.experiment import CheckedRequest, Experiment, RunRequest
-from probseg_bench.grid import load_grid
+from probseg_bench.grid import GridConfig, load_grid
 from probseg_bench.interruption import interrupted_line
 from probseg_bench.leaderboard import FORMATS, build_leaderboard
 from probseg_bench.outputs import check_output_folder, check_storage
@@ -61,6 +61,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @app.command()
 def run(
+    context: typer.Context,
     model: Model = None,
     dataset: Dataset = None,
     config: Path | None = typer.Option(None, "--config", help="A grid (TOML) of models x datasets x latent dims."),
@@ -100,6 +101,7 @@ def run(
     if fmt not in FORMATS:
         raise ProbsegError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     tables = resolve_references(reference)  # an unknown name fails before any training
+    grid: GridConfig | None = None
     if config is not None:
         given = [flag for flag, value in (
             ("--model", model), ("--dataset", dataset), ("--latent-dim", latent_dim), ("--fold", fold),
@@ -161,7 +163,7 @@ def run(
         raise ProbsegError(f"--jobs: expected >= 1, got {jobs}")
     if retries < 0:
         raise ProbsegError(f"--retries: expected >= 0, got {retries}")
-    runner = _executor(executor, executor_option, jobs, address, retries)
+    runner = _executor(executor, executor_option, jobs, address, retries, grid, config, context)
     # every check that needs no data, for every request (grid cell), before anything is written; a Ray or Slurm
     # cell's device is the cluster's, so only its name is checked here
     checked = [Experiment.check(r, check_device=runner.checks_device_here) for r in requests]
@@ -253,18 +255,36 @@ def _kv(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
 
 
-def _executor(name: str, items: list[str], jobs: int, address: str | None, retries: int) -> CellExecutor:
+def _executor(name: str, items: list[str], jobs: int, address: str | None, retries: int,
+              grid: GridConfig | None = None, config: Path | None = None, context: typer.Context | None = None,
+              ) -> CellExecutor:
     """The ``--executor`` with its ``--executor-option`` items; the command's --jobs (local), --address and
-    --retries (ray) are its options too, an --executor-option of the same key replacing them."""
-    options = parse_executor_options(items)
+    --retries (ray) are its options too, an --executor-option of the same key replacing them. A grid's
+    ``[executor]`` table comes under what the command line gives (:func:`choose_executor`): then --executor,
+    --jobs, --address and --retries count only when given."""
+    table = grid.executor if grid is not None else None
+
+    def given(param: str) -> bool:  # on the command line (or its environment variable), not by default
+        if table is None or context is None:
+            return True
+        source = context.get_parameter_source(param)
+        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+    command_line = parse_executor_options(items)
+    named = name if given("executor") else None
+    name = choose_executor(named, {}, table, DEFAULT_EXECUTOR)[0]
     flags: dict[str, object] = {}
     if name == "local":
         flags = {"jobs": jobs}
     elif name == "ray":
         flags = {"address": address, "retries": retries}
     for key, value in flags.items():
-        if value is not None:
-            options.setdefault(key, str(value))
+        if value is not None and given(key):
+            command_line.setdefault(key, str(value))
+    name, options, dropped = choose_executor(named, command_line, table, DEFAULT_EXECUTOR)
+    if dropped and table is not None:
+        err_console.print(f"note: --executor {name} replaces the [executor] table of {config} (executor "
+                          f"{table[0]}): its options are not used", highlight=False, markup=False, soft_wrap=True)
     return get_executor(name, options)
 
 
