@@ -30,6 +30,7 @@ from typing import Any, ClassVar, TypeVar
 
 from probseg_bench.errors import ProbsegError
 from probseg_bench.experiment import RunRequest
+from probseg_bench.hyperparameters import parse_assignments
 
 
 @dataclass
@@ -476,13 +477,7 @@ def parse_executor_options(items: Sequence[str]) -> dict[str, str]:
     Raises:
         ProbsegError: an item without ``=`` or with an empty key.
     """
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ProbsegError(f"--executor-option {item}: expected KEY=VALUE (e.g. partition=gpu)")
-        out[key.strip()] = value.strip()
-    return out
+    return parse_assignments(items, "--executor-option", "KEY=VALUE (e.g. partition=gpu)")
 
 
 _REGISTERED_ON_IMPORT = {"slurm": "probseg_bench.slurm"}

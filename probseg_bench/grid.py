@@ -28,13 +28,13 @@ folds; cells already in the results store are skipped by the protocol.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from probseg_bench.errors import ProbsegError, did_you_mean
 from probseg_bench.experiment import RunRequest
+from probseg_bench.readback import read_toml
 
 _KEYS = {"models", "datasets", "latent_dims", "folds", "preset", "seed", "device", "data_roots", "dataset_params",
          "hyperparameters", "protocol", "executor"}
@@ -165,14 +165,7 @@ def load_grid(path: Path) -> GridConfig:
             message names the file and the key).
     """
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8, whatever the locale
-    except OSError as exc:
-        raise ProbsegError(f"{path}: cannot read the grid file ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise ProbsegError(f"{path}: not UTF-8 text at byte {exc.start} (a TOML file is UTF-8)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ProbsegError(f"{path}: not valid TOML ({exc})") from None
+    raw = read_toml(path, "the grid file")
     unknown = sorted(set(raw) - _KEYS)
     if unknown:
         raise ProbsegError(f"{path}: unknown key '{unknown[0]}'{did_you_mean(unknown[0], _KEYS)}; expected some "

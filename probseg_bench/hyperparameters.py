@@ -121,3 +121,20 @@ def resolve_hyperparameters(
     out = {hp.name: hp.default for hp in declared}
     out.update({k: by_name[k].coerce(v, noun) for k, v in overrides.items()})
     return out
+
+
+def parse_assignments(items: Sequence[str], option: str, expected: str = "NAME=VALUE") -> dict[str, str]:
+    """``["alpha=5", "beta=50"]`` -> ``{"alpha": "5", "beta": "50"}``: the NAME=VALUE items of a repeatable option
+    (``--hp``, ``--dataset-param``, ``--fix``, ``--executor-option``), names and values stripped, a later name
+    replacing an earlier one; the values stay text (typed later by the spec that declares the name).
+
+    Raises:
+        ProbsegError: an item without ``=`` or with an empty name (``{option} {item!r}: expected {expected}``).
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ProbsegError(f"{option} {item!r}: expected {expected}")
+        out[name.strip()] = value.strip()
+    return out

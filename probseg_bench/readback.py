@@ -53,3 +53,22 @@ def load_torch_file(path: Path | str, what: str, remedy: str, required: Sequence
 
 
 __all__: Sequence[str] = ["damaged", "load_torch_file"]
+
+
+def read_toml(path: Path | str, what: str = "") -> dict[str, Any]:
+    """A TOML file (a grid, tune's parameters) as a dict, read as UTF-8 whatever the locale.
+
+    Raises:
+        ProbsegError: one line naming the file: unreadable (``cannot read [what] (reason)``), not UTF-8 (the byte
+            offset), or not valid TOML (tomllib's message).
+    """
+    import tomllib
+
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ProbsegError(f"{path}: cannot read {what + ' ' if what else ''}({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ProbsegError(f"{path}: not UTF-8 text at byte {exc.start} (a TOML file is UTF-8)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ProbsegError(f"{path}: not valid TOML ({exc})") from None

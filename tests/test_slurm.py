@@ -86,7 +86,8 @@ def test_an_executor_is_one_class_and_its_registration(monkeypatch, tmp_path):
 def test_executor_options_are_parsed_and_checked():
     assert parse_executor_options(["partition=gpu", " time = 30 ", "constraint=a=b", "time=45"]) == {
         "partition": "gpu", "time": "45", "constraint": "a=b"}
-    with pytest.raises(ProbsegError, match=r"^--executor-option partition: expected KEY=VALUE \(e.g. partition=gpu\)$"):
+    with pytest.raises(ProbsegError,
+                       match=r"^--executor-option 'partition': expected KEY=VALUE \(e.g. partition=gpu\)$"):
         parse_executor_options(["partition"])
     runner = get_executor("slurm", {"partition": "gpu", "time": "30", "mem_gb": "1.5", "cpus_per_task": "2"})
     assert runner.settings["time"] == 30 and runner.settings["mem_gb"] == 1.5

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from probseg_bench.cli._app import console, err_console
 from probseg_bench.diagnostics import collapse_warning
-from probseg_bench.errors import ProbsegError
+from probseg_bench.hyperparameters import parse_assignments
 from probseg_bench.leaderboard import LeaderboardRow, render
 from probseg_bench.published import reference_gap
 from probseg_bench.references import REFERENCES, ReferenceTable, get_references
@@ -13,13 +13,7 @@ from probseg_bench.references import REFERENCES, ReferenceTable, get_references
 
 def parse_hp(items: list[str], option: str = "--hp") -> dict[str, str]:
     """``["alpha=5", "beta=50"]`` -> ``{"alpha": "5", "beta": "50"}`` (typed later by the plugin's spec)."""
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise ProbsegError(f"{option} {item!r}: expected NAME=VALUE")
-        out[name.strip()] = value.strip()
-    return out
+    return parse_assignments(items, option)
 
 
 REFERENCE_HELP = (

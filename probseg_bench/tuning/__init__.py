@@ -21,12 +21,8 @@ fold, seed, preset and protocol overrides, the resolved protocol, split, objecti
 resuming it with other settings is refused (:func:`bind_study`), and the parameters TOML carries them, so that
 ``run --params`` trains under the protocol the parameters were tuned for.
 
-A worker sends a heartbeat for its running trial every :data:`HEARTBEAT_INTERVAL_S` seconds (Optuna's RDB
-heartbeat, on the database's clock: SQLite, PostgreSQL, local processes and Ray actors alike). A running trial
-whose worker has sent none for :data:`GRACE_PERIOD_S` seconds belongs to a dead worker (killed, its machine or
-connection lost): opening the study (a resumed ``tune``, a worker's next trial, ``tune --show``) marks it failed,
-with the reason in its ``failure`` attribute. A running trial without any heartbeat (started by a version without
-them) cannot be judged and stays running.
+A worker sends a heartbeat for its running trial; a running trial of a dead worker is marked failed when the study
+is opened (:mod:`~probseg_bench.tuning.storage` says how and when).
 
 The package, one module per concern: :mod:`~probseg_bench.tuning.space` (the search space),
 :mod:`~probseg_bench.tuning.objective` (what a trial scores, and the Optuna objective),

@@ -67,16 +67,9 @@ def read_params(path: Path) -> TunedParams:
     Raises:
         ProbsegError: unreadable TOML, no [hyperparameters] table, a malformed [protocol] table.
     """
-    import tomllib
+    from probseg_bench.readback import read_toml
 
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))  # TOML is UTF-8, whatever the locale
-    except OSError as exc:
-        raise ProbsegError(f"{path}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise ProbsegError(f"{path}: not UTF-8 text at byte {exc.start} (a TOML file is UTF-8)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ProbsegError(f"{path}: not valid TOML ({exc})") from None
+    raw = read_toml(path)
     params = raw.get("hyperparameters")
     if not isinstance(params, dict) or not params:
         raise ProbsegError(f"{path}: expected a [hyperparameters] table")
