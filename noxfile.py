@@ -1,4 +1,4 @@
-"""Nox sessions: tests, lint, typecheck (default); slow and bench (on demand).
+"""Nox sessions: tests, lint, typecheck (default); slow, bench and docs (on demand).
 
 The CPU build of torch is installed first (``pip install torch==2.13.0``; on this project's machines it comes
 from a local wheel); set PROBSEG_TORCH to another requirement (e.g. a CUDA build) to change it.
@@ -45,6 +45,14 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     install(session, "dev")
     session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site (mkdocs.yml, docs/), built strictly: a broken link or a missing API object fails it.
+    The package is installed too: mkdocstrings imports it to read the docstrings."""
+    install(session, "docs")
+    session.run("mkdocs", "build", "--strict", "--site-dir", os.path.join(session.create_tmp(), "site"))
 
 
 @nox.session

@@ -104,11 +104,12 @@ def main() -> None:
 
     torch.set_grad_enabled(False)
     store = ResultsStore(args.storage)
-    (request,) = validation_requests(["ccdm"], folds=(args.fold,), device=args.device)
-    plan = RunPlan.prepare(request)
+    (checked,) = validation_requests(["ccdm"], folds=(args.fold,), device=args.device)
+    request = checked.request
+    plan = RunPlan.prepare(checked)
     key = FoldKey("ccdm", request.dataset, request.latent_dims[0], args.fold, plan.config_hash)
     if store.get(key) is None:  # train it (and score it against the truth) as `validate --model ccdm` does
-        validate([request], store)
+        validate([checked], store)
     record = store.get(key)
     assert record is not None and record.status == "ok", f"ccdm fold {args.fold} failed: {record}"
     truth = get_plugins().datasets.get(request.dataset).known_distribution

@@ -1,4 +1,4 @@
-"""What the data's content fingerprint costs on LIDC-sized data (README, Results and leaderboard).
+"""What the data's content fingerprint costs on LIDC-sized data (docs/results.md).
 
     python -m benchmarks.data_fingerprint [--workdir DIR]
 

@@ -107,8 +107,8 @@ def latent_diagnostics(record: Any) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from probseg_bench.experiment import RunRequest
     from probseg_bench.protocol import run_protocol
+    from probseg_bench.request import CommandLine, build_requests, check_request
     from probseg_bench.results import ResultsStore
     from probseg_bench.validation import validate
 
@@ -134,21 +134,22 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for c in chosen:
         params = {**SYNTHETIC, **c.dataset_params} if c.dataset == "synthetic" else dict(c.dataset_params)
-        request = RunRequest(model=c.model, dataset=c.dataset, latent_dims=(6,), folds=(0,), seed=c.seed,
-                             preset=c.preset, device="cpu", hyperparameters=c.hp, dataset_params=params,
-                             protocol_overrides=c.protocol, run_dir=Path(args.store).with_suffix(".runs"))
+        (request,), _ = build_requests(CommandLine(
+            model=c.model, dataset=c.dataset, latent_dims=(6,), folds=(0,), seed=c.seed, preset=c.preset, device="cpu",
+            hyperparameters=c.hp, dataset_params=params, protocol_overrides=c.protocol,
+            run_dir=Path(args.store).with_suffix(".runs")))
         start = time.perf_counter()
         row = {"name": c.name, "model": c.model, "dataset": c.dataset, "preset": c.preset, "seed": c.seed, "hp": c.hp,
                "dataset_params": c.dataset_params, "protocol": c.protocol, "note": c.note}
         if c.dataset == "synthetic":  # a known truth: the validity benchmark's numbers
-            report = validate([request], store)
+            report = validate([check_request(request)], store)
             m = report.models[0]
             record, metrics = m.records[0], m.metrics
             row.update(oracle_ged=report.oracle["ged"], oracle_ewd=report.oracle["ewd"],
                        true_diversity=report.oracle["diversity"], nearest_true_iou=metrics["nearest_true_iou"],
                        reconstruction_iou=metrics["reconstruction_iou"])
         else:
-            record = run_protocol(request, store)[0]
+            record = run_protocol(check_request(request), store)[0]
             metrics = record.metrics
         row.update({k: float(metrics[k]) for k in ("ged", "ewd", "er", "sample_diversity", "annotator_diversity")})
         row.update(latent_diagnostics(record), train_s=record.timings.get("train_s"),

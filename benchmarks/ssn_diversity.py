@@ -78,8 +78,8 @@ def covariance_diagnostics(record: Any) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from probseg_bench.experiment import RunRequest
     from probseg_bench.protocol import run_protocol
+    from probseg_bench.request import CommandLine, build_requests, check_request
     from probseg_bench.results import ResultsStore
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -101,11 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     store = ResultsStore(f"sqlite:///{args.store}")
     rows = []
     for c in chosen:
-        request = RunRequest(model="ssn", dataset="lidc-sample", latent_dims=(6,), folds=(0,), preset="quick",
-                             device="cpu", hyperparameters=c.hp, protocol_overrides=c.protocol,
-                             run_dir=Path(args.store).with_suffix(".runs"))
+        (request,), _ = build_requests(CommandLine(
+            model="ssn", dataset="lidc-sample", latent_dims=(6,), folds=(0,), preset="quick", device="cpu",
+            hyperparameters=c.hp, protocol_overrides=c.protocol, run_dir=Path(args.store).with_suffix(".runs")))
         start = time.perf_counter()
-        record = run_protocol(request, store)[0]
+        record = run_protocol(check_request(request), store)[0]
         row: dict[str, Any] = {"name": c.name, "hp": c.hp, "protocol": c.protocol, "note": c.note}
         row.update({k: float(record.metrics[k])
                     for k in ("hm_iou", "ged", "ewd", "sample_diversity", "annotator_diversity")})

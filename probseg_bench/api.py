@@ -7,6 +7,8 @@ import path wherever they are defined. What lives where:
   :class:`ProtocolDefaults` and :class:`KnownDistribution`, :class:`ObjectiveTerm`) and the protocols a model
   or regularizer implements (:class:`LatentSegmentationModel` returning :class:`TrainOutput`,
   :class:`LatentRegularizer`);
+- :mod:`probseg_bench.curves`: :class:`LoggerSpec` and :class:`CurveLogger`, what a training-curve logger plugin
+  (``--log NAME``: TensorBoard built in, MLflow or W&B by a plugin) registers and implements;
 - :mod:`probseg_bench.hyperparameters`: :class:`HyperParameter`, :data:`HyperValue`,
   :func:`resolve_hyperparameters` (declaration and coercion of model, regularizer and dataset settings);
 - :mod:`probseg_bench.data.container`: :class:`MultiRaterData`, the data container a dataset plugin returns;
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from probseg_bench.curves import CurveLogger, LoggerSpec
 from probseg_bench.data.container import MultiRaterData
 from probseg_bench.errors import ProbsegError
 from probseg_bench.hyperparameters import HyperParameter, HyperValue, resolve_hyperparameters
@@ -39,12 +42,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch.distributions import Normal
 
 __all__ = [
+    "CurveLogger",
     "DatasetSpec",
     "HyperParameter",
     "HyperValue",
     "KnownDistribution",
     "LatentRegularizer",
     "LatentSegmentationModel",
+    "LoggerSpec",
     "ModelSpec",
     "MultiRaterData",
     "ObjectiveTerm",

@@ -10,6 +10,11 @@ the annotators' 0.29). The check below compares the sample diversity (mean 1 - I
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from probseg_bench.leaderboard import LeaderboardRow
 
 COLLAPSE_RATIO = 0.25
 """A model is flagged when its sample diversity is below this fraction of the annotator diversity."""
@@ -36,4 +41,17 @@ def collapse_warning(label: str, sample_diversity: float, annotator_diversity: f
     ratio = sample_diversity / annotator_diversity
     return (f"warning: {label}: sample diversity {sample_diversity:.3f} is {ratio:.2f}x the annotator diversity "
             f"{annotator_diversity:.3f} (below {COLLAPSE_RATIO}x): its samples barely vary, so its GED/EWD/ER "
-            "describe a nearly deterministic model (see the README, \"SPU-Net's sample collapse\")")
+            "describe a nearly deterministic model (see the documentation, docs/studies/spunet-collapse.md)")
+
+
+def collapse_warnings(rows: Sequence[LeaderboardRow]) -> list[tuple[LeaderboardRow, str]]:
+    """(row, :func:`collapse_warning` line) for each leaderboard row whose samples collapsed, the row named by its
+    label, dataset, latent dimension and preset (what ``leaderboard`` prints on stderr and its HTML page under the
+    row's table)."""
+    found = []
+    for row in rows:
+        label = f"{row.label} on {row.dataset_label}, d={row.latent_dim}, {row.preset}"
+        warning = collapse_warning(label, row.mean["sample_diversity"], row.mean["annotator_diversity"])
+        if warning is not None:
+            found.append((row, warning))
+    return found

@@ -1,157 +1,31 @@
 """One experiment = one model on one dataset under one preset: everything that is fixed before a fold is
 trained (plugins, hyperparameters, the dataset, its split, the device), and the training of one fold.
 
-Used by the cross-validation protocol (:mod:`probseg_bench.protocol`) and by hyperparameter tuning
-(:mod:`probseg_bench.tuning`), so that both train exactly the same way.
+Built from a checked request (:mod:`probseg_bench.request`); used by the cross-validation protocol
+(:mod:`probseg_bench.protocol`) and by hyperparameter tuning (:mod:`probseg_bench.tuning`), so that both train
+exactly the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from probseg_bench.api import (
-    DatasetSpec,
-    HyperValue,
-    ModelSpec,
-    MultiRaterData,
-    ObjectiveTerm,
-    resolve_hyperparameters,
-)
+from probseg_bench.api import DatasetSpec, HyperValue, ModelSpec, MultiRaterData, ObjectiveTerm
 from probseg_bench.data.crop import center_crop
 from probseg_bench.data.fingerprint import data_fingerprint
-from probseg_bench.data.loading import dataset_parameters, load_dataset
-from probseg_bench.errors import ProbsegError, did_you_mean
-from probseg_bench.plugins import Plugins, get_plugins
-from probseg_bench.presets import Preset, get_preset
+from probseg_bench.data.loading import load_dataset
+from probseg_bench.plugins import Plugins
+from probseg_bench.presets import Preset
+from probseg_bench.request import CheckedRequest, RunRequest, merged_hyperparameters, resolve_run_hyperparameters
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from probseg_bench.data.splits import Splits
     from probseg_bench.training import EpochLog, FoldTrainingResult, Objective
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """What ``probseg-bench run`` asks for.
-
-    ``folds`` None = all folds of the preset; ``hyperparameters``: overrides of the model's and its
-    regularizers' hyperparameters (name -> value); ``protocol_overrides``: preset settings replaced for this run
-    (e.g. ``{"epochs": 2}`` for a smoke test; stored with the results); ``run_dir``: where best checkpoints are
-    written.
-    """
-
-    model: str
-    dataset: str
-    latent_dims: tuple[int, ...] = (6,)
-    folds: tuple[int, ...] | None = None
-    seed: int = 0
-    preset: str = "paper"
-    device: str = "auto"
-    data_root: Path | None = None
-    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
-    regularizer: str | None = None
-    dataset_params: Mapping[str, Any] = field(default_factory=dict)
-    trust_pickle: bool = False
-    variant_name: str | None = None
-    protocol_overrides: Mapping[str, Any] = field(default_factory=dict)
-    run_dir: Path = Path("probseg-runs")
-
-    def variant(self, with_protocol: bool = True) -> str:
-        """A short label of what the user changed from the model's and the preset's defaults (``--regularizer``,
-        ``--hp``, then the protocol overrides such as ``--epochs``), e.g. ``"regularizer=mmd, beta=50, epochs=2"``;
-        ``variant_name`` replaces the first part when set (``run --params FILE`` sets ``params=FILE``); empty for
-        the defaults (``with_protocol=False``: without the protocol overrides). Shown beside the model in the
-        leaderboard; a run with a non-empty variant is never paired with a published value."""
-        if self.variant_name is not None:
-            parts = [self.variant_name]
-        else:
-            parts = [f"regularizer={self.regularizer}"] if self.regularizer else []
-            parts += [f"{k}={v}" for k, v in sorted(self.hyperparameters.items())]
-        if with_protocol:
-            parts += [f"{k}={v}" for k, v in sorted(self.protocol_overrides.items())]
-        return ", ".join(parts)
-
-
-def resolve_device(name: str, check_available: bool = True) -> Any:
-    """``auto`` | ``cpu`` | ``cuda`` (or ``cuda:N``) -> torch.device. ``check_available`` False: only the name is
-    checked (for cells that run on other machines; ``auto`` then stays ``auto``, a str).
-
-    Raises:
-        ProbsegError: unknown name, or CUDA asked for but not available.
-    """
-    import torch
-
-    if name == "auto":
-        if not check_available:
-            return name
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if check_available and not torch.cuda.is_available():
-            raise ProbsegError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
-        return torch.device(name)
-    raise ProbsegError(f"--device: expected auto, cpu or cuda, got {name!r}")
-
-
-def objective_terms(spec: ModelSpec, plugins: Plugins, regularizer: str | None = None) -> tuple[ObjectiveTerm, ...]:
-    """The model's objective terms, with the swappable term's regularizer replaced by ``regularizer`` if given.
-
-    Raises:
-        ProbsegError: unknown regularizer, or a model without a swappable term.
-    """
-    if regularizer is None:
-        return spec.objective
-    plugins.regularizers.get(regularizer)  # unknown name -> error with the known ones
-    if not any(t.swappable for t in spec.objective):
-        fixed = ", ".join(t.regularizer for t in spec.objective) or "none"
-        raise ProbsegError(
-            f"--regularizer {regularizer}: model '{spec.name}' has no swappable regularizer term (its terms: {fixed})"
-        )
-    return tuple(replace(t, regularizer=regularizer) if t.swappable else t for t in spec.objective)
-
-
-def resolve_run_hyperparameters(
-    spec: ModelSpec, plugins: Plugins, overrides: Mapping[str, Any], terms: Sequence[ObjectiveTerm] | None = None
-) -> tuple[dict[str, HyperValue], dict[str, dict[str, HyperValue]]]:
-    """(model hyperparameters, {regularizer: its hyperparameters}) with ``overrides`` applied to whichever
-    declares the name; ``terms`` defaults to the spec's objective.
-
-    Raises:
-        ProbsegError: an override that neither the model nor its regularizers declare, or a bad value.
-    """
-    terms = spec.objective if terms is None else terms
-    regs = {t.regularizer: plugins.regularizers.get(t.regularizer) for t in terms}
-    owners: dict[str, str] = {hp.name: spec.name for hp in spec.hyperparameters}
-    for rname, rspec in regs.items():
-        for hp in rspec.hyperparameters:
-            owners.setdefault(hp.name, rname)
-    unknown = [k for k in overrides if k not in owners]
-    if unknown:
-        raise ProbsegError(
-            f"model '{spec.name}' and its regularizers have no hyperparameter '{unknown[0]}'"
-            f"{did_you_mean(unknown[0], owners)}; they have: {', '.join(sorted(owners))}"
-        )
-    model_hp = resolve_hyperparameters(
-        f"model '{spec.name}'", spec.hyperparameters, {k: v for k, v in overrides.items() if owners[k] == spec.name}
-    )
-    reg_hp = {
-        rname: resolve_hyperparameters(
-            f"regularizer '{rname}'", rspec.hyperparameters,
-            {k: v for k, v in overrides.items() if owners[k] == rname},
-        )
-        for rname, rspec in regs.items()
-    }
-    for term in terms:  # a negative weight would reward the divergence it should penalise
-        weight = model_hp.get(term.weight)
-        if isinstance(weight, int | float) and not isinstance(weight, bool) and weight < 0:
-            raise ProbsegError(f"hyperparameter '{term.weight}' (the weight of the {term.regularizer} term of model "
-                               f"'{spec.name}'): expected a value >= 0, got {weight}")
-    return model_hp, reg_hp
 
 
 def build_objective(
@@ -170,123 +44,42 @@ def build_objective(
     ])
 
 
-PROTOCOL_KEYS = ("epochs", "steps", "warmup_epochs", "batch_size", "lr", "weight_decay", "augment", "crop_to_roi",
-                 "n_eval_samples")
-
-
-def apply_protocol_overrides(preset: Preset, overrides: Mapping[str, Any]) -> Preset:
-    """``preset`` with some settings replaced (``--epochs``, a grid's ``[protocol]`` table). ``epochs`` replaces a
-    preset's step budget too (``quick``: ``--epochs 2`` trains 2 epochs), ``steps`` a preset's epochs.
-
-    Raises:
-        ProbsegError: an unknown setting, a value of the wrong type / range, or both epochs and steps.
-    """
-    if not overrides:
-        return preset
-    if "epochs" in overrides and "steps" in overrides:
-        raise ProbsegError("protocol settings 'epochs' and 'steps' both given: the training length is one of them")
-    unknown = [k for k in overrides if k not in PROTOCOL_KEYS]
-    if unknown:
-        raise ProbsegError(f"protocol setting '{unknown[0]}'{did_you_mean(unknown[0], PROTOCOL_KEYS)}: expected "
-                           f"some of {', '.join(PROTOCOL_KEYS)}")
-    values: dict[str, Any] = {}
-    for k, v in overrides.items():
-        current = getattr(preset, k)
-        kind = bool if isinstance(current, bool) else float if isinstance(current, float) else int
-        expected = f"protocol setting '{k}': expected {'an' if kind is int else 'a'} {kind.__name__}, got {v!r}"
-        if (kind is bool) != isinstance(v, bool) or (kind is int and isinstance(v, float) and not v.is_integer()):
-            raise ProbsegError(expected)  # no bool as a number, no 2.5 epochs as 2
-        try:
-            values[k] = kind(v)
-        except (TypeError, ValueError, OverflowError):
-            raise ProbsegError(expected) from None
-        if kind is not bool and values[k] <= 0:
-            raise ProbsegError(f"protocol setting '{k}': expected a positive value, got {v!r}")
-    if "epochs" in values:
-        values["steps"] = None
-    return replace(preset, **values)
-
-
-def _is_int(value: Any) -> bool:
-    """An integer that is not a bool (a file's ``true`` is not a latent dimension, a fold or a seed)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-MAX_LATENT_DIM = 1024
-"""The largest latent dimension a run accepts (the paper's grid: 4..7; larger ones only allocate without end)."""
-
-
 def fold_seed(seed: int, latent_dim: int, fold: int) -> int:
     """The torch seed of one fold's training (model init and draws), derived from the run seed."""
     return (seed * 1_000_003 + latent_dim * 1009 + fold * 101) % (2**31)
 
 
-@dataclass(frozen=True)
-class CheckedRequest:
-    """A request resolved without its data (:meth:`Experiment.check`): the specs, the preset with the protocol
-    overrides, the objective terms, the dataset parameters, the device, the folds, and the model's and its
-    regularizers' hyperparameters (the specs' defaults, then the preset's model defaults, then the request's)."""
-
-    model_spec: ModelSpec
-    dataset_spec: DatasetSpec
-    preset: Preset
-    terms: tuple[ObjectiveTerm, ...]
-    dataset_params: dict[str, HyperValue]
-    device: Any
-    folds: tuple[int, ...]
-    model_hp: dict[str, HyperValue]
-    reg_hp: dict[str, dict[str, HyperValue]]
-
-
-def merged_hyperparameters(spec: ModelSpec, preset: Preset, *layers: Mapping[str, Any]) -> dict[str, Any]:
-    """The preset's model defaults that ``spec`` declares, updated with each of ``layers`` in turn (the request's
-    ``--hp``, a tuning trial's values)."""
-    declared = {hp.name for hp in spec.hyperparameters}
-    merged: dict[str, Any] = {k: v for k, v in preset.model_defaults if k in declared}
-    for layer in layers:
-        merged.update(layer)
-    return merged
-
-
 @dataclass
 class Experiment:
-    """A prepared run: specs, preset, objective terms, the loaded dataset, its grouped split and the device;
-    ``data_fingerprint``: :func:`probseg_bench.data.fingerprint.data_fingerprint` of ``data`` (after the preset's
-    crop), computed once by :meth:`prepare`.
+    """A prepared run: the checked request (:class:`~probseg_bench.request.CheckedRequest`: specs, preset, objective
+    terms, hyperparameters, device, folds), the loaded dataset, its grouped split; ``data_fingerprint``:
+    :func:`probseg_bench.data.fingerprint.data_fingerprint` of ``data`` (after the preset's crop), computed once by
+    :meth:`prepare`. The checked request's fields are read through it (``exp.preset`` is ``exp.checked.preset``),
+    never copied.
 
     Build it with :meth:`prepare`; :meth:`hyperparameters` resolves a configuration, :meth:`train` trains one
     fold of it (the test split is never touched here: only ``splits.train_val(fold)``).
     """
 
-    request: RunRequest
-    plugins: Plugins
-    model_spec: ModelSpec
-    dataset_spec: DatasetSpec
-    preset: Preset
-    terms: tuple[ObjectiveTerm, ...]
-    dataset_params: dict[str, HyperValue]
+    checked: CheckedRequest
     data: MultiRaterData
     splits: Splits
-    device: Any
-    folds: tuple[int, ...] = field(default=())
-    model_hp: dict[str, HyperValue] = field(default_factory=dict)
-    reg_hp: dict[str, dict[str, HyperValue]] = field(default_factory=dict)
     data_fingerprint: str = ""
 
     @classmethod
-    def prepare(cls, request: RunRequest, plugins: Plugins | None = None) -> Experiment:
-        """Check the request, load the dataset, split it, and fingerprint its content (one SHA-256 pass over the
-        images and masks: about 2 s for LIDC-sized data).
+    def prepare(cls, checked: CheckedRequest) -> Experiment:
+        """Load the checked request's dataset, crop it as its preset says, split it, and fingerprint its content
+        (one SHA-256 pass over the images and masks: about 1 s for LIDC-sized data). The request is not checked
+        again.
 
         Raises:
-            ProbsegError: unknown plugin / preset / fold / regularizer, bad latent dims, bad data, no device, an
-                evaluation beyond its memory bound (:func:`probseg_bench.evaluation.check_evaluation_memory`).
+            ProbsegError: bad data, an evaluation beyond its memory bound
+                (:func:`probseg_bench.evaluation.check_evaluation_memory`).
         """
         from probseg_bench.data.splits import protocol_splits
         from probseg_bench.evaluation import check_evaluation_memory
 
-        plugins = plugins or get_plugins()
-        c = cls.check(request, plugins)
+        c, request = checked, checked.request
         data = load_dataset(c.dataset_spec, request.data_root, c.dataset_params, request.trust_pickle)
         data.validate(f"dataset '{request.dataset}'")
         crop = c.preset.crop(c.dataset_spec.protocol)
@@ -298,39 +91,52 @@ class Experiment:
                                 f"protocol setting 'n_eval_samples' ({n_eval} samples per image)")
         splits = protocol_splits(data.groups, data.metadata, c.preset.split, c.preset.n_folds, c.preset.test_fraction,
                                  request.seed, c.preset.split_seed, f"dataset '{request.dataset}'")
-        return cls(request, plugins, c.model_spec, c.dataset_spec, c.preset, c.terms, c.dataset_params, data, splits,
-                   c.device, c.folds, c.model_hp, c.reg_hp, data_fingerprint(data))
+        return cls(checked, data, splits, data_fingerprint(data))
 
-    @staticmethod
-    def check(request: RunRequest, plugins: Plugins | None = None, check_device: bool = True) -> CheckedRequest:
-        """The checks of :meth:`prepare` that need no data (so that a command can make them all before it writes
-        anything), and the request resolved once (:class:`CheckedRequest`). ``check_device`` False: the device's
-        name only (see :func:`resolve_device`).
+    # the checked request's fields, read through (not copied)
+    @property
+    def request(self) -> RunRequest:
+        return self.checked.request
 
-        Raises:
-            ProbsegError: unknown plugin / preset / fold / regularizer / hyperparameter / dataset parameter, bad
-                latent dims, no device.
-        """
-        plugins = plugins or get_plugins()
-        model_spec = plugins.models.get(request.model)
-        dataset_spec = plugins.datasets.get(request.dataset)
-        preset = apply_protocol_overrides(get_preset(request.preset), request.protocol_overrides)
-        if not request.latent_dims or any(not _is_int(d) or d < 1 for d in request.latent_dims):
-            raise ProbsegError(f"--latent-dim: expected integers >= 1, got {list(request.latent_dims)}")
-        if any(d > MAX_LATENT_DIM for d in request.latent_dims):
-            raise ProbsegError(f"--latent-dim: expected integers <= {MAX_LATENT_DIM}, got {list(request.latent_dims)}")
-        if not _is_int(request.seed) or request.seed < 0:
-            raise ProbsegError(f"--seed: expected an integer >= 0, got {request.seed!r}")
-        folds = tuple(range(preset.n_folds)) if request.folds is None else tuple(request.folds)
-        bad = [f for f in folds if not _is_int(f) or not 0 <= f < preset.n_folds]
-        if bad:
-            raise ProbsegError(f"--fold: expected values in 0..{preset.n_folds - 1}, got {bad[0]}")
-        terms = objective_terms(model_spec, plugins, request.regularizer)
-        model_hp, reg_hp = resolve_run_hyperparameters(
-            model_spec, plugins, merged_hyperparameters(model_spec, preset, request.hyperparameters), terms)
-        device = resolve_device(request.device, check_available=check_device)
-        params = dataset_parameters(dataset_spec, request.dataset_params)
-        return CheckedRequest(model_spec, dataset_spec, preset, terms, params, device, folds, model_hp, reg_hp)
+    @property
+    def plugins(self) -> Plugins:
+        return self.checked.plugins
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return self.checked.model_spec
+
+    @property
+    def dataset_spec(self) -> DatasetSpec:
+        return self.checked.dataset_spec
+
+    @property
+    def preset(self) -> Preset:
+        return self.checked.preset
+
+    @property
+    def terms(self) -> tuple[ObjectiveTerm, ...]:
+        return self.checked.terms
+
+    @property
+    def dataset_params(self) -> dict[str, HyperValue]:
+        return self.checked.dataset_params
+
+    @property
+    def device(self) -> Any:
+        return self.checked.device
+
+    @property
+    def folds(self) -> tuple[int, ...]:
+        return self.checked.folds
+
+    @property
+    def model_hp(self) -> dict[str, HyperValue]:
+        return self.checked.model_hp
+
+    @property
+    def reg_hp(self) -> dict[str, dict[str, HyperValue]]:
+        return self.checked.reg_hp
 
     @property
     def train_items(self) -> float:
@@ -375,7 +181,7 @@ class Experiment:
         lowest validation loss; returns the model with the best weights loaded, and the training result.
         ``model_hook`` receives the model before training (e.g. for per-epoch evaluations in ``on_epoch``);
         ``checkpoint`` / ``checkpoint_key``: the per-epoch training state to resume from (see ``train_fold``).
-        ``model_hp`` / ``reg_hp``: the hyperparameters resolved by :meth:`prepare` unless given (a tuning trial's,
+        ``model_hp`` / ``reg_hp``: the checked request's hyperparameters unless given (a tuning trial's,
         from :meth:`hyperparameters`)."""
         import torch
 
@@ -413,7 +219,4 @@ class Experiment:
         return model, result
 
 
-__all__: Sequence[str] = [
-    "Experiment", "RunRequest", "build_objective", "fold_seed", "objective_terms", "resolve_device",
-    "resolve_run_hyperparameters",
-]
+__all__: Sequence[str] = ["Experiment", "build_objective", "fold_seed"]

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from probseg_bench.errors import ProbsegError, did_you_mean
-from probseg_bench.experiment import RunRequest
 from probseg_bench.readback import read_toml
+from probseg_bench.request import DEFAULT_RUN_DIR, RunRequest, default_latent_dim
 
 _KEYS = {"models", "datasets", "latent_dims", "folds", "preset", "seed", "device", "data_roots", "dataset_params",
          "hyperparameters", "protocol", "executor"}
@@ -58,14 +58,12 @@ class GridConfig:
     executor: tuple[str, dict[str, str]] | None = None
     """The ``[executor]`` table: its name and its options as ``--executor-option`` texts (checked); None: absent."""
 
-    def requests(self, run_dir: Path = Path("probseg-runs")) -> list[RunRequest]:
-        """One request per (dataset, model), datasets outermost."""
-        from probseg_bench.plugins import get_plugins
-
-        models = get_plugins().models
+    def requests(self, run_dir: Path = DEFAULT_RUN_DIR) -> list[RunRequest]:
+        """One request per (dataset, model), datasets outermost (the cells' precedence over the command line:
+        :func:`probseg_bench.request.build_requests`)."""
         return [
             RunRequest(
-                model=m, dataset=d, latent_dims=self.latent_dims or (models.get(m).default_latent_dim,),
+                model=m, dataset=d, latent_dims=self.latent_dims or (default_latent_dim(m),),
                 folds=self.folds, seed=self.seed,
                 preset=self.preset, device=self.device, data_root=self.data_roots.get(d),
                 hyperparameters=self.hyperparameters.get(m, {}), dataset_params=self.dataset_params.get(d, {}),
@@ -113,9 +111,9 @@ def _check_grid(path: Path, grid: GridConfig) -> None:
     ``[protocol]`` settings must be preset settings of the right type; folds must exist in the preset.
     """
     from probseg_bench.data.loading import dataset_parameters
-    from probseg_bench.experiment import apply_protocol_overrides, resolve_device, resolve_run_hyperparameters
     from probseg_bench.plugins import get_plugins
-    from probseg_bench.presets import get_preset
+    from probseg_bench.presets import apply_protocol_overrides, get_preset
+    from probseg_bench.request import resolve_device, resolve_run_hyperparameters
 
     plugins = get_plugins()
     for key, names, registry in (("models", grid.models, plugins.models), ("datasets", grid.datasets,

@@ -1,8 +1,8 @@
 """The plugin contract: the hooks a probseg-bench plugin may implement.
 
 Each hook receives a typed :class:`probseg_bench.api.Registry` of its kind (``Registry[ModelSpec]``,
-``Registry[RegularizerSpec]``, ``Registry[DatasetSpec]``) and adds specs to it, so that built-in and
-third-party plugins write identical code::
+``Registry[RegularizerSpec]``, ``Registry[DatasetSpec]``, ``Registry[LoggerSpec]``) and adds specs to it, so that
+built-in and third-party plugins write identical code::
 
     from probseg_bench import hookimpl
     from probseg_bench.api import ModelSpec, Registry
@@ -20,7 +20,7 @@ from __future__ import annotations
 import pluggy
 
 from probseg_bench import PROJECT
-from probseg_bench.api import DatasetSpec, ModelSpec, Registry, RegularizerSpec
+from probseg_bench.api import DatasetSpec, LoggerSpec, ModelSpec, Registry, RegularizerSpec
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 
@@ -43,3 +43,12 @@ def probseg_bench_register_regularizers(registry: Registry[RegularizerSpec]) -> 
 @hookspec
 def probseg_bench_register_datasets(registry: Registry[DatasetSpec]) -> None:
     """Add :class:`probseg_bench.api.DatasetSpec` objects (loaders returning MultiRaterData)."""
+
+
+@hookspec
+def probseg_bench_register_loggers(registry: Registry[LoggerSpec]) -> None:
+    """Add :class:`probseg_bench.api.LoggerSpec` objects (training-curve loggers, chosen with ``--log NAME``).
+
+    The spec's ``factory(log_dir, run_name, first_step)`` returns a :class:`probseg_bench.api.CurveLogger`; import
+    the logger's package (tensorboard, mlflow, wandb) inside the factory and in ``check``, not at module level.
+    """

@@ -49,7 +49,7 @@ from probseg_bench.references import ReferenceTable
 from probseg_bench.results import FoldRecord
 from probseg_bench.tables import Table, render_csv, render_json, render_latex, render_markdown, render_rich
 
-FORMATS = ("table", "markdown", "csv", "json", "latex")
+FORMATS = ("table", "markdown", "csv", "json", "latex", "html")
 CONFIG_PREFIX = 8  # characters of the configuration hash shown in tables (select with --config-hash PREFIX)
 NOT_APPLICABLE = "–"
 """The cell of a metric that does not apply to a row's model (:meth:`LeaderboardRow.not_applicable`)."""
@@ -375,7 +375,8 @@ def row_dicts(rows: list[LeaderboardRow], references: list[ReferenceTable] | Non
 
 def render(rows: list[LeaderboardRow], fmt: str, pivot: bool = False, test_metric: str = "ewd",
            references: list[ReferenceTable] | None = None, metric: str | None = None) -> Any:
-    """Rows in ``fmt`` (table -> a rich Table object, others -> str), in the standard or pivot layout (the pivot's
+    """Rows in ``fmt`` (table -> a rich Table object, others -> str; html: the page of
+    :func:`probseg_bench.leaderboard_page.render_page`), in the standard or pivot layout (the pivot's
     metric: :func:`pivot_metric`), with the published values of ``references`` beside the measured ones when
     given (see :func:`leaderboard_table`, :func:`pivot_table`, :func:`pivot_dicts`, :func:`row_dicts`).
 
@@ -388,6 +389,10 @@ def render(rows: list[LeaderboardRow], fmt: str, pivot: bool = False, test_metri
 
     references = references or []
     chosen = pivot_metric(rows, references, metric)
+    if fmt == "html":  # one self-contained page, a table per dataset and preset
+        from probseg_bench.leaderboard_page import render_page
+
+        return render_page(rows, pivot, test_metric, references, chosen)
     if fmt in ("csv", "json"):
         if pivot:
             dicts = pivot_dicts(rows, chosen, references)

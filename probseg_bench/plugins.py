@@ -15,7 +15,7 @@ from functools import lru_cache
 import pluggy
 
 from probseg_bench import PROJECT, hookspecs
-from probseg_bench.api import DatasetSpec, ModelSpec, RegularizerSpec
+from probseg_bench.api import DatasetSpec, LoggerSpec, ModelSpec, RegularizerSpec
 from probseg_bench.errors import PluginCollisionError
 from probseg_bench.registry import PluginFailure, PluginInfo, Registry, SpecT
 
@@ -30,12 +30,13 @@ class Plugins:
     regularizers: Registry[RegularizerSpec]
     datasets: Registry[DatasetSpec]
     failures: list[PluginFailure] = field(default_factory=list)
+    loggers: Registry[LoggerSpec] = field(default_factory=lambda: Registry("logger", LoggerSpec))
 
     def all_info(self) -> list[PluginInfo]:
         """Every registered plugin, sorted by kind then name."""
         return [
             reg.info(name)
-            for reg in (self.datasets, self.models, self.regularizers)
+            for reg in (self.datasets, self.loggers, self.models, self.regularizers)
             for name in reg.names()
         ]
 
@@ -74,10 +75,12 @@ def load_plugins() -> Plugins:
         regularizers=Registry("regularizer", RegularizerSpec),
         datasets=Registry("dataset", DatasetSpec),
         failures=failures,
+        loggers=Registry("logger", LoggerSpec),
     )
     _register(pm, "probseg_bench_register_models", plugins.models, providers, failures)
     _register(pm, "probseg_bench_register_regularizers", plugins.regularizers, providers, failures)
     _register(pm, "probseg_bench_register_datasets", plugins.datasets, providers, failures)
+    _register(pm, "probseg_bench_register_loggers", plugins.loggers, providers, failures)
     return plugins
 
 

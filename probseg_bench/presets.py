@@ -5,8 +5,9 @@ GED and HM-IoU at 16, 32 and 100 samples)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
-from dataclasses import asdict, dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from probseg_bench.api import ProtocolDefaults
 from probseg_bench.errors import ProbsegError, did_you_mean
@@ -169,3 +170,40 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ProbsegError(f"unknown preset '{name}'{did_you_mean(name, PRESETS)}; known presets: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+PROTOCOL_KEYS = ("epochs", "steps", "warmup_epochs", "batch_size", "lr", "weight_decay", "augment", "crop_to_roi",
+                 "n_eval_samples")
+
+
+def apply_protocol_overrides(preset: Preset, overrides: Mapping[str, Any]) -> Preset:
+    """``preset`` with some settings replaced (``--epochs``, a grid's ``[protocol]`` table). ``epochs`` replaces a
+    preset's step budget too (``quick``: ``--epochs 2`` trains 2 epochs), ``steps`` a preset's epochs.
+
+    Raises:
+        ProbsegError: an unknown setting, a value of the wrong type / range, or both epochs and steps.
+    """
+    if not overrides:
+        return preset
+    if "epochs" in overrides and "steps" in overrides:
+        raise ProbsegError("protocol settings 'epochs' and 'steps' both given: the training length is one of them")
+    unknown = [k for k in overrides if k not in PROTOCOL_KEYS]
+    if unknown:
+        raise ProbsegError(f"protocol setting '{unknown[0]}'{did_you_mean(unknown[0], PROTOCOL_KEYS)}: expected "
+                           f"some of {', '.join(PROTOCOL_KEYS)}")
+    values: dict[str, Any] = {}
+    for k, v in overrides.items():
+        current = getattr(preset, k)
+        kind = bool if isinstance(current, bool) else float if isinstance(current, float) else int
+        expected = f"protocol setting '{k}': expected {'an' if kind is int else 'a'} {kind.__name__}, got {v!r}"
+        if (kind is bool) != isinstance(v, bool) or (kind is int and isinstance(v, float) and not v.is_integer()):
+            raise ProbsegError(expected)  # no bool as a number, no 2.5 epochs as 2
+        try:
+            values[k] = kind(v)
+        except (TypeError, ValueError, OverflowError):
+            raise ProbsegError(expected) from None
+        if kind is not bool and values[k] <= 0:
+            raise ProbsegError(f"protocol setting '{k}': expected a positive value, got {v!r}")
+    if "epochs" in values:
+        values["steps"] = None
+    return replace(preset, **values)

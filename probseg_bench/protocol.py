@@ -14,6 +14,7 @@ import json
 import platform
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from functools import partial
 from importlib import metadata
@@ -22,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from probseg_bench.atomic import atomic_torch_save
 from probseg_bench.data.fingerprint import short
-from probseg_bench.experiment import Experiment, RunRequest, fold_seed
-from probseg_bench.plugins import Plugins
+from probseg_bench.experiment import Experiment, fold_seed
+from probseg_bench.request import CheckedRequest, RunRequest, check_request
 from probseg_bench.results import FoldKey, FoldRecord, ResultsStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -131,9 +132,11 @@ class RunPlan:
     legacy_hash: str = ""
 
     @classmethod
-    def prepare(cls, request: RunRequest, plugins: Plugins | None = None) -> RunPlan:
-        """Prepare the experiment (loads and fingerprints the data) and hash the configuration."""
-        exp = Experiment.prepare(request, plugins)
+    def prepare(cls, checked: CheckedRequest) -> RunPlan:
+        """Prepare the experiment of the checked request (loads and fingerprints the data) and hash the
+        configuration."""
+        exp = Experiment.prepare(checked)
+        request = checked.request
         model_hp, reg_hp = exp.hyperparameters()
         protocol = exp.protocol_settings()
         hyperparameters = {"model": model_hp, "regularizers": reg_hp,
@@ -201,10 +204,15 @@ class RunPlan:
                           history=list(history), checkpoint=checkpoint, status="failed", failure=reason)
 
 
-def record_failure(request: RunRequest, store: ResultsStore, reason: str, plugins: Plugins | None = None) -> int:
+def record_failure(request: RunRequest, store: ResultsStore, reason: str) -> int:
     """Record every fold of ``request`` that is not stored yet as failed with ``reason`` (e.g. after a distributed
-    executor gave up on the cell); returns how many were recorded."""
-    plan = RunPlan.prepare(request, plugins)
+    executor gave up on the cell: the request is checked here, on the machine that records); returns how many
+    were recorded.
+
+    Raises:
+        ProbsegError: the request cannot be checked or its data prepared (nothing to key a record with).
+    """
+    plan = RunPlan.prepare(check_request(request))
     added = 0
     for d in request.latent_dims:
         for fold in plan.exp.folds:
@@ -215,13 +223,13 @@ def record_failure(request: RunRequest, store: ResultsStore, reason: str, plugin
 
 
 def run_protocol(
-    request: RunRequest,
+    checked: CheckedRequest,
     store: ResultsStore | str,
     reporter: Reporter | None = None,
-    plugins: Plugins | None = None,
     retry_failed: bool = False,
 ) -> list[FoldRecord]:
-    """Run (or resume) the protocol for every requested latent dimension and fold.
+    """Run (or resume) the protocol for every requested latent dimension and fold of a checked request
+    (:func:`probseg_bench.request.check_request`; it is not checked again).
 
     Each fold's training state is written at epoch ends (at most every 30 s, and after the last epoch, see
     ``TrainConfig``) to ``fold<k>.partial.pt`` beside the checkpoints, so a killed fold resumes from its last
@@ -229,15 +237,17 @@ def run_protocol(
     transaction when the fold is evaluated. A fold whose training diverges (non-finite loss or gradient) is
     recorded as failed with the reason (its best checkpoint so far kept) and the other folds go on; reruns skip it
     unless ``retry_failed``.
-    ``store``: the results store, or its URL / file path, then opened only once the request is prepared (its
-    plugins, hyperparameters and data checked), so that a request that fails its checks writes no results file.
+    ``checked.request.log``: the folds' training curves are also written with that logger
+    (:class:`probseg_bench.curves.CurveReporter`). ``store``: the results store, or its URL / file path, then
+    opened only once the request's data is loaded and checked, so that a request whose data fails its checks
+    writes no results file.
 
     Returns:
         The successful records of every requested fold (newly computed, or already stored).
 
     Raises:
-        ProbsegError: unknown plugin / preset / fold / hyperparameter, bad data, a run dir or results store file
-            that cannot be written (checked before the data is loaded), an evaluation larger than its memory bound.
+        ProbsegError: bad data, a run dir or results store file that cannot be written (checked before the data
+            is loaded), an evaluation larger than its memory bound.
         OutputError: a checkpoint or record that cannot be written later (the folds stored before are kept).
         FoldInterrupted: Ctrl-C (a :class:`KeyboardInterrupt`) once the folds began; its ``on_disk`` says what the
             fold in progress left on disk (:mod:`probseg_bench.interruption`).
@@ -246,20 +256,26 @@ def run_protocol(
     from probseg_bench.outputs import check_output_folder, check_storage
 
     reporter = reporter or SilentReporter()
-    check_output_folder(request.run_dir, "--run-dir")  # the output locations before the data is loaded
+    check_output_folder(checked.request.run_dir, "--run-dir")  # the output locations before the data is loaded
     if isinstance(store, str):
         check_storage(store)
-    plan = RunPlan.prepare(request, plugins)
+    plan = RunPlan.prepare(checked)
     if isinstance(store, str):
         store = ResultsStore(store)
-    reporter.run_started(plan, store)
-    watch = FoldWatch(store, plan.exp.schedule[0])
-    try:
-        return _run_folds(plan, store, reporter, retry_failed, watch)
-    except FoldInterrupted:
-        raise
-    except KeyboardInterrupt:  # Ctrl-C: say exactly what the fold in progress left on disk
-        raise watch.interrupted() from None
+    with ExitStack() as stack:
+        if checked.request.log is not None:  # the folds' curves (--log), closed whatever happens
+            from probseg_bench.curves import CurveReporter
+
+            reporter = stack.enter_context(CurveReporter(reporter, checked.request.log, checked.request.log_dir,
+                                                         checked.plugins))
+        reporter.run_started(plan, store)
+        watch = FoldWatch(store, plan.exp.schedule[0])
+        try:
+            return _run_folds(plan, store, reporter, retry_failed, watch)
+        except FoldInterrupted:
+            raise
+        except KeyboardInterrupt:  # Ctrl-C: say exactly what the fold in progress left on disk
+            raise watch.interrupted() from None
 
 
 def _run_folds(plan: RunPlan, store: ResultsStore, reporter: Reporter, retry_failed: bool, watch: FoldWatch

@@ -16,18 +16,19 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from probseg_bench.errors import PluginCollisionError, ProbsegError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
-    from probseg_bench.api import DatasetSpec, ModelSpec, RegularizerSpec
+    from probseg_bench.api import DatasetSpec, LoggerSpec, ModelSpec, RegularizerSpec
 
-SpecT = TypeVar("SpecT", bound="ModelSpec | RegularizerSpec | DatasetSpec")
+SpecT = TypeVar("SpecT", bound="ModelSpec | RegularizerSpec | DatasetSpec | LoggerSpec")
 """The spec type of a registry: :class:`~probseg_bench.api.ModelSpec`,
-:class:`~probseg_bench.api.RegularizerSpec` or :class:`~probseg_bench.api.DatasetSpec`."""
+:class:`~probseg_bench.api.RegularizerSpec`, :class:`~probseg_bench.api.DatasetSpec` or
+:class:`~probseg_bench.api.LoggerSpec` (training-curve loggers)."""
 
 
 @dataclass(frozen=True)
 class PluginInfo:
     """Where a registered plugin came from (for ``probseg-bench list`` and collision errors)."""
 
-    kind: str  # "model" | "regularizer" | "dataset"
+    kind: str  # "model" | "regularizer" | "dataset" | "logger"
     name: str
     description: str
     distribution: str  # the distribution that provides it, e.g. "probseg-bench 0.1.0"
@@ -35,7 +36,7 @@ class PluginInfo:
 
 
 _GENERIC_TOKENS = frozenset({"probseg", "bench", "plugin", "plugins", "model", "models", "dataset", "datasets",
-                             "regularizer", "regularizers", "py", "python"})
+                             "regularizer", "regularizers", "logger", "loggers", "py", "python"})
 
 
 def _tokens(text: str) -> set[str]:
@@ -88,11 +89,11 @@ class PluginFailure:
 class Registry(Generic[SpecT]):
     """The registry of one plugin kind, passed into its registration hook: ``registry.add(spec)``.
 
-    ``Registry[ModelSpec]``, ``Registry[RegularizerSpec]`` and ``Registry[DatasetSpec]`` (the hook specs in
-    :mod:`probseg_bench.hookspecs` say which hook gets which); :meth:`get` returns the spec type. Adding a spec
-    of another type, or a name twice, raises :class:`ProbsegError` naming the provider(s). ``failures``: the
-    plugin entry points that failed to load and may have provided plugins of this kind (set by the plugin
-    manager); a lookup of an unknown name names them.
+    ``Registry[ModelSpec]``, ``Registry[RegularizerSpec]``, ``Registry[DatasetSpec]`` and ``Registry[LoggerSpec]``
+    (the hook specs in :mod:`probseg_bench.hookspecs` say which hook gets which); :meth:`get` returns the spec
+    type. Adding a spec of another type, or a name twice, raises :class:`ProbsegError` naming the provider(s).
+    ``failures``: the plugin entry points that failed to load and may have provided plugins of this kind (set by
+    the plugin manager); a lookup of an unknown name names them.
     """
 
     def __init__(self, kind: str, spec_type: type[SpecT]) -> None:

@@ -44,9 +44,17 @@ from probseg_bench.api import KnownDistribution
 from probseg_bench.comparison import PairedComparison, compare_pair, holm
 from probseg_bench.data.crop import crop_window
 from probseg_bench.errors import ProbsegError
-from probseg_bench.experiment import RunRequest
 from probseg_bench.plugins import Plugins, get_plugins
 from probseg_bench.protocol import Reporter, run_protocol
+from probseg_bench.request import (
+    DEFAULT_LOG_DIR,
+    DEFAULT_RUN_DIR,
+    CheckedRequest,
+    CommandLine,
+    RunRequest,
+    build_requests,
+    check_request,
+)
 from probseg_bench.results import FoldRecord, ResultsStore
 
 COMPARED_METRICS = ("ewd", "ged", "er")
@@ -129,17 +137,20 @@ class ValidationReport:
 def validation_requests(
     models: Sequence[str], dataset: str = "synthetic", dataset_params: Mapping[str, Any] | None = None,
     preset: str = "quick", latent_dim: int | None = None, folds: Sequence[int] = (0,), seed: int = 0,
-    protocol_overrides: Mapping[str, Any] | None = None, device: str = "auto", run_dir: Path = Path("probseg-runs"),
-    plugins: Plugins | None = None,
-) -> list[RunRequest]:
-    """One protocol request per model, all on the same data, split, preset and folds.
+    protocol_overrides: Mapping[str, Any] | None = None, device: str = "auto", run_dir: Path = DEFAULT_RUN_DIR,
+    plugins: Plugins | None = None, log: str | None = None, log_dir: Path = DEFAULT_LOG_DIR,
+) -> list[CheckedRequest]:
+    """One checked protocol request per model (:func:`probseg_bench.request.build_requests`, then
+    :func:`~probseg_bench.request.check_request`), all on the same data, split, preset and folds.
 
     ``dataset_params`` are laid over the dataset's ``known_distribution.validation_params`` (for ``synthetic``:
     size 64, 160 images, 4 annotators, 3 blobs, 3 radius levels). ``latent_dim`` None: each model's reference d
-    (``ModelSpec.default_latent_dim``).
+    (``ModelSpec.default_latent_dim``). ``log`` / ``log_dir``: training curves (``--log``, see
+    :class:`~probseg_bench.request.RunRequest`).
 
     Raises:
-        ProbsegError: no models, a repeated model, unknown plugins, or a dataset without a known distribution.
+        ProbsegError: no models, a repeated model, unknown plugins, or a dataset without a known distribution; any
+            check of :func:`~probseg_bench.request.check_request`.
     """
     plugins = plugins or get_plugins()
     if not models:
@@ -155,32 +166,33 @@ def validation_requests(
         raise ProbsegError(f"validate: dataset '{dataset}' has no known true distribution to validate against; "
                            f"datasets that have one: {', '.join(known) or 'none'}")
     params = {**spec.known_distribution.validation_params, **(dataset_params or {})}
-    dims = {m: latent_dim if latent_dim is not None else plugins.models.get(m).default_latent_dim for m in models}
-    return [RunRequest(model=m, dataset=dataset, folds=tuple(folds), seed=seed, latent_dims=(dims[m],),
-                       preset=preset, device=device, dataset_params=params,
-                       protocol_overrides=dict(protocol_overrides or {}), run_dir=run_dir)
-            for m in models]
+    given = [CommandLine(model=m, dataset=dataset, folds=tuple(folds), seed=seed, preset=preset, device=device,
+                         latent_dims=(latent_dim,) if latent_dim is not None else (), dataset_params=params,
+                         protocol_overrides=dict(protocol_overrides or {}), run_dir=run_dir, log=log,
+                         log_dir=log_dir) for m in models]
+    return [check_request(r, plugins) for g in given for r in build_requests(g, plugins=plugins)[0]]
 
 
 def validate(
-    requests: Sequence[RunRequest], store: ResultsStore, reporter: Reporter | None = None,
-    plugins: Plugins | None = None, on_model: Callable[[str], Any] | None = None,
+    checked: Sequence[CheckedRequest], store: ResultsStore, reporter: Reporter | None = None,
+    on_model: Callable[[str], Any] | None = None,
 ) -> ValidationReport:
-    """Run (or resume) the protocol for each request of :func:`validation_requests` and compare every model
-    with the dataset's true distribution on the same test images.
+    """Run (or resume) the protocol for each checked request of :func:`validation_requests` and compare every
+    model with the dataset's true distribution on the same test images.
 
     Raises:
         ProbsegError: bad requests (see :func:`validation_requests`), a fold that failed (diverged), data errors.
     """
-    plugins = plugins or get_plugins()
     models: list[ModelValidation] = []
+    requests = [c.request for c in checked]
     first = requests[0]
-    truth = plugins.datasets.get(first.dataset).known_distribution
+    truth = checked[0].dataset_spec.known_distribution
     assert truth is not None
-    for request in requests:
+    for one in checked:
+        request = one.request
         if on_model is not None:
             on_model(request.model)
-        records = run_protocol(request, store, reporter, plugins)
+        records = run_protocol(one, store, reporter)
         done = {r.fold for r in records}
         missing = [f for f in request.folds or () if f not in done]
         if missing:
@@ -211,8 +223,8 @@ def validate(
     for metric in COMPARED_METRICS:
         pairs = [compare_pair(a.records, b.records, metric, a.label, b.label)
                  for a, b in itertools.combinations(models, 2) if _comparable(a, b, metric)]
-        for c, p in zip(pairs, holm([c.p_value for c in pairs]), strict=True):
-            c.p_holm = p
+        for pair, p in zip(pairs, holm([pair.p_value for pair in pairs]), strict=True):
+            pair.p_holm = p
         comparisons += pairs
     dims = {r.latent_dims[0] for r in requests}
     return ValidationReport(

@@ -19,9 +19,9 @@ from pathlib import Path
 def main(out: Path) -> None:
     import torch
 
-    from probseg_bench.experiment import RunRequest
     from probseg_bench.presets import PRESETS, Preset
     from probseg_bench.protocol import run_protocol
+    from probseg_bench.request import RunRequest, check_request
     from probseg_bench.results import ResultsStore
 
     torch.set_num_threads(1)
@@ -36,7 +36,7 @@ def main(out: Path) -> None:
         request = RunRequest(model=model, dataset="synthetic", latent_dims=(2,), folds=(0,), seed=3,
                              preset="fingerprint", device="cpu", dataset_params={"n_images": 40, "size": 32},
                              hyperparameters={"filters": "4,8", "convs_per_block": 1, **hp}, run_dir=work / "runs")
-        for r in run_protocol(request, store):
+        for r in run_protocol(check_request(request), store):
             dump[f"{model} {sorted(hp.items())}"] = {
                 "config_hash": r.config_hash, "metrics": r.metrics, "per_image": r.per_image,
                 "history": [{k: v for k, v in h.items() if k != "seconds"} for h in r.history],

@@ -94,7 +94,8 @@ install -d -o mysql -g mysql -m 0755 /run/mysqld
 if ! [ -S /run/mysqld/mysqld.sock ] || ! mariadb-admin ping >/dev/null 2>&1; then
   log "starting MariaDB"
   [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql >/dev/null
-  (cd / && nohup mariadbd-safe --user=mysql >/dev/null 2>&1 &)
+  # detached in its own session, with no descriptor of ours: a caller reading our output (a pipe) is not held open
+  (cd / && setsid -f mariadbd-safe --user=mysql </dev/null >/dev/null 2>&1)
 fi
 wait_for MariaDB 30 mariadb-admin ping
 

@@ -26,10 +26,11 @@ DATASET_MODULES = ("lidc", "qubiq", "folder", "synthetic")  # in registration or
 
 
 def test_api_exports_the_whole_plugin_contract_from_one_place():
-    from probseg_bench import hyperparameters, registry
+    from probseg_bench import curves, hyperparameters, registry
     from probseg_bench.data import container
 
     assert set(api.__all__) == {
+        "CurveLogger", "LoggerSpec",
         "DatasetSpec", "HyperParameter", "HyperValue", "KnownDistribution", "LatentRegularizer",
         "LatentSegmentationModel", "ModelSpec", "MultiRaterData", "ObjectiveTerm", "ProtocolDefaults", "Registry",
         "RegularizerSpec", "TrainOutput", "resolve_hyperparameters",
@@ -39,6 +40,7 @@ def test_api_exports_the_whole_plugin_contract_from_one_place():
     assert api.HyperParameter is hyperparameters.HyperParameter
     assert api.resolve_hyperparameters is hyperparameters.resolve_hyperparameters
     assert api.Registry is registry.Registry
+    assert api.LoggerSpec is curves.LoggerSpec and api.CurveLogger is curves.CurveLogger
 
 
 def test_the_contract_and_plugin_loading_do_not_import_torch():
@@ -90,14 +92,16 @@ def test_hook_implementations_take_the_registry_of_their_kind():
         "probseg_bench_register_models": "Registry[ModelSpec]",
         "probseg_bench_register_regularizers": "Registry[RegularizerSpec]",
         "probseg_bench_register_datasets": "Registry[DatasetSpec]",
+        "probseg_bench_register_loggers": "Registry[LoggerSpec]",
     }
-    builtins = [importlib.import_module(m) for m in ("probseg_models", "probseg_regularizers", "probseg_datasets")]
+    builtins = [importlib.import_module(m) for m in ("probseg_models", "probseg_regularizers", "probseg_datasets",
+                                                      "probseg_loggers")]
     implemented = 0
     for module in [*builtins, example, make_model_plugin_module()]:
         for name, fn in _hook_functions(module).items():
             assert inspect.get_annotations(fn)["registry"] == expected[name], (module, name)
             implemented += 1
-    assert implemented == 6
+    assert implemented == 7
 
 
 def test_every_dataset_module_exports_its_specs_as_SPECS():

@@ -236,11 +236,12 @@ def test_weight_average_is_updated_after_each_step_and_used_in_eval_mode():
 
 
 def test_training_loop_calls_the_optimizer_step_hook(tiny_preset):
-    from probseg_bench.experiment import Experiment, RunRequest
+    from probseg_bench.experiment import Experiment
+    from probseg_bench.request import RunRequest, check_request
 
-    exp = Experiment.prepare(RunRequest(model="ccdm", dataset="synthetic", folds=(0,), preset=tiny_preset,
+    exp = Experiment.prepare(check_request(RunRequest(model="ccdm", dataset="synthetic", folds=(0,), preset=tiny_preset,
                                         dataset_params={"n_images": 20, "size": 32},
-                                        hyperparameters={**SMALL, "ema_decay": 0.5, "timesteps": 10}))
+                                        hyperparameters={**SMALL, "ema_decay": 0.5, "timesteps": 10})))
     calls = []
 
     def hook(model):
@@ -329,12 +330,14 @@ def test_ccdm_tunes_its_diffusion_steps(tiny_preset, tmp_path, monkeypatch):
 
 
 def test_ccdm_validates_against_the_oracle(tmp_path, tiny_preset):
+    from probseg_bench.request import check_request
     from probseg_bench.results import ResultsStore
     from probseg_bench.validation import validate, validation_requests
 
     requests = validation_requests(["ccdm"], dataset_params={"n_images": 24, "size": 32}, preset=tiny_preset,
                                    run_dir=tmp_path / "runs")
-    requests = [replace(r, hyperparameters={**SMALL, "timesteps": 10, "sampling_steps": 3}) for r in requests]
+    requests = [check_request(replace(c.request, hyperparameters={**SMALL, "timesteps": 10, "sampling_steps": 3}))
+                for c in requests]
     report = validate(requests, ResultsStore(str(tmp_path / "r.db")))
     (ccdm,) = report.models
     assert np.isnan(ccdm.metrics["er"]) and np.isnan(ccdm.metrics["reconstruction_iou"])

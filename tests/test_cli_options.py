@@ -41,8 +41,10 @@ FAMILIES: dict[str, dict[str, str]] = {
     # run and leaderboard render a leaderboard (5 formats); validate its report (3); the others table or json
     "--format": {"validate": "validate", "compare": "table or json", "list": "table or json",
                  "data inspect": "table or json"},
-    # a different thing in each: tune's TOML, validate's and analyze's report folders, data convert's data folder
-    "--output": {"tune": "tune", "validate": "validate", "analyze": "analyze", "data convert": "data convert"},
+    # a different thing in each: tune's TOML, validate's and analyze's report folders, data convert's data folder,
+    # leaderboard's rendered file (e.g. the html page)
+    "--output": {"tune": "tune", "validate": "validate", "analyze": "analyze", "data convert": "data convert",
+                 "leaderboard": "leaderboard"},
     # analyze selects one configuration; compare and leaderboard filter by several
     "--config-hash": {"analyze": "stored"},
 }

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from probseg_bench.experiment import RunRequest
+from probseg_bench.request import RunRequest, check_request
 from probseg_bench.results import ResultsStore
 from probseg_bench.validation import validate
 
@@ -24,7 +24,7 @@ def diversity_ratio(tmp_path: Path, hp: dict[str, object]) -> tuple[float, float
     """(sample diversity / annotator diversity, EWD) of one quick spunet fold."""
     request = RunRequest(model="spunet", dataset="synthetic", latent_dims=(6,), folds=(0,), seed=0, preset="quick",
                          device="cpu", hyperparameters=hp, dataset_params=PARAMS, run_dir=tmp_path / "runs")
-    m = validate([request], ResultsStore(str(tmp_path / "r.db"))).models[0]
+    m = validate([check_request(request)], ResultsStore(str(tmp_path / "r.db"))).models[0]
     return m.metrics["sample_diversity"] / m.metrics["annotator_diversity"], m.metrics["ewd"]
 
 

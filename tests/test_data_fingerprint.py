@@ -58,7 +58,7 @@ def run_args(root: Path, tmp_path: Path, preset: str, *extra: str) -> list[str]:
 
 
 def request_for(root: Path, tmp_path: Path, preset: str):
-    from probseg_bench.experiment import RunRequest
+    from probseg_bench.request import RunRequest
 
     return RunRequest(model="punet", dataset="folder", latent_dims=(2,), folds=(0,), preset=preset,
                       data_root=root, dataset_params={"size": SIZE}, protocol_overrides={"epochs": 1},
@@ -186,12 +186,13 @@ def test_a_result_follows_the_loaded_content_not_the_path_or_the_file_format(run
 def test_saved_training_state_and_checkpoints_of_other_data_are_never_used(tmp_path, tiny_preset):
     from probseg_bench.analysis.loading import load_run
     from probseg_bench.protocol import RunPlan, run_protocol
+    from probseg_bench.request import check_request
 
     root = write_folder(tmp_path / "data")
     request = request_for(root, tmp_path, tiny_preset)
     store = ResultsStore(str(tmp_path / "r.db"))
-    (record,) = run_protocol(request, store)
-    old = RunPlan.prepare(request)
+    (record,) = run_protocol(check_request(request), store)
+    old = RunPlan.prepare(check_request(request))
     assert record.data_fingerprint == old.exp.data_fingerprint and record.settings_hash == old.settings_hash
     partial = old.folder(2) / "fold0.partial.pt"
     partial.write_bytes(b"training state of the old data")  # would make a resume fail if it were read
@@ -200,10 +201,10 @@ def test_saved_training_state_and_checkpoints_of_other_data_are_never_used(tmp_p
     write_folder(root, empty_masks=True)
     with pytest.raises(ProbsegError, match=r"is not the data the stored run was computed on .*the data changed"):
         load_run(record, root, "cpu")  # analyze / validate / the benchmarks evaluate a stored checkpoint so
-    new = RunPlan.prepare(request)
+    new = RunPlan.prepare(check_request(request))
     assert new.folder(2) != old.folder(2) and new.settings_hash == old.settings_hash
     assert new.config_hash != old.config_hash
-    (again,) = run_protocol(request, store)
+    (again,) = run_protocol(check_request(request), store)
     assert again.config_hash == new.config_hash and Path(again.checkpoint).parent == new.folder(2)
     assert partial.read_bytes() == b"training state of the old data"  # untouched, unread
 
@@ -252,11 +253,12 @@ def legacy_store(path: Path, record) -> None:
 
 def test_a_record_stored_before_fingerprints_is_kept_never_reused_and_marked(run_main, tmp_path, tiny_preset):
     from probseg_bench.protocol import RunPlan, run_protocol
+    from probseg_bench.request import check_request
 
     root = write_folder(tmp_path / "data")
     request = request_for(root, tmp_path, tiny_preset)
-    (record,) = run_protocol(request, ResultsStore(str(tmp_path / "new.db")))
-    plan = RunPlan.prepare(request)
+    (record,) = run_protocol(check_request(request), ResultsStore(str(tmp_path / "new.db")))
+    plan = RunPlan.prepare(check_request(request))
     old = replace(record, config_hash=plan.legacy_hash, data_fingerprint=None, settings_hash=None)
     legacy_store(tmp_path / "old.db", old)
 
@@ -308,7 +310,8 @@ def test_validate_refuses_models_evaluated_on_different_data(monkeypatch, tmp_pa
     requests = validation.validation_requests(["punet", "spunet"], folds=(0,), run_dir=tmp_path / "runs")
     fingerprints = iter(["a" * 64, "b" * 64])
 
-    def stored(request, store, reporter=None, plugins=None):
+    def stored(checked, store, reporter=None):
+        request = checked.request
         return [FoldRecord(model=request.model, dataset=request.dataset, latent_dim=request.latent_dims[0], fold=0,
                            seed=0, preset="quick", config_hash=f"{request.model:x<12}", split_hash="s" * 16,
                            hyperparameters={}, protocol={"n_eval_samples": 4}, metrics={"ewd": 0.5},

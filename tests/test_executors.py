@@ -1,6 +1,6 @@
 """Grid cells on the local executor (1 and 2 processes) and on a local Ray cluster give the same records; a
-crashing cell is retried and recorded as failed; tune with Ray actors; the results store and Optuna studies on a
-real PostgreSQL server (skipped locally when none is reachable, required in CI)."""
+crashing cell is retried and recorded as failed; tune with Ray workers (one failing); the results store and Optuna
+studies on a real PostgreSQL server (skipped locally when none is reachable, required in CI)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from probseg_bench.cli import app
-from probseg_bench.experiment import RunRequest
+from probseg_bench.request import RunRequest
 from probseg_bench.results import ResultsStore
 
 GRID = """
@@ -79,19 +79,33 @@ def test_a_crashing_cell_is_retried_then_recorded_as_failed_on_ray(tmp_path):
     assert record.status == "failed" and "num_convs must be >= 2" in record.failure
 
 
-def test_tune_with_ray_actors_shares_one_study(tmp_path, monkeypatch):
+def test_tune_with_ray_workers_shares_one_study_and_a_failed_worker_is_one_line(tmp_path, monkeypatch):
+    """Three Ray workers, one trial each; the second fails: one line, the others' trials stay, the best parameters
+    are written and tune exits 1."""
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'probseg-bench[ray]')")
+    import probseg_bench.tuning.workers as workers
     from probseg_bench.tuning import open_study
 
+    real = workers.tune_worker
+
+    def second_worker_fails(job, trials, seed, threads):  # defined here: sent to Ray by value
+        if seed == 1000:
+            raise RuntimeError("the node went away\nsecond line")
+        return real(job, trials, seed, threads)
+
+    monkeypatch.setattr(workers, "tune_worker", second_worker_fails)
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, [
         "tune", "--model", "punet", "--dataset", "synthetic", "--dataset-param", "n_images=32", "--dataset-param",
         "size=32", "--fix", "filters=4,8", "--fix", "convs_per_block=1", "-d", "2", "--preset", "quick",
-        "--objective", "val_loss", "--trials", "3", "--executor", "ray", "--workers", "2", "--study", "shared",
+        "--objective", "val_loss", "--trials", "3", "--executor", "ray", "--workers", "3", "--study", "shared",
         "--epochs", "2"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
+    assert "study shared: searching beta on fold 0's validation split (val_loss); 0 trials so far" in result.output
+    assert "worker 1: failed on Ray: RuntimeError: the node went away\n" in result.output
+    assert "1 worker(s) failed (above)" in result.output and "second line" not in result.output
     study = open_study("shared", "probseg-results.db", 0, create=False)
-    assert len(study.trials) == 3 and (tmp_path / "shared.toml").is_file()
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2 and (tmp_path / "shared.toml").is_file()
 
 
 def postgres_url() -> str:

@@ -377,9 +377,9 @@ def test_npz_to_folder_names_formats_and_refusals(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------- end to end
 def test_protocol_runs_end_to_end_on_a_folder(tmp_path, tiny_preset):
-    from probseg_bench.experiment import RunRequest
     from probseg_bench.plugins import load_plugins
     from probseg_bench.protocol import run_protocol
+    from probseg_bench.request import RunRequest, check_request
     from probseg_bench.results import ResultsStore
 
     root = tmp_path / "data"
@@ -400,7 +400,7 @@ def test_protocol_runs_end_to_end_on_a_folder(tmp_path, tiny_preset):
         hyperparameters={"filters": "4,8", "convs_per_block": 1}, run_dir=tmp_path / "runs", data_root=root,
         dataset_params={"size": 32},
     )
-    (record,) = run_protocol(request, ResultsStore(str(tmp_path / "r.db")), plugins=plugins)
+    (record,) = run_protocol(check_request(request, plugins), ResultsStore(str(tmp_path / "r.db")))
     m = record.metrics
     assert set(record.test_groups) <= {f"p{k}" for k in range(6)} and len(record.test_ids) % 2 == 0
     assert 0.0 <= m["hm_iou"] <= 1.0 and m["hm_iou"] + m["ewd"] == pytest.approx(1.0)

@@ -25,6 +25,23 @@ def test_the_shipped_grids_parse():
     assert load_grid(REPO / "benchmarks" / "quick_grid.toml").preset == "quick"
 
 
+def test_the_shipped_slurm_grid_is_the_paper_grid_on_slurm():
+    """benchmarks/paper_grid_slurm.toml: the same cells as paper_grid.toml, and an [executor] table that the
+    command line overrides key by key (choose_executor: command line > table > defaults)."""
+    from probseg_bench.executors import choose_executor, get_executor
+
+    paper = load_grid(REPO / "benchmarks" / "paper_grid.toml")
+    slurm = load_grid(REPO / "benchmarks" / "paper_grid_slurm.toml")
+    assert slurm.requests() == paper.requests() and paper.executor is None
+    assert slurm.executor == ("slurm", {"partition": "gpu", "time": "720", "cpus_per_task": "4", "mem_gb": "32",
+                                        "array_parallelism": "32"})
+    name, options, dropped = choose_executor(None, {"partition": "a100"}, slurm.executor, "local")
+    assert (name, options["partition"], options["time"], dropped) == ("slurm", "a100", "720", False)
+    settings = get_executor(name, options).settings
+    assert (settings["time"], settings["mem_gb"], settings["cpus_per_task"]) == (720, 32.0, 4)
+    assert choose_executor("local", {}, slurm.executor, "local") == ("local", {}, True)
+
+
 def test_a_grid_without_latent_dims_runs_each_model_at_its_reference_d(tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text('models = ["punet", "phiseg", "hpunet"]\ndatasets = ["synthetic"]\n')

@@ -364,12 +364,13 @@ def test_hierarchical_models_tune(model, fixed, names, tiny_preset, tmp_path, mo
     from typer.testing import CliRunner
 
     from probseg_bench.cli import app
-    from probseg_bench.experiment import Experiment, RunRequest
+    from probseg_bench.experiment import Experiment
+    from probseg_bench.request import RunRequest, check_request
     from probseg_bench.tuning import search_space
 
     synth = {"n_images": 40, "size": 32}
-    exp = Experiment.prepare(RunRequest(model=model, dataset="synthetic", latent_dims=(1,), folds=(0,),
-                                        preset=tiny_preset, dataset_params=synth))
+    exp = Experiment.prepare(check_request(RunRequest(model=model, dataset="synthetic", latent_dims=(1,), folds=(0,),
+                                        preset=tiny_preset, dataset_params=synth)))
     assert [p.name for p in search_space(exp)] == names
     monkeypatch.chdir(tmp_path)
     args = ["tune", "--model", model, "--dataset", "synthetic", "--dataset-param", "n_images=40", "--dataset-param",

@@ -240,15 +240,15 @@ def test_a_model_revision_is_part_of_the_configuration_hash(monkeypatch, tiny_pr
     import hashlib
     from dataclasses import replace
 
-    from probseg_bench.experiment import RunRequest
     from probseg_bench.plugins import get_plugins
     from probseg_bench.protocol import RunPlan
+    from probseg_bench.request import RunRequest, check_request
 
     plugins = get_plugins()
     assert plugins.models.get("hpunet").revision == 1 and plugins.models.get("punet").revision == 0
     request = RunRequest(model="punet", dataset="synthetic", latent_dims=(2,), folds=(0,), preset=tiny_preset,
                          dataset_params={"n_images": 40, "size": 32})
-    plan = RunPlan.prepare(request, plugins)
+    plan = RunPlan.prepare(check_request(request, plugins))
     payload = {"seed": 0, "protocol": plan.protocol, "hyperparameters": plan.hyperparameters,
                "split": plan.exp.splits.split_hash, "dataset": plan.exp.dataset_params}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -257,5 +257,5 @@ def test_a_model_revision_is_part_of_the_configuration_hash(monkeypatch, tiny_pr
     assert plan.config_hash == hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()
                                               ).hexdigest()[:12]
     monkeypatch.setitem(plugins.models._items, "punet", replace(plugins.models.get("punet"), revision=1))
-    revised = RunPlan.prepare(request, plugins).config_hash
+    revised = RunPlan.prepare(check_request(request, plugins)).config_hash
     assert revised != plan.config_hash

@@ -348,9 +348,9 @@ def test_a_damaged_stored_record_is_one_line(run_main, tmp_path, monkeypatch):
 def test_ray_cells_are_collected_or_cancelled_and_the_message_names_their_files(tmp_path):
     """Ctrl-C in the Ray driver: a finished cell is collected, the others are cancelled (Ray returns nothing of a
     cancelled task, so the clause names the files and the machines, not epochs)."""
-    from probseg_bench.executors import _cancel_ray
-    from probseg_bench.experiment import RunRequest
+    from probseg_bench.executors.ray import _cancel_ray
     from probseg_bench.interruption import NOTHING_IN_PROGRESS, FoldInterrupted
+    from probseg_bench.request import RunRequest
 
     class FakeRay:
         def __init__(self, done):

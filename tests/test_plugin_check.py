@@ -14,9 +14,10 @@ from torch.distributions import Independent, Normal
 
 from probseg_bench.api import TrainOutput
 from probseg_bench.errors import ProbsegError
-from probseg_bench.experiment import Experiment, RunRequest
+from probseg_bench.experiment import Experiment
 from probseg_bench.plugin_check import check_model
 from probseg_bench.plugins import reset_plugins
+from probseg_bench.request import RunRequest, check_request
 
 from fakeplugin import TINY_SPEC, TinyLatentModel, install_fake_distribution, make_model_plugin_module
 
@@ -217,8 +218,8 @@ class NormTinyModel(TinyLatentModel):
 def test_the_check_does_not_change_a_training(monkeypatch, tiny_preset):
     spec = replace(TINY_SPEC, name="norm-tiny", factory=NormTinyModel)
     install_fake_distribution(monkeypatch, "probseg-norm", {"fake_norm": make_model_plugin_module(spec, "fake_norm")})
-    exp = Experiment.prepare(RunRequest(model="norm-tiny", dataset="lidc-sample", preset=tiny_preset, folds=(0,),
-                                        device="cpu"))
+    exp = Experiment.prepare(check_request(RunRequest(model="norm-tiny", dataset="lidc-sample", preset=tiny_preset,
+                                                      folds=(0,), device="cpu")))
     model_hp, reg_hp = exp.hyperparameters()
     import probseg_bench.plugin_check
 

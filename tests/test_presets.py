@@ -8,9 +8,10 @@ import pytest
 from probseg_bench.api import MultiRaterData
 from probseg_bench.data.crop import center_crop
 from probseg_bench.errors import ProbsegError
-from probseg_bench.experiment import Experiment, RunRequest
+from probseg_bench.experiment import Experiment
 from probseg_bench.plugins import get_plugins
 from probseg_bench.presets import PRESETS, Augmentation, Preset
+from probseg_bench.request import RunRequest, check_request
 
 
 def stack(n: int, h: int, w: int) -> MultiRaterData:
@@ -90,7 +91,7 @@ def test_a_step_budget_gives_the_same_steps_whatever_the_dataset_size():
 
 def test_an_epochs_override_replaces_a_step_budget():
     from probseg_bench.api import ProtocolDefaults
-    from probseg_bench.experiment import apply_protocol_overrides
+    from probseg_bench.presets import apply_protocol_overrides
 
     two = apply_protocol_overrides(PRESETS["quick"], {"epochs": 2})
     assert two.steps is None and two.schedule(ProtocolDefaults(), 15) == (2, 2)
@@ -107,8 +108,8 @@ def test_the_preset_crop_and_augmentation_reach_the_data_and_the_training(monkey
         name="cropped", description="t", epochs=1, warmup_epochs=1, batch_size=4, n_eval_samples=2, crop_to_roi=True,
         augmentation=Augmentation(rotation=90.0, scale=0.1, translate=0.05, shear=0.0),
     ))
-    exp = Experiment.prepare(RunRequest(model="punet", dataset="lidc-sample", preset="cropped",
-                                        hyperparameters={"filters": "4,8", "convs_per_block": 1}))
+    exp = Experiment.prepare(check_request(RunRequest(model="punet", dataset="lidc-sample", preset="cropped",
+                                        hyperparameters={"filters": "4,8", "convs_per_block": 1})))
     assert exp.data.images.shape[-2:] == (32, 32) and exp.data.masks.shape[-2:] == (32, 32)
     seen = {}
 

@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 from probseg_bench.cli import app
 from probseg_bench.data.splits import dataset_split, grouped_splits, phiseg_split, protocol_splits
 from probseg_bench.errors import ProbsegError
-from probseg_bench.experiment import Experiment, RunRequest, fold_seed
+from probseg_bench.experiment import Experiment, fold_seed
 from probseg_bench.presets import PRESETS
+from probseg_bench.request import RunRequest, check_request
 from probseg_bench.results import ResultsStore
 
 SERIES_SLICES = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4]  # 20 series, 97 slices
@@ -132,8 +133,8 @@ def test_v1_on_a_knegt_pickle_pins_the_counts_and_trains_runs_on_one_split(tmp_p
     slice counts follow the series (pinned, and checked with scikit-learn); the 3 folds are 3 training runs
     with their own seeds on the same training and validation items."""
     knegt_pickle(tmp_path / "pickles" / "data_lidc.pickle")
-    exp = Experiment.prepare(RunRequest(model="punet", dataset="lidc", preset="lidc-v1", data_root=tmp_path / "pickles",
-                                        trust_pickle=True))
+    exp = Experiment.prepare(check_request(RunRequest(model="punet", dataset="lidc", preset="lidc-v1",
+                                                      data_root=tmp_path / "pickles", trust_pickle=True)))
     s = exp.splits
     groups = exp.data.groups
     counts = (len(set(groups[s.train])), len(set(groups[s.folds[0]])), len(set(groups[s.test])))
@@ -144,8 +145,8 @@ def test_v1_on_a_knegt_pickle_pins_the_counts_and_trains_runs_on_one_split(tmp_p
     assert exp.folds == (0, 1, 2) and all(np.array_equal(exp.splits.train_val(k)[0], s.train) for k in range(3))
     assert len({fold_seed(0, 6, k) for k in range(3)}) == 3  # each run its own seed
     assert exp.train_items == 58
-    again = Experiment.prepare(RunRequest(model="ssn", dataset="lidc", preset="lidc-v1", seed=4,
-                                          data_root=tmp_path / "pickles", trust_pickle=True))
+    again = Experiment.prepare(check_request(RunRequest(model="ssn", dataset="lidc", preset="lidc-v1", seed=4,
+                                          data_root=tmp_path / "pickles", trust_pickle=True)))
     assert again.splits.split_hash == s.split_hash  # the split seed is the preset's, not the run's
 
 
@@ -176,14 +177,14 @@ V2_FIXTURE = {"train/LIDC-IDRI-0001": 3, "train/LIDC-IDRI-0002": 2, "train/LIDC-
 
 def test_v2_uses_the_crops_folders_and_pins_the_counts(tmp_path):
     write_crop_folders(tmp_path / "crops", V2_FIXTURE)
-    exp = Experiment.prepare(RunRequest(model="punet", dataset="lidc-crops", preset="lidc-v2",
-                                        data_root=tmp_path / "crops"))
+    exp = Experiment.prepare(check_request(RunRequest(model="punet", dataset="lidc-crops", preset="lidc-v2",
+                                        data_root=tmp_path / "crops")))
     s = exp.splits
     assert (len(s.train), len(s.folds[0]), len(s.test)) == (8, 3, 3)
     assert set(exp.data.metadata["split"][s.test]) == {"test"} and set(exp.data.groups[s.test]) == {
         "LIDC-IDRI-0007", "LIDC-IDRI-0008"}
     with pytest.raises(ProbsegError, match="dataset 'lidc-sample': the preset uses the dataset's own"):
-        Experiment.prepare(RunRequest(model="punet", dataset="lidc-sample", preset="lidc-v2"))
+        Experiment.prepare(check_request(RunRequest(model="punet", dataset="lidc-sample", preset="lidc-v2")))
 
 
 # ------------------------------------------------------------------------------------------ n samples per image
@@ -254,10 +255,10 @@ def test_catalogue_knows_ged_and_hm_iou_at_n():
 # --------------------------------------------------------------------------------- the documented commands
 @pytest.mark.parametrize("split", ["v1", "v2"])
 def test_documented_literature_grid_commands_end_to_end(split, tmp_path, monkeypatch):
-    """benchmarks/lidc_v{1,2}_grid.toml as the README runs it, on real-format fixtures where the grid expects the
-    data (../data next to benchmarks/), trimmed to punet and ssn and one training run; the presets shortened to
-    one epoch (an --epochs override would make the rows variants, never paired with a published value). The rows
-    pair with the literature's values of their split at the same n."""
+    """benchmarks/lidc_v{1,2}_grid.toml as the documentation (docs/protocol.md) runs it, on real-format fixtures
+    where the grid expects the data (../data next to benchmarks/), trimmed to punet and ssn and one training run;
+    the presets shortened to one epoch (an --epochs override would make the rows variants, never paired with a
+    published value). The rows pair with the literature's values of their split at the same n."""
     import json
     import shlex
     import shutil
@@ -266,7 +267,8 @@ def test_documented_literature_grid_commands_end_to_end(split, tmp_path, monkeyp
     repo = Path(__file__).resolve().parents[1]
     grid_name = f"lidc_{split}_grid.toml"
     command = f"probseg-bench run --config benchmarks/{grid_name} --device cuda --reference literature"
-    assert command in (repo / "README.md").read_text() and command in (repo / "benchmarks" / grid_name).read_text()
+    assert command in (repo / "docs" / "protocol.md").read_text()
+    assert command in (repo / "benchmarks" / grid_name).read_text()
     (tmp_path / "benchmarks").mkdir()
     text = (repo / "benchmarks" / grid_name).read_text()
     models_line = next(line for line in text.splitlines() if line.startswith("models = "))

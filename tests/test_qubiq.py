@@ -452,9 +452,9 @@ def test_module_import_is_light():
 
 
 def test_one_protocol_fold_end_to_end(tmp_path, tiny_preset):
-    from probseg_bench.experiment import RunRequest
     from probseg_bench.plugins import load_plugins
     from probseg_bench.protocol import run_protocol
+    from probseg_bench.request import RunRequest, check_request
     from probseg_bench.results import ResultsStore
 
     root = tmp_path / "pancreas"
@@ -470,7 +470,7 @@ def test_one_protocol_fold_end_to_end(tmp_path, tiny_preset):
     request = RunRequest(model="punet", dataset="qubiq-pancreas", latent_dims=(2,), folds=(0,), preset=tiny_preset,
                          device="cpu", data_root=tmp_path, hyperparameters={"filters": "4,8", "convs_per_block": 1},
                          run_dir=tmp_path / "runs")
-    records = run_protocol(request, ResultsStore(str(tmp_path / "r.db")), plugins=plugins)
+    records = run_protocol(check_request(request, plugins), ResultsStore(str(tmp_path / "r.db")))
     assert len(records) == 1
     rec = records[0]
     assert rec.dataset == "qubiq-pancreas" and rec.fold == 0 and rec.latent_dim == 2

@@ -382,9 +382,9 @@ def fake_records(request) -> list[FoldRecord]:
 def test_run_grid_applies_epochs_and_device_and_prints_the_reference(monkeypatch, tmp_path):
     seen = []
 
-    def fake_protocol(request, store, reporter=None, plugins=None, retry_failed=False):
-        seen.append(request)
-        return fake_records(request)
+    def fake_protocol(checked, store, reporter=None, retry_failed=False):
+        seen.append(checked.request)
+        return fake_records(checked.request)
 
     monkeypatch.setattr("probseg_bench.cli.run.run_protocol", fake_protocol)
     (tmp_path / "grid.toml").write_text(GRID)
@@ -417,7 +417,7 @@ def test_run_distributed_path_prints_the_reference_pivot(monkeypatch, tmp_path):
             results.append(result)
         return results
 
-    monkeypatch.setattr(executors, "run_local", fake_local)
+    monkeypatch.setattr(executors.local, "run_local", fake_local)
     (tmp_path / "grid.toml").write_text(GRID)
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["run", "--config", "grid.toml", "--jobs", "2", "--epochs", "5",
@@ -444,7 +444,7 @@ PUBLISHED_D4 = {  # Table II, d = 4, "EWD ± std (ER)", copied by hand
 
 def write_tiny_lidc(root: Path, source: Path) -> None:
     """15 LIDC crops (32 x 32, 4 annotators, 5 series of 3) in the PU-Net port's pickle format, converted with
-    `data convert` into ``root`` as the README says."""
+    `data convert` into ``root`` as the documentation says (docs/published.md)."""
     rng = np.random.default_rng(0)
     entries = {}
     for i in range(15):
@@ -481,10 +481,10 @@ def write_tiny_qubiq(root: Path) -> None:
 
 
 def test_documented_table_ii_command_end_to_end_on_cpu(monkeypatch, tmp_path):
-    """The README's one command, on tiny data in the real formats where the grid expects them (../data next to
-    benchmarks/), with --device cpu and --epochs 1; 9 trainings of one epoch (~20 s on one thread)."""
-    readme = (REPO / "README.md").read_text()
-    assert DOCUMENTED in readme and DOCUMENTED in (REPO / "benchmarks" / "paper_grid.toml").read_text()
+    """The documented one command (docs/published.md), on tiny data in the real formats where the grid expects them
+    (../data next to benchmarks/), with --device cpu and --epochs 1; 9 trainings of one epoch (~20 s on one thread)."""
+    documented = (REPO / "docs" / "published.md").read_text()
+    assert DOCUMENTED in documented and DOCUMENTED in (REPO / "benchmarks" / "paper_grid.toml").read_text()
     (tmp_path / "benchmarks").mkdir()
     shutil.copy(REPO / "benchmarks" / "paper_grid.toml", tmp_path / "benchmarks" / "paper_grid.toml")
     grid = tmp_path / "benchmarks" / "paper_grid.toml"

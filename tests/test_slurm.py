@@ -32,7 +32,7 @@ from probseg_bench.executors import (
     positive_int,
     register_executor,
 )
-from probseg_bench.experiment import RunRequest
+from probseg_bench.request import RunRequest
 from probseg_bench.results import ResultsStore
 
 TINY = ["--dataset", "synthetic", "--dataset-param", "n_images=16", "--dataset-param", "size=32", "--preset",
@@ -49,7 +49,7 @@ def tiny_cell(tmp_path: Any, fold: int = 0) -> RunRequest:
 
 
 def test_the_registry_names_local_ray_and_slurm():
-    from probseg_bench.slurm import SlurmExecutor
+    from probseg_bench.executors.slurm import SlurmExecutor
 
     assert EXECUTORS == ("local", "ray", "slurm")
     assert isinstance(get_executor("local"), LocalExecutor) and isinstance(get_executor("ray"), RayExecutor)
@@ -72,8 +72,14 @@ def test_an_executor_is_one_class_and_its_registration(monkeypatch, tmp_path):
         def run(self, cells, storage, on_result=None, retry_failed=False):
             return [CellResult(c, [], f"{storage} {self.settings['width']}") for c in cells]
 
+        def run_trials(self, job, trials, seed, workers=None, on_start=None, on_trial=None):
+            return [f"worker {i}: {n} trials, seed {s}, width {self.settings['width']}"
+                    for i, (n, s) in enumerate(executors.worker_shares(trials, seed, workers or 1))]
+
     runner = get_executor("echo", ["width=5"])
     assert runner.run([tiny_cell(tmp_path)], "db")[0].error == "db 5"
+    assert runner.run_trials(None, 3, 7, 2) == ["worker 0: 2 trials, seed 7, width 5",
+                                                "worker 1: 1 trials, seed 1007, width 5"]
     assert "echo" in executors.executor_names()
 
     class Other(Echo):
@@ -147,7 +153,7 @@ def uncompleted_job_error(state: str) -> Exception:
 
 def test_failure_lines():
     pytest.importorskip("submitit", reason="submitit is not installed (pip install 'probseg-bench[slurm]')")
-    from probseg_bench.slurm import failure_line
+    from probseg_bench.executors.slurm import failure_line
 
     trace = ('Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n    import probseg_bench\n'
              "ModuleNotFoundError: No module named 'probseg_bench'")
@@ -178,7 +184,7 @@ def test_failed_and_cancelled_jobs_are_recorded_as_failed_cells(monkeypatch, tmp
     pytest.importorskip("submitit", reason="submitit is not installed (pip install 'probseg-bench[slurm]')")
     import submitit.helpers
 
-    from probseg_bench.slurm import SlurmExecutor
+    from probseg_bench.executors.slurm import SlurmExecutor
 
     db = f"sqlite:///{tmp_path / 'r.db'}"
     ok_cell, failed_cell, cancelled_cell = (tiny_cell(tmp_path, f) for f in (0, 1, 2))
@@ -201,8 +207,8 @@ def test_ctrl_c_cancels_the_jobs_not_finished_and_records_nothing(monkeypatch, t
     pytest.importorskip("submitit", reason="submitit is not installed (pip install 'probseg-bench[slurm]')")
     import submitit.helpers
 
+    from probseg_bench.executors.slurm import SlurmExecutor
     from probseg_bench.interruption import FoldInterrupted
-    from probseg_bench.slurm import SlurmExecutor
 
     jobs = [FakeJob("6_0", None), FakeJob("6_1", None)]
     monkeypatch.setattr(SlurmExecutor, "submit", lambda self, cells, *_: list(zip(jobs, cells, strict=True)))
@@ -313,9 +319,9 @@ def test_tune_checks_executor_options_before_training(tmp_path):
     result = CliRunner().invoke(app, [*base, "--executor", "slurm", "--executor-option", "nodes=2"])
     assert result.exit_code != 0
     assert "--executor-option nodes: executor slurm has no option 'nodes'" in str(result.exception)
-    result = CliRunner().invoke(app, [*base, "--executor-option", "jobs=2"])
+    result = CliRunner().invoke(app, [*base, "--executor-option", "jobs=0"])
     assert result.exit_code != 0
-    assert "tune --executor local runs its trials in this process" in str(result.exception)
+    assert str(result.exception) == "--executor-option jobs=0: expected an integer >= 1"
     assert not (tmp_path / "t.db").exists()
 
 
@@ -323,7 +329,7 @@ def test_tune_workers_split_the_trials_and_a_cancelled_one_is_one_line(monkeypat
     pytest.importorskip("submitit", reason="submitit is not installed (pip install 'probseg-bench[slurm]')")
     import submitit.helpers
 
-    import probseg_bench.slurm as slurm_module
+    import probseg_bench.executors.slurm as slurm_module
     from probseg_bench.tuning import TuneJob
 
     calls: list[tuple[Any, ...]] = []
@@ -342,11 +348,37 @@ def test_tune_workers_split_the_trials_and_a_cancelled_one_is_one_line(monkeypat
                         FakeJob("7_2", 3)]
 
     monkeypatch.setattr(slurm_module, "_import_submitit", lambda: FakeSubmitit)
-    monkeypatch.setattr("probseg_bench.tuning.prepare_study", lambda job, seed: calls.append(("prepared", seed)))
+    monkeypatch.setattr("probseg_bench.tuning.prepare_study",
+                        lambda job, seed: (calls.append(("prepared", seed)), "study", ["space"]))
     monkeypatch.setattr(submitit.helpers, "as_completed", lambda jobs, poll_frequency: iter(jobs))
-    settings = get_executor("slurm", ["cpus_per_task=2", f"folder={tmp_path}"]).settings
+    runner = get_executor("slurm", ["cpus_per_task=2", f"folder={tmp_path}"])
     job = TuneJob(tiny_cell(tmp_path), "s", "sqlite:///t.db")
-    lines = slurm_module.tune_on_slurm(job, 7, 5, 3, settings)
-    assert lines == ["cancelled on Slurm (job 7_1, state CANCELLED by 0)"]
-    assert calls == [("prepared", 5), ("folder", str(tmp_path)), ("parameters", "probseg-tune", 2),
-                     ("array", [3, 2, 2], [5, 1005, 2005])]  # optimize_on_ray's split and seeds
+    lines = runner.run_trials(job, 7, 5, 3, on_start=lambda study, space: calls.append(("started", study, space)))
+    assert lines == ["worker 1: cancelled on Slurm (job 7_1, state CANCELLED by 0)"]
+    assert calls == [("prepared", 5), ("started", "study", ["space"]), ("folder", str(tmp_path)),
+                     ("parameters", "probseg-tune", 2), ("array", [3, 2, 2], [5, 1005, 2005])]  # worker_shares'
+
+
+def test_submitits_messages_leave_stdout_alone(capsys):
+    """submitit prints its warnings on stdout too (its logging config); stdout is the leaderboard, so after our import
+    they reach stderr only (found when Slurm's accounting database was down: `run --format json` was not JSON)."""
+    pytest.importorskip("submitit", reason="submitit is not installed (pip install 'probseg-bench[slurm]')")
+    import logging
+
+    from probseg_bench.executors.slurm import stdout_quiet
+
+    logger = logging.getLogger("submitit")
+    saved = list(logger.handlers)
+    out = logging.StreamHandler(sys.stdout)
+    out.set_name("submitit_out")
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    logger.handlers = [err, out]
+    try:
+        stdout_quiet(logger)
+        logger.warning("Bypassing sacct error")
+        captured = capsys.readouterr()
+        assert captured.out == "" and "Bypassing sacct error" in captured.err
+        assert logger.handlers == [err]
+    finally:
+        logger.handlers = saved

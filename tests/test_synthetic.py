@@ -170,9 +170,9 @@ def test_default_dataset_shape_and_groups():
 
 
 def test_protocol_runs_end_to_end_on_synthetic_data(tmp_path, tiny_preset):
-    from probseg_bench.experiment import RunRequest
     from probseg_bench.plugins import load_plugins
     from probseg_bench.protocol import run_protocol
+    from probseg_bench.request import RunRequest, check_request
     from probseg_bench.results import ResultsStore
 
     plugins = load_plugins()
@@ -184,7 +184,7 @@ def test_protocol_runs_end_to_end_on_synthetic_data(tmp_path, tiny_preset):
         hyperparameters={"filters": "4,8", "convs_per_block": 1}, run_dir=tmp_path / "runs",
         dataset_params={"n_images": 40, "size": 32},
     )
-    (record,) = run_protocol(request, ResultsStore(str(tmp_path / "r.db")), plugins=plugins)
+    (record,) = run_protocol(check_request(request, plugins), ResultsStore(str(tmp_path / "r.db")))
     m = record.metrics
     assert len(record.test_ids) == 8  # 2 of the 10 groups of 4
     assert 0.0 <= m["hm_iou"] <= 1.0 and m["hm_iou"] + m["ewd"] == pytest.approx(1.0)

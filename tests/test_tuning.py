@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from probseg_bench.api import MultiRaterData
 from probseg_bench.cli import app
 from probseg_bench.errors import ProbsegError
-from probseg_bench.experiment import Experiment, RunRequest
+from probseg_bench.experiment import Experiment
+from probseg_bench.request import RunRequest, check_request
 from probseg_bench.results import ResultsStore
 from probseg_bench.training import TrainingDivergedError
 from probseg_bench.tuning import make_objective, open_study, parse_range, search_space
@@ -28,8 +29,8 @@ TUNE = ["tune", "--dataset", "synthetic", "--dataset-param", "n_images=40", "--d
 
 
 def experiment(model: str, preset: str, **kw) -> Experiment:
-    return Experiment.prepare(RunRequest(model=model, dataset="synthetic", latent_dims=(2,), folds=(0,),
-                                         preset=preset, dataset_params=SYNTH, **kw))
+    return Experiment.prepare(check_request(RunRequest(model=model, dataset="synthetic", latent_dims=(2,), folds=(0,),
+                                         preset=preset, dataset_params=SYNTH, **kw)))
 
 
 @pytest.mark.parametrize(("model", "names"), [

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from probseg_bench.api import HyperParameter, ModelSpec, ObjectiveTerm
 from probseg_bench.cli import app
 from probseg_bench.plugins import get_plugins, reset_plugins
+from probseg_bench.request import check_request
 from probseg_bench.results import ResultsStore
 from probseg_bench.validation import validate, validation_requests, write_report
 from probseg_datasets.synthetic import load_synthetic, oracle_metrics, true_distribution
@@ -57,7 +58,7 @@ def test_a_model_sampling_the_true_distribution_scores_like_the_oracle(tmp_path,
     store = ResultsStore(str(tmp_path / "r.db"))
     requests = validation_requests(["true-distribution", "punet"], dataset_params=PARAMS, preset=tiny_preset,
                                    latent_dim=2, run_dir=tmp_path / "runs")
-    requests[1] = replace(requests[1], hyperparameters=SMALL)
+    requests[1] = check_request(replace(requests[1].request, hyperparameters=SMALL))
     report = validate(requests, store)
     truth, punet = report.models
     test_ids = [int(i) for i in report.test_ids]
@@ -131,10 +132,10 @@ def test_baselines_validate_with_their_reference_d_and_dashes_where_a_metric_doe
     store = ResultsStore(str(tmp_path / "r.db"))
     requests = validation_requests(["ssn", "phiseg", "hpunet", "punet"], dataset_params=PARAMS,
                                    preset=tiny_preset, run_dir=tmp_path / "runs")
-    assert [r.latent_dims for r in requests] == [(6,), (2,), (1,), (6,)]
+    assert [c.request.latent_dims for c in requests] == [(6,), (2,), (1,), (6,)]
     small = {"ssn": SMALL, "phiseg": {"filters": "4,4,4,4"}, "hpunet": {"filters": "4,4,4", "blocks_per_level": 1},
              "punet": SMALL}
-    requests = [replace(r, hyperparameters=small[r.model]) for r in requests]
+    requests = [check_request(replace(c.request, hyperparameters=small[c.request.model])) for c in requests]
     report = validate(requests, store)
     ssn, phiseg, hpunet, punet = report.models
     assert report.latent_dim is None  # d differs per model

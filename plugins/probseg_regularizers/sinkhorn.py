@@ -20,8 +20,8 @@ class SinkhornDivergence:
     entropic regularisation is eps = blur^p, so ``epsilon`` is in the units of that cost.
 
     The defaults are the paper's formulation (Algorithm 1): the model's prior samples, as many as posterior
-    samples, gradients reaching the prior through them, no correction. Options (issue 14, README "SPU-Net's sample
-    collapse"):
+    samples, gradients reaching the prior through them, no correction. Options (issue 14,
+    docs/studies/spunet-collapse.md):
 
     * ``sinkhorn_prior_samples`` M > 0: draw M reparameterised samples of ``out.prior`` here instead of using
       ``out.prior_samples``;

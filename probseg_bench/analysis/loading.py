@@ -80,8 +80,8 @@ def load_run(record: FoldRecord, data_root: Path | None, device_name: str = "aut
     from probseg_bench.data.fingerprint import data_fingerprint, short
     from probseg_bench.data.loading import load_dataset
     from probseg_bench.data.splits import protocol_splits
-    from probseg_bench.experiment import resolve_device
     from probseg_bench.plugins import get_plugins
+    from probseg_bench.request import resolve_device
 
     if record.checkpoint is None or not Path(record.checkpoint).is_file():
         raise ProbsegError(f"{record.checkpoint}: the run's checkpoint is missing (moved or deleted?)")

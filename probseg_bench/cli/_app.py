@@ -48,5 +48,5 @@ STORAGE_HELP = (
     "Results store: a SQLAlchemy URL (sqlite:///file.db, postgresql://...) or a SQLite file path "
     f"[default: {DEFAULT_STORAGE}]"
 )
-FORMAT_HELP = "Output format: table, markdown, csv, json or latex."
+FORMAT_HELP = "Output format: table, markdown, csv, json, latex or html (a self-contained page to share)."
 CONFIG_HASH_HELP = "Only configurations whose hash starts with this (the leaderboard's config column); repeatable."

@@ -3,12 +3,18 @@ leaderboard (``run`` ends with one). Command modules import from here and from `
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from probseg_bench.atomic import atomic_write_text
 from probseg_bench.cli._app import console, err_console
-from probseg_bench.diagnostics import collapse_warning
+from probseg_bench.diagnostics import collapse_warnings
 from probseg_bench.hyperparameters import parse_assignments
 from probseg_bench.leaderboard import LeaderboardRow, render
 from probseg_bench.published import reference_gap
 from probseg_bench.references import REFERENCES, ReferenceTable, get_references
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def parse_hp(items: list[str], option: str = "--hp") -> dict[str, str]:
@@ -21,17 +27,7 @@ REFERENCE_HELP = (
     f"({', '.join(REFERENCES)}: the seed paper's Table II; the field's LIDC GED_n / HM-IoU_n on the v1 / v2 splits). "
     "A value is shown only beside a row of its dataset, preset (split, n) and model with default settings."
 )
-MACHINE_FORMATS = ("csv", "json", "latex")  # their notes go to stderr, so that stdout stays parseable
-
-
-def default_latent_dim(model: str | None) -> int:
-    """The d of a run that names none: the model plugin's reference d (``ModelSpec.default_latent_dim``), or
-    :data:`~probseg_bench.api.DEFAULT_LATENT_DIM` for a name that is not a model (the run's checks then name it)."""
-    from probseg_bench.api import DEFAULT_LATENT_DIM
-    from probseg_bench.plugins import get_plugins
-
-    models = get_plugins().models
-    return models.get(model).default_latent_dim if model in models.names() else DEFAULT_LATENT_DIM
+MACHINE_FORMATS = ("csv", "json", "latex", "html")  # their notes go to stderr, so that stdout stays parseable
 
 
 def resolve_references(names: list[str]) -> list[ReferenceTable]:
@@ -44,13 +40,17 @@ def resolve_references(names: list[str]) -> list[ReferenceTable]:
 
 
 def print_rows(rows: list[LeaderboardRow], fmt: str, pivot: bool = False, test_metric: str = "ewd",
-               references: list[ReferenceTable] | None = None, pivot_metric: str | None = None) -> None:
-    """Render leaderboard rows to stdout in ``fmt`` (shared by ``run`` and ``leaderboard``). For each reference none
-    of whose values pairs with a row, one line says so: after the table on stdout for table and markdown, on
-    stderr for csv, json and latex. A row whose samples collapsed gets one warning line on stderr
+               references: list[ReferenceTable] | None = None, pivot_metric: str | None = None,
+               output: Path | None = None) -> None:
+    """Render leaderboard rows to stdout in ``fmt`` (shared by ``run`` and ``leaderboard``), or with ``output`` (a
+    text format) to that file, written atomically. For each reference none of whose values pairs with a row, one
+    line says so: after the table on stdout for table and markdown, on stderr for csv, json, latex and html and
+    with ``output``. A row whose samples collapsed gets one warning line on stderr
     (:func:`probseg_bench.diagnostics.collapse_warning`)."""
     out = render(rows, fmt, pivot, test_metric, references, pivot_metric)
-    if isinstance(out, str):
+    if output is not None and isinstance(out, str):
+        atomic_write_text(output, out)
+    elif isinstance(out, str):
         print(out, end="")
     elif not console.is_terminal:
         # labels with hyperparameters and reference columns are wider than the 160 columns used for pipes and
@@ -63,13 +63,10 @@ def print_rows(rows: list[LeaderboardRow], fmt: str, pivot: bool = False, test_m
             console.width = width
     else:
         console.print(out)
-    for row in rows:
-        label = f"{row.label} on {row.dataset_label}, d={row.latent_dim}, {row.preset}"
-        warning = collapse_warning(label, row.mean["sample_diversity"], row.mean["annotator_diversity"])
-        if warning is not None:
-            err_console.print(warning, highlight=False, markup=False, soft_wrap=True)
+    for _, warning in collapse_warnings(rows):
+        err_console.print(warning, highlight=False, markup=False, soft_wrap=True)
     for gap in reference_gap(rows, references or []):
-        if fmt in MACHINE_FORMATS:
+        if fmt in MACHINE_FORMATS or output is not None:
             err_console.print(gap, highlight=False, markup=False, soft_wrap=True)
         else:
             print(gap)

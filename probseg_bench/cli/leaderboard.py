@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from probseg_bench.cli._app import app
@@ -21,6 +23,7 @@ from probseg_bench.cli.options import (
 from probseg_bench.errors import ProbsegError
 from probseg_bench.leaderboard import FORMATS, build_leaderboard
 from probseg_bench.metrics.catalogue import ranked_metrics
+from probseg_bench.outputs import check_output_file
 from probseg_bench.results import DEFAULT_STORAGE, ResultsStore, select_configurations
 
 
@@ -42,16 +45,25 @@ def leaderboard(
         help=f"Metric of the p-value column (vs. the best): {', '.join(m.name for m in ranked_metrics())}, or a "
              "GED_n / HM-IoU_n the rows have (e.g. ged_100)."),
     reference: Reference = [],  # noqa: B006
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write the leaderboard to this file instead of stdout (markdown, csv, json, "
+                                     "latex or html: e.g. --format html -o leaderboard.html, a page to share)."),
 ) -> None:
     """Mean +- std over folds of the metric catalogue's ranked metrics (those --test-metric takes) and of the ones
     it only shows, per (model, dataset, latent dim, configuration: the model label names what differs from the
     defaults, the config column starts its hash); best in bold; a paired Wilcoxon p-value against the best row of
-    each dataset; with --reference paper / literature, the published values and the differences beside them."""
+    each dataset; with --reference paper / literature, the published values and the differences beside them.
+    --format html -o FILE writes one self-contained page (a sortable table per dataset and preset) to share."""
     if fmt not in FORMATS:
         raise ProbsegError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if output is not None:
+        if fmt == "table":
+            raise ProbsegError(f"--output {output}: expected --format {', '.join(FORMATS[1:])} (the table format "
+                               "is for the terminal)")
+        check_output_file(output, "--output")
     tables = resolve_references(reference)
     store = ResultsStore(storage, create=False)
     store.check_names(model, dataset)
     records = select_configurations(store.records(model or None, dataset or None, latent_dim or None),
                                     config_hash, preset)
-    print_rows(build_leaderboard(records, test_metric), fmt, pivot, test_metric, tables, pivot_metric)
+    print_rows(build_leaderboard(records, test_metric), fmt, pivot, test_metric, tables, pivot_metric, output)

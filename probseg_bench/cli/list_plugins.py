@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from probseg_bench.api import DatasetSpec, HyperParameter, HyperValue, ModelSpec, RegularizerSpec
+from probseg_bench.api import DatasetSpec, HyperParameter, HyperValue, LoggerSpec, ModelSpec, RegularizerSpec
 from probseg_bench.cli._app import app, console, err_console
 from probseg_bench.cli.options import DEFAULT_FORMAT, TableOrJson
 from probseg_bench.errors import ProbsegError, did_you_mean
@@ -46,15 +46,19 @@ def hyperparameter_json(hp: HyperParameter) -> dict[str, Any]:
     }
 
 
-def _spec(plugins: Plugins, info: PluginInfo) -> ModelSpec | RegularizerSpec | DatasetSpec:
+def _spec(plugins: Plugins, info: PluginInfo) -> ModelSpec | RegularizerSpec | DatasetSpec | LoggerSpec:
     if info.kind == "model":
         return plugins.models.get(info.name)
     if info.kind == "regularizer":
         return plugins.regularizers.get(info.name)
+    if info.kind == "logger":
+        return plugins.loggers.get(info.name)
     return plugins.datasets.get(info.name)
 
 
 def _parameters(spec: Any) -> tuple[HyperParameter, ...]:
+    if isinstance(spec, LoggerSpec):  # a training-curve logger (--log NAME) has no parameters
+        return ()
     return tuple(spec.parameters) if isinstance(spec, DatasetSpec) else tuple(spec.hyperparameters)
 
 
@@ -67,6 +71,8 @@ def plugin_json(plugins: Plugins, info: PluginInfo) -> dict[str, Any]:
         out["parameters"] = [hyperparameter_json(hp) for hp in spec.parameters]
         out.update(license=spec.license, layout=spec.layout, known_distribution=spec.known_distribution is not None,
                    protocol=dict(spec.protocol.__dict__))
+        return out
+    if isinstance(spec, LoggerSpec):
         return out
     out["hyperparameters"] = [hyperparameter_json(hp) for hp in spec.hyperparameters]
     if isinstance(spec, ModelSpec):
@@ -150,6 +156,9 @@ def _print_details(plugins: Plugins, info: PluginInfo) -> None:
         lines.append(f"citation: {spec.citation}")
     for line in lines:
         console.print(f"  {line}", markup=False, highlight=False)
+    if isinstance(spec, LoggerSpec):
+        console.print(f"  training curves: --log {info.name}", markup=False, highlight=False)
+        return
     params = _parameters(spec)
     what = "parameters (--dataset-param NAME=VALUE)" if isinstance(spec, DatasetSpec) else \
         "hyperparameters (--hp NAME=VALUE)"
@@ -169,7 +178,8 @@ def list_plugins(
         help="Also show every plugin's hyperparameters (models, regularizers) and parameters (datasets)."),
     fmt: TableOrJson = DEFAULT_FORMAT,
 ) -> None:
-    """List the registered dataset, model and regularizer plugins (and plugins that failed to load)."""
+    """List the registered dataset, model, regularizer and training-curve logger plugins (and plugins that failed
+    to load)."""
     if fmt not in ("table", "json"):
         raise ProbsegError(f"--format: expected table or json, got {fmt!r}")
     plugins = get_plugins()

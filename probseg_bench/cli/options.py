@@ -19,19 +19,16 @@ import typer
 from probseg_bench.cli._app import CONFIG_HASH_HELP, FORMAT_HELP, STORAGE_HELP
 from probseg_bench.cli.common import REFERENCE_HELP
 from probseg_bench.presets import PRESETS
+from probseg_bench.request import DEFAULT_DEVICE as DEFAULT_DEVICE  # the defaults live in the core
+from probseg_bench.request import DEFAULT_LOG_DIR as DEFAULT_LOG_DIR
+from probseg_bench.request import DEFAULT_PRESET as DEFAULT_PRESET
+from probseg_bench.request import DEFAULT_RUN_DIR as DEFAULT_RUN_DIR
+from probseg_bench.request import DEFAULT_SEED as DEFAULT_SEED
 
-DEFAULT_PRESET = "paper"
-"""The preset of ``run`` and ``tune`` without --preset (``run --params FILE``: the file's): the seed paper's
-protocol, so that a result is comparable with the published table unless asked otherwise."""
 DEFAULT_VALIDATE_PRESET = "quick"
 """``validate``'s preset: it compares the models with the known truth and with each other, not with the paper, and
 the eight built-ins then train in about 20 minutes on 2 CPU cores. Changing it would silently store other records
 under the same command, so it stays."""
-DEFAULT_SEED = 0
-"""The seed of ``run``, ``tune`` and ``validate`` without --seed (``run --params FILE``: the file's)."""
-DEFAULT_DEVICE = "auto"
-"""The device without --device (``run --config``: the grid's)."""
-DEFAULT_RUN_DIR = Path("probseg-runs")
 DEFAULT_FORMAT = "table"
 DEFAULT_EXECUTOR = "local"
 
@@ -75,6 +72,11 @@ TrustPickle = Annotated[bool, typer.Option(
 # where results go
 Storage = Annotated[str, typer.Option("--storage", help=STORAGE_HELP, show_default=False)]
 RunDir = Annotated[Path, typer.Option("--run-dir", help="Where best checkpoints are written.")]
+Log = Annotated[str | None, typer.Option(
+    "--log", help="Also write each fold's training curves (every loss term, validation loss, learning rate, "
+                  "effective rank per epoch) with this logger: tensorboard (pip install 'probseg-bench[tensorboard]'), "
+                  "or a plugin's (see `probseg-bench list`).")]
+LogDir = Annotated[Path, typer.Option("--log-dir", help="Where --log writes (tensorboard --logdir DIR).")]
 
 # where the work runs: run, tune
 Executor = Annotated[str, typer.Option(

@@ -12,9 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from probseg_bench.cli._app import err_console
 from probseg_bench.connections import display_url
-from probseg_bench.experiment import RunRequest
 from probseg_bench.metrics.catalogue import ranked_metrics
 from probseg_bench.presets import Preset
+from probseg_bench.request import RunRequest
 from probseg_bench.results import FoldKey, FoldRecord, ResultsStore
 
 if TYPE_CHECKING:  # pragma: no cover

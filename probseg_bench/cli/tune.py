@@ -9,11 +9,10 @@ import typer
 from rich.table import Table
 
 from probseg_bench.cli._app import app, console, err_console
-from probseg_bench.cli.common import default_latent_dim, parse_hp
+from probseg_bench.cli.common import parse_hp
 from probseg_bench.cli.options import (
-    DEFAULT_DEVICE,
     DEFAULT_EXECUTOR,
-    DEFAULT_PRESET,
+    DEFAULT_LOG_DIR,
     DEFAULT_SEED,
     Address,
     DataRoot,
@@ -25,6 +24,8 @@ from probseg_bench.cli.options import (
     ExecutorOptions,
     Flow,
     LatentDim,
+    Log,
+    LogDir,
     Model,
     Preset,
     Regularizer,
@@ -33,6 +34,7 @@ from probseg_bench.cli.options import (
     TrustPickle,
 )
 from probseg_bench.errors import ProbsegError
+from probseg_bench.executors import executor_with_flags
 from probseg_bench.outputs import check_output_file, check_storage
 from probseg_bench.results import DEFAULT_STORAGE
 from probseg_bench.tuning import (
@@ -126,26 +128,27 @@ def tune(
     data_root: DataRoot = None,
     dataset_param: DatasetParam = [],  # noqa: B006  (typer copies a list default)
     trust_pickle: TrustPickle = False,
+    log: Log = None,
+    log_dir: LogDir = DEFAULT_LOG_DIR,
     storage: Storage = DEFAULT_STORAGE,
     output: Path | None = typer.Option(None, "--output", help="TOML for the best parameters [default: STUDY.toml]."),
     show: bool = typer.Option(False, "--show", help="Only show the existing study."),
     executor: Executor = DEFAULT_EXECUTOR,
     executor_option: ExecutorOptions = [],  # noqa: B006  (typer copies a list default)
-    workers: int = typer.Option(2, "--workers", help="With --executor ray or slurm: workers (Ray actors, Slurm "
-                                                     "jobs) running trials at once."),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Workers running trials at once, on the study's storage: processes (local; default: "
+                                "its jobs option, 1: in this process), Ray tasks or Slurm jobs (default: 2)."),
     address: Address = None,
     top: int = typer.Option(10, "--top", help="Trials shown."),
 ) -> None:
     """Search the model's and its regularizers' hyperparameters with TPE on one fold's validation split (never
     the test split); resumes the named study; several processes on one storage share it. Writes the best
     parameters to a TOML that `probseg-bench run --params FILE` takes into the standard protocol."""
-    from probseg_bench.experiment import RunRequest
+    from probseg_bench.request import CommandLine, build_requests, with_flow
     from probseg_bench.tuning import (
         TuneJob,
         default_study_name,
         open_study,
-        optimize,
-        optimize_on_ray,
         study_on_disk,
         write_params,
     )
@@ -160,7 +163,7 @@ def tune(
     if trials < 1:
         raise ProbsegError(f"--trials: expected >= 1, got {trials}")
     for flag, value in (("--workers", workers), ("--top", top)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ProbsegError(f"{flag}: expected >= 1, got {value}")
     # every output location before the data is loaded and a trial trains
     check_storage(storage)
@@ -169,21 +172,17 @@ def tune(
     if flow is not None:  # as run's --flow: punet-nf's flow hyperparameter, fixed for every trial
         from probseg_bench.plugins import get_plugins
 
-        if "flow" not in {h.name for h in get_plugins().models.get(model).hyperparameters}:
-            raise ProbsegError(f"--flow {flow}: model '{model}' has no posterior flow (punet-nf has)")
-        if "flow" in fixed:
-            raise ProbsegError("--flow and --fix flow=... both given: use one")
-        fixed["flow"] = flow
-    d = latent_dim if latent_dim is not None else default_latent_dim(model)
-    request = RunRequest(model=model, dataset=dataset, latent_dims=(d,), folds=(fold,), seed=seed,
-                         preset=preset or DEFAULT_PRESET, device=device or DEFAULT_DEVICE, data_root=data_root,
-                         regularizer=regularizer, dataset_params=parse_hp(dataset_param, "--dataset-param"),
-                         trust_pickle=trust_pickle,
-                         protocol_overrides={"epochs": epochs} if epochs is not None else {})
+        models = get_plugins().models
+        fixed = with_flow(models.get(model) if model in models.names() else None, model, flow, fixed, "--fix")
+    given = CommandLine(model=model, dataset=dataset, latent_dims=(latent_dim,) if latent_dim is not None else (),
+                        folds=(fold,), seed=seed, preset=preset, device=device, data_root=data_root,
+                        protocol_overrides={"epochs": epochs} if epochs is not None else {},
+                        regularizer=regularizer, dataset_params=dataset_param,
+                        trust_pickle=trust_pickle, log=log, log_dir=log_dir)
+    (request,), _ = build_requests(given)  # the precedence rules: probseg_bench.request
     job = TuneJob(request, name, storage, objective, tuple(param), tuple(fixed.items()))
-    settings = _executor_settings(executor, executor_option)
-    address = settings.get("address") or address
-    started: list[int] = []  # the trials this process started (local)
+    runner = executor_with_flags(executor, executor_option, {"address": address})  # checked before data loads
+    started: list[int] = []  # the trials this process started (local, in this process)
 
     def start(study: Any, space: list[Any]) -> None:
         err_console.print(f"study {name}: searching {', '.join(p.name for p in space)} on fold {fold}'s "
@@ -196,48 +195,31 @@ def tune(
         err_console.print(f"trial {number}: {values}", highlight=False)
 
     try:
-        if executor == "ray":
-            optimize_on_ray(job, trials, seed, workers, address)
-            opened = open_study(name, storage, seed, create=False)
-        elif executor == "slurm":
-            from probseg_bench.slurm import tune_on_slurm
-
-            for line in tune_on_slurm(job, trials, seed, workers, settings):
-                err_console.print(f"worker {line}; the study keeps its completed trials", highlight=False,
-                                  markup=False, soft_wrap=True)
-            opened = open_study(name, storage, seed, create=False)
-        else:
-            opened = optimize(job, trials, seed, on_start=start, on_trial=trial_started)
+        failures = runner.run_trials(job, trials, seed, workers, on_start=start, on_trial=trial_started)
     except KeyboardInterrupt:  # what the storage holds, read back after the interruption
         on_disk = study_on_disk(name, storage, seed, started[-1] if started else None)
         err_console.print(f"interrupted: {on_disk}; rerun the same command to add trials",
                           highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(130) from None
+    for line in failures:
+        err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+    failed = f"; {len(failures)} worker(s) failed (above), the study keeps its completed trials" if failures else ""
+    opened = open_study(name, storage, seed, create=False)
     _show(opened, top, verdict_line=False)
     verdict = study_verdict(opened, objective)
+    if verdict is None and not opened.trials:  # every worker failed before its first trial
+        verdict = "it has no trial"
     if verdict is not None:
-        raise ProbsegError(f"study {name}: no best parameters to write ({verdict})")
+        raise ProbsegError(f"study {name}: no best parameters to write ({verdict}){failed}")
     best = opened.best_trial
     settings = opened.user_attrs[SETTINGS_ATTR]
     path = write_params(params_path, settings, name, best)
     console.print(f"best trial {best.number}: {objective} {best.value:.4f}; parameters and protocol written to "
                   f"{path}; use: {follow_up_command(settings, path)}", highlight=False, markup=False, soft_wrap=True)
-
-
-def _executor_settings(name: str, items: list[str]) -> dict[str, Any]:
-    """The ``--executor``'s checked ``--executor-option`` settings (tune runs its workers itself: local in this
-    process, which takes none; ray: its address; slurm: the job settings).
-
-    Raises:
-        ProbsegError: an unknown executor, an unknown key or a bad value, any option with --executor local.
-    """
-    from probseg_bench.executors import get_executor
-
-    runner = get_executor(name, items)
-    if name == "local" and items:
-        raise ProbsegError(f"--executor-option {items[0]}: tune --executor local runs its trials in this process "
-                           "and takes no executor option")
-    return runner.settings
+    if failures:  # what the study has is written, but this invocation did not run all it was asked to
+        err_console.print(f"tune: exit 1{failed}: the parameters written are the best of those; rerun the same "
+                          "command to add trials", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def follow_up_command(settings: dict[str, Any], path: Path) -> str:

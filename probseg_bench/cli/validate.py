@@ -13,6 +13,7 @@ from probseg_bench.cli._app import app, console, err_console
 from probseg_bench.cli.common import parse_hp
 from probseg_bench.cli.options import (
     DEFAULT_DEVICE,
+    DEFAULT_LOG_DIR,
     DEFAULT_RUN_DIR,
     DEFAULT_SEED,
     DEFAULT_VALIDATE_PRESET,
@@ -20,6 +21,8 @@ from probseg_bench.cli.options import (
     Device,
     Epochs,
     LatentDim,
+    Log,
+    LogDir,
     RunDir,
     Seed,
     Storage,
@@ -30,7 +33,6 @@ from probseg_bench.comparison import TEST_NAME
 from probseg_bench.connections import display_url
 from probseg_bench.diagnostics import collapse_warning
 from probseg_bench.errors import ProbsegError
-from probseg_bench.experiment import Experiment
 from probseg_bench.interruption import interrupted_line
 from probseg_bench.outputs import check_output_folder, check_storage
 from probseg_bench.protocol import config_hash
@@ -158,6 +160,8 @@ def validate_command(
     device: Device = None,
     storage: Storage = DEFAULT_STORAGE,
     run_dir: RunDir = DEFAULT_RUN_DIR,
+    log: Log = None,
+    log_dir: LogDir = DEFAULT_LOG_DIR,
     output: Path = typer.Option(Path("probseg-validation"), "--output", help="Folder for the JSON and figure."),
     fmt: str = typer.Option("table", "--format", help="table, markdown or json (stdout)."),
 ) -> None:
@@ -171,12 +175,12 @@ def validate_command(
     device = device or DEFAULT_DEVICE
     if fmt not in VALIDATE_FORMATS:
         raise ProbsegError(f"--format: expected one of {', '.join(VALIDATE_FORMATS)}, got {fmt!r}")
-    requests = validation_requests(
+    # built and checked once, every check that needs no data before the store file is written
+    checked = validation_requests(
         model, dataset, parse_hp(dataset_param, "--dataset-param"), preset, latent_dim, fold, seed,
-        {"epochs": epochs} if epochs is not None else {}, device, run_dir,
+        {"epochs": epochs} if epochs is not None else {}, device, run_dir, log=log, log_dir=log_dir,
     )
-    for request in requests:  # every check that needs no data, before the store file is written
-        Experiment.check(request)
+    requests = [c.request for c in checked]
     check_storage(storage)  # every output location, before any data is loaded or any model trains
     check_output_folder(run_dir, "--run-dir")
     check_output_folder(output, "--output")
@@ -187,7 +191,7 @@ def validate_command(
                       f"preset {preset}, {dims}, fold(s) {', '.join(map(str, fold))}", highlight=False)
     with RichReporter(len(requests) * len(fold)) as reporter:
         try:
-            report = validate(requests, store, reporter)
+            report = validate(checked, store, reporter)
         except KeyboardInterrupt as exc:  # what is on disk, read after the interruption (interruption.py)
             reporter.progress.stop()
             err_console.print(interrupted_line(reporter.finished, "fold", display_url(store.url), exc,

@@ -27,8 +27,8 @@ is opened (:mod:`~probseg_bench.tuning.storage` says how and when).
 The package, one module per concern: :mod:`~probseg_bench.tuning.space` (the search space),
 :mod:`~probseg_bench.tuning.objective` (what a trial scores, and the Optuna objective),
 :mod:`~probseg_bench.tuning.storage` (Optuna's RDB storage and its heartbeats), :mod:`~probseg_bench.tuning.study`
-(a study's settings and verdict), :mod:`~probseg_bench.tuning.workers` (running trials: in this process, as Ray
-actors) and :mod:`~probseg_bench.tuning.params_toml` (the parameters TOML).
+(a study's settings and verdict), :mod:`~probseg_bench.tuning.workers` (running trials: in this process, one
+worker's body for the executors) and :mod:`~probseg_bench.tuning.params_toml` (the parameters TOML).
 """
 
 from probseg_bench.tuning.objective import (
@@ -59,11 +59,11 @@ from probseg_bench.tuning.study import (
     study_settings,
     study_verdict,
 )
-from probseg_bench.tuning.workers import TuneJob, optimize, optimize_on_ray, prepare_study
+from probseg_bench.tuning.workers import TuneJob, optimize, prepare_study, tune_worker
 
 __all__ = ["DEFAULT_OBJECTIVE", "FAILURE_ATTR", "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "LOSS_OBJECTIVE",
            "SETTINGS_ATTR", "SearchParameter", "TuneJob", "TunedParams", "bind_study", "default_study_name",
            "describe_settings", "fail_stale_trials", "heartbeat_ages", "make_objective", "objective_direction",
-           "objective_metric", "objectives", "open_study", "optimize", "optimize_on_ray", "parse_range",
-           "prepare_study", "read_params", "search_space", "stale_reason", "study_on_disk", "study_settings",
-           "study_verdict", "write_params"]
+           "objective_metric", "objectives", "open_study", "optimize", "parse_range", "prepare_study",
+           "read_params", "search_space", "stale_reason", "study_on_disk", "study_settings", "study_verdict",
+           "tune_worker", "write_params"]

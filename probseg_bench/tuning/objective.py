@@ -55,7 +55,9 @@ def make_objective(
     experiment: Experiment, space: Sequence[SearchParameter], fixed: Mapping[str, Any], objective: str,
     fold: int, latent_dim: int, on_trial: Callable[[int, dict[str, Any]], Any] | None = None,
 ) -> Callable[[Any], float]:
-    """The Optuna objective: one training of ``fold`` per trial, scored on that fold's validation split."""
+    """The Optuna objective: one training of ``fold`` per trial, scored on that fold's validation split; with the
+    request's ``log`` (``tune --log tensorboard``) each trial's curves are written too
+    (:meth:`probseg_bench.curves.Curves.trial`)."""
     import optuna
     import torch
 
@@ -75,14 +77,29 @@ def make_objective(
         value = result.aggregate[metric.name]
         return math.nan if value is None else float(value)
 
+    request = experiment.request
+    curves = None
+    if request.log is not None:  # --log: each trial's curves under <study>/trial<N>
+        from probseg_bench.curves import Curves
+
+        curves = Curves.open(request.log, request.log_dir, experiment.plugins)
+
     def run_trial(trial: Any) -> float:
         values = {p.name: p.suggest(trial) for p in space}
         if on_trial is not None:
             on_trial(trial.number, values)
         model_hp, reg_hp = experiment.hyperparameters({**fixed, **values})
         holder: dict[str, torch.nn.Module] = {}
+        if curves is None:
+            return _run_trial(trial, model_hp, reg_hp, holder, None)
+        with curves.trial(trial.study.study_name, trial.number, {"values": values, "fixed": dict(fixed)}) as write:
+            return _run_trial(trial, model_hp, reg_hp, holder, write)
 
+    def _run_trial(trial: Any, model_hp: Any, reg_hp: Any, holder: dict[str, torch.nn.Module],
+                   write: Callable[[Any], Any] | None) -> float:
         def report(log: Any) -> None:
+            if write is not None:  # before pruning: a pruned trial's last epoch is kept
+                write(log)
             value = log.val_loss if metric is None else score(holder["model"], log.val_loss)
             trial.report(value, log.epoch)
             if trial.should_prune():

@@ -1,6 +1,6 @@
 """Running a study's trials: one tuning invocation's settings (:class:`TuneJob`, plain data for remote workers), in
-this process (:func:`optimize`, also the body of a Slurm worker: :mod:`probseg_bench.slurm`) or as Ray actors
-(:func:`optimize_on_ray`)."""
+this process (:func:`optimize`), and one worker's body (:func:`tune_worker`), which every executor runs for each of
+its workers (:meth:`probseg_bench.executors.Executor.run_trials`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from probseg_bench.errors import ProbsegError
-from probseg_bench.experiment import Experiment, RunRequest
+from probseg_bench.experiment import Experiment
+from probseg_bench.request import RunRequest, check_request
 from probseg_bench.tuning.objective import DEFAULT_OBJECTIVE, make_objective, objective_direction
 from probseg_bench.tuning.space import SearchParameter, search_space
 from probseg_bench.tuning.storage import open_study
@@ -37,7 +37,7 @@ def prepare_study(job: TuneJob, seed: int) -> tuple[Experiment, Any, list[Search
             direction or under other settings.
     """
     objective_direction(job.objective)  # an unknown objective fails before the data is loaded
-    experiment = Experiment.prepare(job.request)
+    experiment = Experiment.prepare(check_request(job.request))  # checked once, in the process that trains
     fixed = dict(job.fixed)
     experiment.hyperparameters(fixed)  # a bad --fix value fails first, named (not as "nothing to tune")
     space = search_space(experiment, job.ranges, fixed)
@@ -63,32 +63,16 @@ def optimize(job: TuneJob, trials: int, seed: int, on_trial: Callable[[int, dict
     return study
 
 
-def optimize_on_ray(job: TuneJob, trials: int, seed: int, workers: int, address: str | None = None) -> int:
-    """``workers`` Ray actors (1 CPU each, or 1 GPU with --device cuda) run ``trials`` trials of one study on the
-    shared storage between them; each seeds its sampler differently. Returns the number of trials run.
+def tune_worker(job: TuneJob, trials: int, seed: int, threads: int) -> int:
+    """One of tune's workers, wherever an executor runs it (a local process, a Ray task, a Slurm job:
+    :meth:`probseg_bench.executors.Executor.run_trials`): ``trials`` trials of ``job``'s study with ``threads``
+    torch threads and its sampler seeded ``seed``. Returns the number of trials the study holds after.
 
     Raises:
-        ProbsegError: Ray is not installed or unreachable, workers < 1.
+        ProbsegError: the study cannot be opened or bound (as :func:`prepare_study`); whatever a trial raises
+            other than a divergence.
     """
-    if workers < 1:
-        raise ProbsegError(f"--workers: expected >= 1, got {workers}")
-    from probseg_bench.executors import ray_session
+    import torch
 
-    class TuneWorker:
-        def run(self, job: TuneJob, trials: int, seed: int) -> int:
-            import torch
-
-            torch.set_num_threads(1)
-            return len(optimize(job, trials, seed).trials)
-
-    prepare_study(job, seed)  # schema, study and its settings exist before the workers race to open them
-    gpu = job.request.device.startswith("cuda")
-    shares = [n for n in (trials // workers + (1 if i < trials % workers else 0) for i in range(workers)) if n]
-    with ray_session(address):
-        import ray
-
-        actor = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0)(TuneWorker)
-        handles = [actor.remote() for _ in shares]
-        ray.get([h.run.remote(job, n, seed + 1000 * i)  # type: ignore[attr-defined]
-                 for i, (h, n) in enumerate(zip(handles, shares, strict=True))])
-    return trials
+    torch.set_num_threads(threads)
+    return len(optimize(job, trials, seed).trials)

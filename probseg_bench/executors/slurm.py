@@ -11,31 +11,43 @@ failed with one line, the reason (:func:`failure_line`); a record is written in 
 evaluated, so nothing is half-written, and a rerun with ``--retry-failed`` trains only those folds (from each fold's
 last written training state). Ctrl-C cancels the jobs not finished and records nothing for them (a rerun resumes
 them). Facts about submitit's behaviour behind this: ``../shared/SLURM.md``.
+
+``tune --executor slurm``: one job per worker (:meth:`SlurmExecutor.run_trials`), all on the study's shared storage.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from probseg_bench.errors import ProbsegError
 from probseg_bench.executors import (
+    DEFAULT_TUNE_WORKERS,
     CellResult,
     Executor,
     ExecutorOption,
-    _give_up,
-    _safe_cell,
+    OnStart,
+    OnTrial,
+    give_up,
     nonempty,
     nonnegative_int,
     positive_float,
     positive_int,
+    prepare_trials,
     register_executor,
+    safe_cell,
+    worker_shares,
 )
-from probseg_bench.experiment import RunRequest
+from probseg_bench.request import RunRequest
+
+if TYPE_CHECKING:
+    from probseg_bench.tuning.workers import TuneJob
 
 _STATE = re.compile(r"\(state: ([^)]*)\)")
 _RULE = re.compile(r"^-{10,}$", re.MULTILINE)
@@ -67,6 +79,19 @@ def failure_line(exc: BaseException, job_id: str) -> str:
     return f"lost on Slurm (job {job_id}): {type(exc).__name__}: {first}".rstrip(": ")
 
 
+def stdout_quiet(logger: logging.Logger) -> None:
+    """Remove ``logger``'s handlers that write to stdout. submitit configures its logger to print every message
+    (warnings too, e.g. "Bypassing sacct error" when Slurm's accounting does not answer) on stdout as well as its
+    warnings on stderr; stdout is the leaderboard (``run --format json`` must stay parseable), so its messages go to
+    stderr only."""
+    for handler in list(logger.handlers):
+        stream = getattr(handler, "stream", None)
+        if handler.get_name() == "submitit_out" or (
+                isinstance(handler, logging.StreamHandler) and stream is not None
+                and stream not in (sys.stderr, sys.__stderr__)):
+            logger.removeHandler(handler)
+
+
 def _import_submitit() -> Any:
     """submitit, once a Slurm client is known to be here.
 
@@ -77,6 +102,7 @@ def _import_submitit() -> Any:
         import submitit
     except ImportError:
         raise ProbsegError("--executor slurm needs submitit: pip install 'probseg-bench[slurm]'") from None
+    stdout_quiet(logging.getLogger("submitit"))
     if shutil.which("sbatch") is None:
         raise ProbsegError("--executor slurm: no Slurm client here (sbatch is not on PATH); run from a machine that "
                            "submits to the cluster (a login node)")
@@ -146,7 +172,7 @@ class SlurmExecutor(Executor):
             executor.update_parameters(**self.parameters(gpu))
             n = len(group)
             try:
-                jobs = executor.map_array(_safe_cell, group, [storage] * n, [self.settings["cpus_per_task"]] * n,
+                jobs = executor.map_array(safe_cell, group, [storage] * n, [self.settings["cpus_per_task"]] * n,
                                           [retry_failed] * n)
             except (subprocess.SubprocessError, OSError, RuntimeError, ValueError) as exc:
                 _cancel([job for job, _ in submitted])
@@ -174,15 +200,60 @@ class SlurmExecutor(Executor):
             raise _interrupted([pair for pair in pending.values()]) from None
         return results
 
+    def run_trials(self, job: TuneJob, trials: int, seed: int, workers: int | None = None,
+                   on_start: OnStart | None = None, on_trial: OnTrial | None = None) -> list[str]:
+        """``tune --executor slurm``: one Slurm job per worker (one array), each running its share of the trials
+        (:func:`~probseg_bench.executors.worker_shares`) on the study's shared storage (reachable from the nodes),
+        with ``cpus_per_task`` torch threads; a worker's running trial keeps a heartbeat, so that of a killed worker
+        is failed when the study is next opened. The jobs are named ``probseg-tune`` unless ``job_name`` is given;
+        their files go to ``folder`` [default: ./slurm-jobs/%j]. A worker job that failed or was cancelled is one
+        line ``worker <i>: <failure_line>``. Ctrl-C cancels the jobs not finished.
+
+        Raises:
+            ProbsegError: --trials or --workers < 1, submitit or Slurm is missing, sbatch refused the jobs.
+        """
+        from probseg_bench.tuning.workers import tune_worker
+
+        shares = worker_shares(trials, seed, DEFAULT_TUNE_WORKERS if workers is None else workers)
+        submitit = _import_submitit()
+        prepare_trials(job, seed, on_start)
+        parameters = self.parameters(job.request.device.startswith("cuda"))
+        if parameters["job_name"] == "probseg-cell":  # the default: name the jobs for what they do
+            parameters["job_name"] = "probseg-tune"
+        executor = submitit.SlurmExecutor(folder=str(self.settings["folder"] or Path.cwd() / "slurm-jobs" / "%j"))
+        executor.update_parameters(**parameters)
+        n = len(shares)
+        try:
+            jobs = executor.map_array(tune_worker, [job] * n, [t for t, _ in shares], [s for _, s in shares],
+                                      [self.settings["cpus_per_task"]] * n)
+        except (subprocess.SubprocessError, OSError, RuntimeError, ValueError) as exc:
+            raise _submission_error(exc) from None
+        from submitit.helpers import as_completed
+
+        worker = {id(j): i for i, j in enumerate(jobs)}
+        pending = {id(j): j for j in jobs}
+        failures: dict[int, str] = {}
+        try:
+            for done in as_completed(jobs, poll_frequency=self.settings["poll_s"]):
+                pending.pop(id(done))
+                try:
+                    done.result()
+                except Exception as exc:
+                    failures[worker[id(done)]] = f"worker {worker[id(done)]}: {failure_line(exc, str(done.job_id))}"
+        except KeyboardInterrupt:
+            _cancel(list(pending.values()))
+            raise
+        return [failures[i] for i in sorted(failures)]
+
 
 def collect(job: Any, cell: RunRequest, storage: str) -> CellResult:
     """The result of a finished job, or (it returned none) the cell recorded as failed with :func:`failure_line`."""
     try:
         result = job.result()
     except Exception as exc:
-        return _give_up(cell, storage, failure_line(exc, str(job.job_id)))
+        return give_up(cell, storage, failure_line(exc, str(job.job_id)))
     if not isinstance(result, CellResult):  # not our function's result: never trust it
-        return _give_up(cell, storage, f"lost on Slurm (job {job.job_id}): unexpected result {type(result).__name__}")
+        return give_up(cell, storage, f"lost on Slurm (job {job.job_id}): unexpected result {type(result).__name__}")
     return result
 
 
@@ -207,65 +278,3 @@ def _interrupted(pending: list[tuple[Any, RunRequest]]) -> KeyboardInterrupt:
     return FoldInterrupted(f"{len(pending)} cell(s) not finished were cancelled on Slurm (jobs {ids}): each that had "
                            f"written a training state keeps it (its fold<k>.partial.pt under {dirs}, at its last "
                            "written epoch), the others left nothing")
-
-
-# --- tune's workers --------------------------------------------------------------------------------------------------
-
-
-def _tune_worker(job: Any, trials: int, seed: int, threads: int) -> int:
-    """A Slurm job's body for ``tune --executor slurm``: ``trials`` trials of the study (the number it holds after)."""
-    import torch
-
-    from probseg_bench.tuning import optimize
-
-    torch.set_num_threads(threads)
-    return len(optimize(job, trials, seed).trials)
-
-
-def tune_on_slurm(job: Any, trials: int, seed: int, workers: int, settings: dict[str, Any]) -> list[str]:
-    """``tune --executor slurm``: ``workers`` Slurm jobs (one array) run ``trials`` trials of one study on its shared
-    storage between them, as :func:`probseg_bench.tuning.optimize_on_ray`'s actors do (the same split of the
-    trials, each worker's sampler seeded ``seed + 1000 * i``; a worker's running trial keeps a heartbeat, so that of a
-    killed worker is failed when the study is next opened). ``settings``: :class:`SlurmExecutor`'s; the jobs'
-    files go to ``folder`` [default: ./slurm-jobs/%j]. The storage must be reachable from the nodes.
-
-    Returns one :func:`failure_line` per worker job that failed or was cancelled (the study keeps the trials
-    completed). Ctrl-C cancels the jobs not finished.
-
-    Raises:
-        ProbsegError: submitit or Slurm is missing, sbatch refused the jobs, workers < 1.
-    """
-    from probseg_bench.tuning import prepare_study
-
-    if workers < 1:
-        raise ProbsegError(f"--workers: expected >= 1, got {workers}")
-    submitit = _import_submitit()
-    prepare_study(job, seed)  # schema, study and its settings exist before the workers race to open them
-    runner = SlurmExecutor(**settings)
-    parameters = runner.parameters(job.request.device.startswith("cuda"))
-    if parameters["job_name"] == "probseg-cell":  # the default: name the jobs for what they do
-        parameters["job_name"] = "probseg-tune"
-    shares = [n for n in (trials // workers + (1 if i < trials % workers else 0) for i in range(workers)) if n]
-    executor = submitit.SlurmExecutor(folder=str(settings.get("folder") or Path.cwd() / "slurm-jobs" / "%j"))
-    executor.update_parameters(**parameters)
-    n = len(shares)
-    try:
-        jobs = executor.map_array(_tune_worker, [job] * n, shares, [seed + 1000 * i for i in range(n)],
-                                  [runner.settings["cpus_per_task"]] * n)
-    except (subprocess.SubprocessError, OSError, RuntimeError, ValueError) as exc:
-        raise _submission_error(exc) from None
-    from submitit.helpers import as_completed
-
-    pending = {id(j): j for j in jobs}
-    failures = []
-    try:
-        for done in as_completed(jobs, poll_frequency=runner.settings["poll_s"]):
-            pending.pop(id(done))
-            try:
-                done.result()
-            except Exception as exc:
-                failures.append(failure_line(exc, str(done.job_id)))
-    except KeyboardInterrupt:
-        _cancel(list(pending.values()))
-        raise
-    return failures
