@@ -87,9 +87,10 @@ def _component(text: str) -> str:
 
 
 def fold_run_name(key: FoldKey, variant: str) -> str:
-    """The run name of a fold: ``<model>/<dataset>/d<dim>/<variant or 'defaults'>-<config_hash[:8]>/fold<k>``,
-    e.g. ``spunet/lidc/d6/beta=50,epochs=2-1a2b3c4d/fold0`` (``variant``: ``RunRequest.variant()``)."""
-    label = f"{_component(variant) if variant else 'defaults'}-{key.config_hash[:8]}"
+    """The run name of a fold: ``<model>/<dataset>/d<dim>/<variant or 'defaults'>-<config_hash>/fold<k>``,
+    e.g. ``spunet/lidc/d6/beta=50,epochs=2-1a2b3c4d5e6f/fold0`` (``variant``: ``RunRequest.variant()``; the hash is
+    the record's, which also names the fold's checkpoint folder)."""
+    label = f"{_component(variant) if variant else 'defaults'}-{key.config_hash}"
     return f"{_component(key.model)}/{_component(key.dataset)}/d{key.latent_dim}/{label}/fold{key.fold}"
 
 

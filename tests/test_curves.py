@@ -71,7 +71,8 @@ def test_a_tiny_run_writes_every_term_at_every_epoch_equal_to_the_record(tmp_pat
                            "fold_finished"]
     assert not reporter._open  # closed at the fold's end
     name = fold_run_name(record.key, request.variant())
-    assert name == f"spunet/synthetic/d2/beta=50.0,epochs=3-{record.config_hash[:8]}/fold0"
+    assert name == f"spunet/synthetic/d2/beta=50.0,epochs=3-{record.config_hash}/fold0"
+    assert (tmp_path / "runs" / "spunet" / "synthetic" / "d2" / record.config_hash / "fold0.pt").is_file()
     run_dir = tmp_path / "tb" / name
     assert list(run_dir.glob("events.out.tfevents.*"))
     scalars = _scalars(run_dir)
@@ -112,7 +113,7 @@ def test_a_resumed_fold_replaces_the_epochs_of_the_interrupted_attempt(tmp_path)
     with curves.start(fold_run_name(key, ""), first_step=3) as write:
         for epoch in (3, 4, 5):
             write(_log(epoch, 100.0 * epoch))
-    scalars = _scalars(tmp_path / "punet/synthetic/d2/defaults-01234567/fold1")
+    scalars = _scalars(tmp_path / "punet/synthetic/d2/defaults-0123456789ab/fold1")
     assert scalars["train/loss"] == [(1, 10.0), (2, 20.0), (3, 300.0), (4, 400.0), (5, 500.0)]
     assert [s for s, _ in scalars["train/kl"]] == [1, 2, 3, 4, 5]
 
@@ -124,7 +125,7 @@ def test_epoch_scalars_and_run_names():
     assert epoch_scalars(_log(1, 1.0))["val/effective_rank"] == 1.5
     key = FoldKey("punet-nf", "qubiq-pancreas", 6, 2, "ffeeddccbbaa99")
     assert fold_run_name(key, "params=my dir/best.toml, epochs=2") == \
-        "punet-nf/qubiq-pancreas/d6/params=my_dir_best.toml,epochs=2-ffeeddcc/fold2"
+        "punet-nf/qubiq-pancreas/d6/params=my_dir_best.toml,epochs=2-ffeeddccbbaa99/fold2"
     assert trial_run_name("spunet-lidc/val_loss", 7) == "spunet-lidc_val_loss/trial7"
 
 
@@ -167,7 +168,7 @@ def test_a_third_party_logger_is_found_through_the_hook(monkeypatch, tmp_path):
     reporter.fold_started(key, epochs=5, resumed_from=2)
     reporter.epoch_finished(key, _log(3, 4.0))
     reporter.close()
-    assert _MemoryLogger.opened == [(tmp_path / "curves", "punet/synthetic/d2/defaults-abcdef01/fold0", 3)]
+    assert _MemoryLogger.opened == [(tmp_path / "curves", "punet/synthetic/d2/defaults-abcdef0123456789/fold0", 3)]
     assert _MemoryLogger.rows == [(3, epoch_scalars(_log(3, 4.0))), (-1, {})]  # closed once, by close()
     reporter.close()
     assert len(_MemoryLogger.rows) == 2
@@ -206,8 +207,9 @@ def test_run_and_validate_write_curves_under_the_runs_label_and_hash(tmp_path, t
               "--log", "tensorboard", "--log-dir", "tb"]
     code, _, err = run_main("run", "--model", "punet", "-d", "2", "--format", "json", *common)
     assert code == 0, err
+    assert "; training curves under tb (tensorboard --logdir tb)" in " ".join(err.split())
     (record,) = ResultsStore(str(tmp_path / "r.db")).records(["punet"])
-    run_dir = tmp_path / "tb" / f"punet/synthetic/d2/epochs=2-{record.config_hash[:8]}/fold0"
+    run_dir = tmp_path / "tb" / f"punet/synthetic/d2/epochs=2-{record.config_hash}/fold0"
     scalars = _scalars(run_dir)
     assert [s for s, _ in scalars["val/loss"]] == [1, 2]
     assert [v for _, v in scalars["val/loss"]] == pytest.approx([h["val_loss"] for h in record.history], rel=1e-6)

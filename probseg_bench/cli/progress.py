@@ -80,6 +80,14 @@ def planned_epochs(preset: Preset, dataset: DatasetSpec) -> str:
     return epochs_text(preset.schedule(dataset.protocol)[0])
 
 
+def curves_clause(dirs: Sequence[Path]) -> str:
+    """``; training curves under DIR (tensorboard --logdir DIR)`` for the ``--log`` folders written, else ""."""
+    if not dirs:
+        return ""
+    shown = ", ".join(str(d) for d in dirs)
+    return f"; training curves under {shown} (tensorboard --logdir {dirs[0]})"
+
+
 class RichReporter:
     """What a run does, on stderr: a line per request saying what will run; per fold, a progress bar (epoch, loss
     terms, validation loss, ETA) on a terminal, else one plain line every ~tenth of the fold's epochs (and at
@@ -98,6 +106,7 @@ class RichReporter:
         self.started = time.monotonic()
         self.finished = self.skipped = self.failed = 0
         self.run_dirs: list[Path] = []
+        self.curve_dirs: list[Path] = []
         self._fold: tuple[float, int, int] = (0.0, 0, 0)  # (start time, resumed from, epochs) of the current fold
         self._last_line = 0.0
 
@@ -117,6 +126,8 @@ class RichReporter:
     def run_started(self, plan: RunPlan, store: ResultsStore) -> None:
         if plan.request.run_dir not in self.run_dirs:
             self.run_dirs.append(plan.request.run_dir)
+        if plan.request.log is not None and plan.request.log_dir not in self.curve_dirs:
+            self.curve_dirs.append(plan.request.log_dir)
         exp = plan.exp
         self._print(describe_run(plan.request, exp.preset, exp.folds, epochs_text(exp.schedule[0]), exp.device,
                                  display_url(store.url)))
@@ -176,8 +187,8 @@ class RichReporter:
 
     def summary(self, store_url: str) -> str:
         """``done in 3m10s: 2 fold(s) trained, 1 skipped (already stored), 0 failed; results in URL, checkpoints
-        under DIR``."""
+        under DIR`` (and ``; training curves under DIR`` with ``--log``)."""
         dirs = ", ".join(str(d) for d in self.run_dirs) or "-"
         return (f"done in {duration(time.monotonic() - self.started)}: {self.finished} fold(s) trained, "
                 f"{self.skipped} skipped (already stored), {self.failed} failed; results in {store_url}, "
-                f"checkpoints under {dirs}")
+                f"checkpoints under {dirs}{curves_clause(self.curve_dirs)}")

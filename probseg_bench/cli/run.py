@@ -40,7 +40,7 @@ from probseg_bench.cli.options import (
     Storage,
     TrustPickle,
 )
-from probseg_bench.cli.progress import RichReporter, describe_run, duration, planned_epochs
+from probseg_bench.cli.progress import RichReporter, curves_clause, describe_run, duration, planned_epochs
 from probseg_bench.connections import display_url
 from probseg_bench.errors import OutputError, ProbsegError
 from probseg_bench.executors import Executor as CellExecutor
@@ -214,6 +214,7 @@ def _run_distributed(checked: Sequence[CheckedRequest], storage: str, runner: Ce
     records = [FoldRecord(**d) for result in results for d in result.records if d.get("status") == "ok"]
     print_rows(build_leaderboard(records), fmt, pivot, references=references)
     dirs = ", ".join(dict.fromkeys(str(c.request.run_dir) for c in checked))
+    curves = list(dict.fromkeys(c.request.log_dir for c in checked if c.request.log is not None))
     err_console.print(f"done in {duration(time.monotonic() - started)}: {len(results) - failures} cell(s) done "
                       f"(trained or already stored), {failures} failed; results in {shown}, checkpoints under "
-                      f"{dirs}", highlight=False, markup=False, soft_wrap=True)
+                      f"{dirs}{curves_clause(curves)}", highlight=False, markup=False, soft_wrap=True)

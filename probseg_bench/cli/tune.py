@@ -33,6 +33,7 @@ from probseg_bench.cli.options import (
     Storage,
     TrustPickle,
 )
+from probseg_bench.cli.progress import curves_clause
 from probseg_bench.errors import ProbsegError
 from probseg_bench.executors import executor_with_flags
 from probseg_bench.outputs import check_output_file, check_storage
@@ -215,7 +216,8 @@ def tune(
     settings = opened.user_attrs[SETTINGS_ATTR]
     path = write_params(params_path, settings, name, best)
     console.print(f"best trial {best.number}: {objective} {best.value:.4f}; parameters and protocol written to "
-                  f"{path}; use: {follow_up_command(settings, path)}", highlight=False, markup=False, soft_wrap=True)
+                  f"{path}; use: {follow_up_command(settings, path)}{curves_clause([log_dir] if log else [])}",
+                  highlight=False, markup=False, soft_wrap=True)
     if failures:  # what the study has is written, but this invocation did not run all it was asked to
         err_console.print(f"tune: exit 1{failed}: the parameters written are the best of those; rerun the same "
                           "command to add trials", highlight=False, markup=False, soft_wrap=True)

@@ -28,7 +28,7 @@ from probseg_bench.cli.options import (
     Storage,
     ValidatePreset,
 )
-from probseg_bench.cli.progress import RichReporter
+from probseg_bench.cli.progress import RichReporter, curves_clause
 from probseg_bench.comparison import TEST_NAME
 from probseg_bench.connections import display_url
 from probseg_bench.diagnostics import collapse_warning
@@ -212,4 +212,5 @@ def validate_command(
         warning = collapse_warning(m.label, m.metrics["sample_diversity"], m.metrics["annotator_diversity"])
         if warning is not None:
             err_console.print(warning, highlight=False, markup=False, soft_wrap=True)
-    err_console.print(f"report: {', '.join(str(p) for p in paths)}", highlight=False, soft_wrap=True)
+    curves = curves_clause([log_dir] if log is not None else [])
+    err_console.print(f"report: {', '.join(str(p) for p in paths)}{curves}", highlight=False, soft_wrap=True)
