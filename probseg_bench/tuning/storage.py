@@ -1,11 +1,11 @@
 """Optuna's RDB storage of the studies, with heartbeats.
 
 A worker sends a heartbeat for its running trial every :data:`HEARTBEAT_INTERVAL_S` seconds (Optuna's RDB
-heartbeat, on the database's clock: SQLite, PostgreSQL, local processes and Ray actors alike). A running trial
-whose worker has sent none for :data:`GRACE_PERIOD_S` seconds belongs to a dead worker (killed, its machine or
-connection lost): opening the study (a resumed ``tune``, a worker's next trial, ``tune --show``) marks it failed,
-with the reason in its ``failure`` attribute. A running trial without any heartbeat (started by a version without
-them) cannot be judged and stays running.
+heartbeat, on the database's clock: SQLite, PostgreSQL, local processes, Ray tasks and Slurm jobs alike). A
+running trial whose worker has sent none for :data:`GRACE_PERIOD_S` seconds belongs to a dead worker (killed, its
+machine or connection lost): opening the study (a resumed ``tune``, a worker's next trial, ``tune --show``) marks it
+failed, with the reason in its ``failure`` attribute. A running trial without any heartbeat (started by a version
+without them) cannot be judged and stays running.
 """
 
 from __future__ import annotations
