@@ -188,20 +188,18 @@ class Curves:
 
 class CurveReporter:
     """A :class:`~probseg_bench.protocol.Reporter` that forwards every call to ``inner`` and writes each fold's
-    curves (:func:`epoch_scalars` per epoch) under :func:`fold_run_name` with the logger ``logger_name``.
+    curves (:func:`epoch_scalars` per epoch) under :func:`fold_run_name` with ``curves`` (a checked logger and
+    folder: :meth:`Curves.open`, which :func:`probseg_bench.request.check_request` calls once for a request's
+    ``--log``).
 
     A fold's logger is opened at ``fold_started`` (``first_step`` = the epoch it resumes after + 1; the fold's
     configuration is recorded on a fresh start) and closed at ``fold_finished`` / ``fold_failed``; :meth:`close`
     (or leaving a ``with`` block) closes any still open, e.g. after Ctrl-C. Skipped folds write nothing.
-
-    Raises:
-        ProbsegError: from :meth:`Curves.open`, at construction (before any work).
     """
 
-    def __init__(self, inner: Reporter, logger_name: str, log_dir: Path, plugins: Plugins | None = None,
-                 option: str = "--log", dir_option: str = "--log-dir") -> None:
+    def __init__(self, inner: Reporter, curves: Curves) -> None:
         self.inner = inner
-        self.curves = Curves.open(logger_name, log_dir, plugins, option, dir_option)
+        self.curves = curves
         self._plans: dict[str, tuple[str, dict[str, Any]]] = {}  # config hash -> (variant, configuration)
         self._open: dict[FoldKey, EpochCurves] = {}
 

@@ -237,7 +237,7 @@ def run_protocol(
     transaction when the fold is evaluated. A fold whose training diverges (non-finite loss or gradient) is
     recorded as failed with the reason (its best checkpoint so far kept) and the other folds go on; reruns skip it
     unless ``retry_failed``.
-    ``checked.request.log``: the folds' training curves are also written with that logger
+    ``checked.curves`` (``--log``): the folds' training curves are also written with that logger
     (:class:`probseg_bench.curves.CurveReporter`). ``store``: the results store, or its URL / file path, then
     opened only once the request's data is loaded and checked, so that a request whose data fails its checks
     writes no results file.
@@ -263,11 +263,10 @@ def run_protocol(
     if isinstance(store, str):
         store = ResultsStore(store)
     with ExitStack() as stack:
-        if checked.request.log is not None:  # the folds' curves (--log), closed whatever happens
+        if checked.curves is not None:  # the folds' curves (--log), closed whatever happens
             from probseg_bench.curves import CurveReporter
 
-            reporter = stack.enter_context(CurveReporter(reporter, checked.request.log, checked.request.log_dir,
-                                                         checked.plugins))
+            reporter = stack.enter_context(CurveReporter(reporter, checked.curves))
         reporter.run_started(plan, store)
         watch = FoldWatch(store, plan.exp.schedule[0])
         try:

@@ -30,6 +30,7 @@ from probseg_bench.plugins import Plugins, get_plugins
 from probseg_bench.presets import Preset, apply_protocol_overrides, get_preset
 
 if TYPE_CHECKING:  # pragma: no cover
+    from probseg_bench.curves import Curves
     from probseg_bench.grid import GridConfig
     from probseg_bench.tuning.params_toml import TunedParams
 
@@ -319,6 +320,8 @@ class CheckedRequest:
     folds: tuple[int, ...]
     model_hp: dict[str, HyperValue]
     reg_hp: dict[str, dict[str, HyperValue]]
+    curves: Curves | None = None
+    """The request's ``log`` logger and ``log_dir``, checked (None: no ``--log``)."""
 
 
 def check_request(request: RunRequest, plugins: Plugins | None = None, check_device: bool = True) -> CheckedRequest:
@@ -352,12 +355,13 @@ def check_request(request: RunRequest, plugins: Plugins | None = None, check_dev
         model_spec, plugins, merged_hyperparameters(model_spec, preset, request.hyperparameters), terms)
     device = resolve_device(request.device, check_available=check_device)
     params = dataset_parameters(dataset_spec, request.dataset_params)
-    if request.log is not None:
+    curves = None
+    if request.log is not None:  # the logger, its package and its folder
         from probseg_bench.curves import Curves
 
-        Curves.open(request.log, request.log_dir, plugins)  # the logger, its package and its folder
+        curves = Curves.open(request.log, request.log_dir, plugins)
     return CheckedRequest(request, plugins, model_spec, dataset_spec, preset, terms, params, device, folds, model_hp,
-                          reg_hp)
+                          reg_hp, curves)
 
 
 def _is_int(value: Any) -> bool:

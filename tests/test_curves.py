@@ -65,7 +65,7 @@ def test_a_tiny_run_writes_every_term_at_every_epoch_equal_to_the_record(tmp_pat
                          dataset_params={"n_images": 24, "size": 32}, hyperparameters={"beta": 50.0},
                          protocol_overrides={"epochs": 3}, run_dir=tmp_path / "runs")
     inner = _Recorder()
-    with CurveReporter(inner, "tensorboard", tmp_path / "tb") as reporter:
+    with CurveReporter(inner, Curves.open("tensorboard", tmp_path / "tb")) as reporter:
         (record,) = run_protocol(check_request(request), ResultsStore(str(tmp_path / "r.db")), reporter)
     assert inner.calls == ["run_started", "fold_started", "epoch_finished", "epoch_finished", "epoch_finished",
                            "fold_finished"]
@@ -163,7 +163,7 @@ def test_a_third_party_logger_is_found_through_the_hook(monkeypatch, tmp_path):
     plugins = load_plugins()
     assert plugins.loggers.names() == ["memory", "tensorboard"]
     assert plugins.loggers.info("memory").distribution == "probseg-memory-logger 1.2.3"
-    reporter = CurveReporter(_Recorder(), "memory", tmp_path / "curves", plugins)
+    reporter = CurveReporter(_Recorder(), Curves.open("memory", tmp_path / "curves", plugins))
     key = FoldKey("punet", "synthetic", 2, 0, "abcdef0123456789")
     reporter.fold_started(key, epochs=5, resumed_from=2)
     reporter.epoch_finished(key, _log(3, 4.0))
@@ -179,7 +179,7 @@ def test_a_log_dir_that_cannot_be_written_fails_at_once(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(ProbsegError, match=r"^--log-dir .*file/tb: .*is a file, not a folder; choose another path$"):
-        CurveReporter(_Recorder(), "tensorboard", blocker / "tb")
+        Curves.open("tensorboard", blocker / "tb")
 
 
 def test_errors_are_one_line_before_any_work(monkeypatch, tmp_path):

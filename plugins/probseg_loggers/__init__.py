@@ -20,6 +20,9 @@ def check_tensorboard() -> None:
 
 
 def build_tensorboard(log_dir: Path, run_name: str, first_step: int) -> CurveLogger:
+    """The ``tensorboard`` spec's factory: a :class:`~probseg_loggers.tensorboard_logger.TensorBoardLogger` writing
+    ``log_dir / run_name`` from step ``first_step`` on (imported here: no torch or tensorboard import at plugin
+    load)."""
     from probseg_loggers.tensorboard_logger import TensorBoardLogger
 
     return TensorBoardLogger(log_dir, run_name, first_step)

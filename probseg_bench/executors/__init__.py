@@ -93,12 +93,16 @@ def give_up(request: RunRequest, storage: str, reason: str) -> CellResult:
 
 
 def safe_cell(request: RunRequest, storage: str, threads: int | None, retry_failed: bool = False) -> CellResult:
+    """:func:`run_cell` that never raises for a cell: a :class:`~probseg_bench.errors.ProbsegError` (a bad cell, a
+    fold recorded as failed already) comes back as the result's ``error``; any other exception (a model plugin's
+    bug) is recorded as the cell's failure (:func:`give_up`, its :func:`failure_reason`) and comes back the same way.
+    What every executor runs on a cell (in this process, a worker process, a Ray task or a Slurm job)."""
     try:
         return CellResult(request, run_cell(request, storage, threads, retry_failed))
     except ProbsegError as exc:
         return CellResult(request, [], str(exc))
     except Exception as exc:  # a crash inside the cell (e.g. a model plugin's bug): record it, go on
-        return give_up(request, storage, f"{type(exc).__name__}: {exc}".splitlines()[0])
+        return give_up(request, storage, failure_reason(exc))
 
 
 # --- the executor interface: where the checked cells of `run` go -------------------------------------------------

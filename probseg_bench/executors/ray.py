@@ -124,7 +124,7 @@ def run_ray(requests: list[RunRequest], storage: str, address: str | None = None
                 result = CellResult(request, ray.get(ref))
             except Exception as exc:  # the task failed after its retries
                 cause = getattr(exc, "cause", None) or exc
-                reason = f"failed after {retries} retries on Ray: {type(cause).__name__}: {cause}".splitlines()[0]
+                reason = f"failed after {retries} retries on Ray: {failure_reason(cause)}"
                 result = give_up(request, storage, reason)
             results.append(result)
             if on_result:

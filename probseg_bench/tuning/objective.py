@@ -77,12 +77,7 @@ def make_objective(
         value = result.aggregate[metric.name]
         return math.nan if value is None else float(value)
 
-    request = experiment.request
-    curves = None
-    if request.log is not None:  # --log: each trial's curves under <study>/trial<N>
-        from probseg_bench.curves import Curves
-
-        curves = Curves.open(request.log, request.log_dir, experiment.plugins)
+    curves = experiment.checked.curves  # --log: each trial's curves under <study>/trial<N>
 
     def run_trial(trial: Any) -> float:
         values = {p.name: p.suggest(trial) for p in space}
